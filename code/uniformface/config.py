@@ -1,0 +1,239 @@
+"""Typed training configuration: dataclasses loaded from YAML, validated before any work starts.
+
+The key names follow the earlier port (ka-tsu-mo/pytorch-uniformface) so that its users' configs and
+`--set key=value` overrides keep working (SPEC §6): `alpha` is the weight of the uniform loss (the
+paper's λ in Eq. 6) and `beta` the center update rate (the paper's α in Eq. 7).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+# CASIA-WebFace identities that also appear in LFW (SphereFace's release drops them): SPEC §6.
+CASIA_IDENTITIES_IN_LFW = ["0166921", "1056413", "1193098"]
+
+
+@dataclass
+class DatasetConfig:
+    train: str = "data/processed/CASIA-WebFace"
+    test: str = "data/processed/lfw"
+    pairs: str = "data/pairs.txt"
+    exclude_identities: list[str] = field(default_factory=lambda: list(CASIA_IDENTITIES_IN_LFW))
+
+
+@dataclass
+class LossConfig:
+    """Classification head. `m`/`s` left null take the head's paper value (A-Softmax m=4, CosFace
+    s=64 m=0.35, ArcFace s=64 m=0.5). `base/gamma/power/lambda_min` are A-Softmax's λ schedule
+    (official `sphereface_solver.prototxt` / margin layer: 1000, 0.12, 1, 5)."""
+
+    name: str = "sphereface"
+    m: float | None = None
+    s: float | None = None
+    base: float = 1000.0
+    gamma: float = 0.12
+    power: float = 1.0
+    lambda_min: float = 5.0
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    device: str = "auto"  # auto = cuda when available, else cpu
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model_name: str = "sphereface20"
+    emb_dim: int = 512
+    input_size: list[int] = field(default_factory=lambda: [112, 96])
+    batch_size: int = 256  # global: split over ranks under torchrun
+    num_workers: int = 4
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: list[int] = field(default_factory=lambda: [16000, 24000])
+    lr_gamma: float = 0.1
+    max_iters: int = 28000
+    warmup_iters: int = 0
+    grad_clip: float = 0.0  # 0 = off
+    checkpoint_every: int = 1000
+    log_every: int = 20
+    min_images_per_class: int = 0
+    flip: bool = True
+    loss: LossConfig = field(default_factory=LossConfig)
+    alpha: float = 1.0  # weight of the uniform loss (paper's λ, Eq. 6)
+    beta: float = 0.5  # center update rate (paper's α, Eq. 7); 0.5 = center loss's value
+    compute_in_batch: bool = False  # True: only the batch's class centers enter the loss
+    center_mode: str = "feature"  # feature (paper) | weight (earlier port: head weights as centers)
+    normalize_centers: bool = False
+    regularface: float = 0.0  # weight of RegularFace's exclusive regulariser
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+_CHOICES = {
+    "model_name": ("sphereface4", "sphereface10", "sphereface20", "sphereface36", "sphereface64", "uniformface"),
+    "loss.name": ("sphereface", "cosface", "arcface"),
+    "center_mode": ("feature", "weight"),
+}
+
+
+def _type_matches(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        return isinstance(value, list) and all(_type_matches(v, item_type) for v in value)
+    if annotation is float:  # YAML writes 1 for 1.0
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _build(cls: type, data: dict, where: str, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: '{prefix.rstrip('.') or 'config'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = prefix + str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.0)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"{where}: unknown key '{dotted}'{hint}")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = _build(annotation, value, where, dotted + ".")
+            continue
+        if not _type_matches(value, annotation):
+            raise ConfigError(f"{where}: key '{dotted}' expects {_type_name(annotation)}, got {value!r}")
+        kwargs[key] = float(value) if annotation is float else value
+    return cls(**kwargs)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def validate(cfg: Config, where: str = "config") -> Config:
+    """Checks that go beyond types; run before any data is touched."""
+    for dotted, allowed in _CHOICES.items():
+        value = get_key(cfg, dotted)
+        if value not in allowed:
+            raise ConfigError(f"{where}: key '{dotted}' is {value!r}; choose one of {', '.join(allowed)}")
+    positive = ["emb_dim", "batch_size", "max_iters", "checkpoint_every", "log_every"]
+    for key in positive:
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"{where}: key '{key}' must be > 0, got {getattr(cfg, key)}")
+    if len(cfg.input_size) != 2 or cfg.input_size[0] != 112 or cfg.input_size[1] not in (96, 112):
+        raise ConfigError(f"{where}: key 'input_size' must be [112, 96] or [112, 112], got {cfg.input_size}")
+    if sorted(cfg.milestones) != cfg.milestones:
+        raise ConfigError(f"{where}: key 'milestones' must be increasing, got {cfg.milestones}")
+    for key in ("alpha", "beta", "lr", "weight_decay", "num_workers", "warmup_iters", "grad_clip",
+                "min_images_per_class", "regularface"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{where}: key '{key}' must be >= 0, got {getattr(cfg, key)}")
+    if cfg.beta > 1:
+        raise ConfigError(f"{where}: key 'beta' (center update rate) must be in [0, 1], got {cfg.beta}")
+    return cfg
+
+
+def get_key(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """`["loss.name=cosface", "milestones=[10, 20]"]` -> nested dict; values parsed as YAML."""
+    nested: dict = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML ({exc})") from exc
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{part}' is set both as a value and as a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def from_dict(data: dict, where: str = "config") -> Config:
+    return validate(_build(Config, data, where), where)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML file (None = defaults), apply `--set` overrides, validate. Raises ConfigError."""
+    data: dict = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if overrides:
+        data = _merge(data, parse_overrides(overrides))
+        where += " (with --set)"
+    return from_dict(data, where)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def run_name(cfg: Config) -> str:
+    """Run folder name derived from the settings users compare (as the earlier port's train.py did)."""
+    return (f"seed{cfg.seed}_{cfg.model_name}_{cfg.loss.name}_emb{cfg.emb_dim}"
+            f"_alpha{cfg.alpha:g}_beta{cfg.beta:g}_{'batch' if cfg.compute_in_batch else 'all'}_{cfg.center_mode}")

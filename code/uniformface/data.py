@@ -1,0 +1,169 @@
+"""Training and evaluation image sets, and the deterministic batch order.
+
+Label ids come from the SORTED identity folder names (the earlier port iterated a `set`, so ids changed
+between runs). Augmentation randomness derives from (seed, epoch, index) only, so the number of loader
+workers and a resume change nothing.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def decode_image(path: str | Path) -> torch.Tensor:
+    """File -> uint8 RGB tensor (3, H, W). Raises ValueError naming the file when it cannot be decoded."""
+    from torchvision.io import ImageReadMode, decode_image as tv_decode, read_file
+
+    try:
+        return tv_decode(read_file(str(path)), mode=ImageReadMode.RGB)
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise ValueError(f"cannot decode image {path}: {exc}") from exc
+
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit hash of integers (splitmix64 steps): independent streams per (seed, epoch, index)."""
+    state = 0x9E3779B97F4A7C15
+    mask = (1 << 64) - 1
+    for value in values:
+        state = (state ^ (int(value) & mask)) * 0xBF58476D1CE4E5B9 & mask
+        state = (state ^ (state >> 27)) * 0x94D049BB133111EB & mask
+        state ^= state >> 31
+    return state >> 1
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+
+
+def scan_image_folder(root: str | Path, exclude: Sequence[str] = (), min_images_per_class: int = 0
+                      ) -> tuple[list[str], list[Sample]]:
+    """`root/<identity>/<file>` -> (sorted class names, samples). Hidden files and non-images are ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"training set not found: {root} is not a folder")
+    excluded = set(exclude)
+    per_class: dict[str, list[str]] = {}
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name.startswith(".") or entry.name in excluded:
+            continue
+        files = sorted(f.name for f in os.scandir(entry.path)
+                       if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(IMAGE_EXTENSIONS))
+        if files and len(files) >= min_images_per_class:
+            per_class[entry.name] = [os.path.join(entry.path, f) for f in files]
+    classes = sorted(per_class)
+    samples = [Sample(path, label) for label, name in enumerate(classes) for path in per_class[name]]
+    if not samples:
+        raise ValueError(f"training set {root} holds no images in <identity>/<file> folders"
+                         f"{f' with at least {min_images_per_class} images' if min_images_per_class else ''}")
+    return classes, samples
+
+
+class ImageFolderTrainSet(Dataset):
+    """Aligned faces in `root/<identity>/<file>`. Items are keyed by (epoch, index) so that the random
+    horizontal flip is a function of (seed, epoch, index). A plain int index means epoch 0.
+    An undecodable file yields `(None, label)`; `collate_skip_broken` drops it and counts it."""
+
+    def __init__(self, root: str | Path, exclude: Sequence[str] = (), min_images_per_class: int = 0,
+                 flip: bool = False, seed: int = 0):
+        self.root = Path(root)
+        self.classes, self.samples = scan_image_folder(root, exclude, min_images_per_class)
+        self.flip = flip
+        self.seed = seed
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        sample = self.samples[index]
+        try:
+            image = decode_image(sample.path)
+        except ValueError:
+            return None, sample.label
+        if self.flip and mix_seed(self.seed, epoch, index) & 1:
+            image = image.flip(-1)
+        return image, sample.label
+
+
+def collate_skip_broken(batch):
+    """Stack (image, label) items, dropping undecodable ones; returns (images, labels, n_broken)."""
+    good = [(img, lab) for img, lab in batch if img is not None]
+    n_broken = len(batch) - len(good)
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), n_broken
+    images = torch.stack([img for img, _ in good])
+    labels = torch.tensor([lab for _, lab in good], dtype=torch.long)
+    return images, labels, n_broken
+
+
+def open_train_set(path: str | Path, **kwargs) -> Dataset:
+    """SPEC §2: a Dataset over an aligned image folder; item (uint8 (3,H,W) RGB tensor, label)."""
+    path = Path(path)
+    if path.suffix == ".rec":
+        raise NotImplementedError(f"{path}: insightface RecordIO reading is not implemented yet "
+                                  "(issue 'Reproduction kit'); convert it to an image folder")
+    return ImageFolderTrainSet(path, **kwargs)
+
+
+class GlobalBatchSampler(Sampler):
+    """Endless batches for iteration `start_iter` onward, as lists of (epoch, index) keys.
+
+    Each epoch is a permutation seeded by (seed, epoch), cut into global batches (last partial batch
+    dropped); rank r of `world_size` takes rows [r*b, (r+1)*b) of each global batch, so N processes see
+    exactly the samples one process sees with the same global batch, and resuming at iteration i
+    continues the same order."""
+
+    def __init__(self, num_samples: int, global_batch: int, seed: int, start_iter: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if global_batch % world_size:
+            raise ValueError(f"batch_size {global_batch} is not divisible by the {world_size} processes")
+        if num_samples < global_batch:
+            raise ValueError(f"the training set has {num_samples} images, fewer than one batch ({global_batch})")
+        self.num_samples, self.global_batch, self.seed = num_samples, global_batch, seed
+        self.start_iter, self.rank, self.world_size = start_iter, rank, world_size
+        self.iters_per_epoch = num_samples // global_batch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        local = self.global_batch // self.world_size
+        iteration = self.start_iter
+        while True:
+            epoch, step = divmod(iteration, self.iters_per_epoch)
+            order = self.epoch_order(epoch)
+            for step in range(step, self.iters_per_epoch):
+                rows = order[step * self.global_batch + self.rank * local:][:local]
+                yield [(epoch, int(i)) for i in rows]
+                iteration += 1
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng(mix_seed(self.seed, epoch, 0x5EED)).permutation(self.num_samples)
+
+    def __len__(self) -> int:  # endless; DataLoader only needs this for progress estimates
+        return 2 ** 62
+
+
+class ImageListDataset(Dataset):
+    """Evaluation images by relative path under `root`; item (uint8 (3,H,W) tensor, position)."""
+
+    def __init__(self, root: str | Path, relative_paths: Sequence[str]):
+        self.root = Path(root)
+        self.paths = list(relative_paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        return decode_image(self.root / self.paths[index]), index

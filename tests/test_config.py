@@ -1,0 +1,82 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from uniformface.config import Config, ConfigError, load_config, parse_overrides, run_name
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, data):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_paper_config_holds_spec_numbers():
+    cfg = load_config(ROOT / "code" / "config.yaml")
+    assert (cfg.model_name, cfg.emb_dim, cfg.input_size) == ("sphereface20", 512, [112, 96])
+    assert (cfg.lr, cfg.momentum, cfg.weight_decay) == (0.1, 0.9, 5e-4)
+    assert (cfg.milestones, cfg.max_iters, cfg.batch_size, cfg.lr_gamma) == ([16000, 24000], 28000, 256, 0.1)
+    assert cfg.loss.name == "sphereface" and cfg.loss.m == 4
+    assert (cfg.loss.base, cfg.loss.gamma, cfg.loss.power, cfg.loss.lambda_min) == (1000, 0.12, 1, 5)
+    assert cfg.alpha == 1.0 and cfg.flip
+    assert sorted(cfg.dataset.exclude_identities) == ["0166921", "1056413", "1193098"]
+
+
+def test_toy_config_loads():
+    cfg = load_config(ROOT / "code" / "configs" / "toy.yaml")
+    assert cfg.device == "cpu" and cfg.max_iters > 0
+
+
+def test_misspelt_key_names_key_and_closest(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, {"learning_rate": 0.1, "momentun": 0.9}))
+    assert "learning_rate" in str(err.value) and str(tmp_path / "c.yaml") in str(err.value)
+    with pytest.raises(ConfigError, match=r"unknown key 'momentun'.*did you mean 'momentum'"):
+        load_config(write(tmp_path, {"momentun": 0.9}))
+    with pytest.raises(ConfigError, match=r"unknown key 'loss.nmae'.*did you mean 'loss.name'"):
+        load_config(write(tmp_path, {"loss": {"nmae": "cosface"}}))
+
+
+def test_wrong_type_and_bad_choice(tmp_path):
+    with pytest.raises(ConfigError, match="'lr' expects float"):
+        load_config(write(tmp_path, {"lr": "fast"}))
+    with pytest.raises(ConfigError, match="'batch_size' expects int"):
+        load_config(write(tmp_path, {"batch_size": 2.5}))
+    with pytest.raises(ConfigError, match="'loss.name' is 'sphere'"):
+        load_config(write(tmp_path, {"loss": {"name": "sphere"}}))
+    with pytest.raises(ConfigError, match="'beta'"):
+        load_config(None, ["beta=2"])
+
+
+def test_set_overrides_any_key_dotted_and_yaml_typed(tmp_path):
+    cfg = load_config(write(tmp_path, {"lr": 0.1}),
+                      ["lr=0.01", "loss.name=cosface", "milestones=[10, 20]", "compute_in_batch=true",
+                       "dataset.train=/x"])
+    assert cfg.lr == 0.01 and isinstance(cfg.lr, float)
+    assert cfg.loss.name == "cosface" and cfg.milestones == [10, 20] and cfg.compute_in_batch is True
+    assert cfg.dataset.train == "/x"
+    with pytest.raises(ConfigError, match="unknown key 'dataset.tain'.*'dataset.train'"):
+        load_config(None, ["dataset.tain=/x"])
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["lr"])
+
+
+def test_defaults_equal_dataclass_and_run_name_differs_by_setting():
+    a, b = load_config(None), load_config(None, ["alpha=0"])
+    assert a == Config()
+    assert run_name(a) != run_name(b)
+
+
+def test_train_cli_rejects_typo_before_any_work(tmp_path):
+    # The dataset path does not exist: a config error must be reported first, with exit 2.
+    proc = subprocess.run([sys.executable, str(ROOT / "code" / "train.py"), "--config",
+                           str(ROOT / "code" / "configs" / "toy.yaml"), "--logdir", str(tmp_path),
+                           "--set", "bach_size=8"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown key 'bach_size'" in proc.stderr and "batch_size" in proc.stderr
+    assert not any(tmp_path.iterdir())

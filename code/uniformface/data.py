@@ -20,12 +20,14 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 def decode_image(path: str | Path) -> torch.Tensor:
     """File -> uint8 RGB tensor (3, H, W). Raises ValueError naming the file when it cannot be decoded."""
-    from torchvision.io import ImageReadMode, decode_image as tv_decode, read_file
+    from PIL import Image
 
     try:
-        return tv_decode(read_file(str(path)), mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError, ValueError) as exc:
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ValueError(f"cannot decode image {path}: {exc}") from exc
+    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
 def mix_seed(*values: int) -> int:

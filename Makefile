@@ -16,7 +16,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	bash code/demo.sh
+	$(PY) code/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

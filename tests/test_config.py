@@ -60,6 +60,8 @@ def test_set_overrides_any_key_dotted_and_yaml_typed(tmp_path):
     assert cfg.lr == 0.01 and isinstance(cfg.lr, float)
     assert cfg.loss.name == "cosface" and cfg.milestones == [10, 20] and cfg.compute_in_batch is True
     assert cfg.dataset.train == "/x"
+    # YAML 1.1 would read 1e-3 as a string; users write it that way
+    assert load_config(None, ["lr=1e-3", "weight_decay=5E-4"]).lr == 1e-3
     with pytest.raises(ConfigError, match="unknown key 'dataset.tain'.*'dataset.train'"):
         load_config(None, ["dataset.tain=/x"])
     with pytest.raises(ConfigError, match="key=value"):

@@ -24,7 +24,7 @@ def decode_image(path: str | Path) -> torch.Tensor:
 
     try:
         with Image.open(path) as img:
-            pixels = np.asarray(img.convert("RGB"))
+            pixels = np.array(img.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as exc:
         raise ValueError(f"cannot decode image {path}: {exc}") from exc
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()

@@ -26,3 +26,32 @@ def aligned_tree(tmp_path):
 @pytest.fixture
 def tree_factory():
     return write_aligned_tree
+
+
+def write_lfw_tree(root, n_names=6, per_name=3, n_folds=2, n_per_side=3, seed=1):
+    """An LFW-style aligned tree (`name/name_%04d.jpg`) and a `pairs.txt` in LFW's format beside it."""
+    from uniformface.pairs import write_pairs
+
+    rng = np.random.default_rng(seed)
+    tree = write_aligned_tree(root / "raw", n_classes=n_names, per_class=per_name, seed=seed)
+    names = [f"Person_{k:02d}" for k in range(n_names)]
+    for k, name in enumerate(names):
+        (root / "lfw" / name).mkdir(parents=True)
+        for i in range(per_name):
+            (tree / f"{k:07d}" / f"{i:03d}.jpg").rename(root / "lfw" / name / f"{name}_{i + 1:04d}.jpg")
+    folds = []
+    for _ in range(n_folds):
+        same = [(names[a], 1 + b, 1 + (b + 1) % per_name) for a, b in
+                zip(rng.integers(0, n_names, n_per_side), rng.integers(0, per_name, n_per_side))]
+        different = []
+        for _ in range(n_per_side):
+            a, b = rng.choice(n_names, 2, replace=False)
+            different.append((names[a], int(rng.integers(1, per_name + 1)), names[b], int(rng.integers(1, per_name + 1))))
+        folds.append((same, different))
+    write_pairs(root / "pairs.txt", folds)
+    return root / "lfw", root / "pairs.txt"
+
+
+@pytest.fixture
+def lfw_tree(tmp_path):
+    return write_lfw_tree(tmp_path)

@@ -76,9 +76,31 @@ def test_single_class_is_refused(tmp_path, tree_factory):
 
 
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tmp_path, aligned_tree):
-    cfg = tiny_config(aligned_tree, lr=1e30, warmup_iters=0, grad_clip=0)
-    with pytest.raises(TrainingDiverged, match="not finite"):
+    cfg = tiny_config(aligned_tree, lr=1e30, warmup_iters=3, grad_clip=0, checkpoint_every=1, max_iters=50)
+    with pytest.raises(TrainingDiverged, match="not finite") as err:
         train(cfg, tmp_path / "run", progress=False)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert str(tmp_path / "run" / "checkpoint.pt") in str(err.value)
+    assert 1 <= state["iteration"] < 50  # the last good state is kept, not overwritten by the NaN step
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_corrupt_images_are_skipped_and_counted_in_logs(tmp_path, aligned_tree):
+    for victim in ("0000000/000.jpg", "0000002/003.jpg"):
+        (aligned_tree / victim).write_bytes(b"\xff\xd8 truncated")
+    train(tiny_config(aligned_tree, max_iters=9), tmp_path / "run", progress=False)
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # 24 images, batch 8 -> 3 iterations an epoch: 9 iterations read each image 3 times
+    assert lines[-1]["broken_images"] == 6
+
+
+def test_lfw_evaluation_during_training_is_logged(tmp_path, aligned_tree, lfw_tree):
+    root, pairs = lfw_tree
+    train(tiny_config(aligned_tree, eval_every=3, **{"dataset.test": root, "dataset.pairs": pairs}),
+          tmp_path / "run", progress=False)
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [l for l in lines if "lfw_accuracy" in l]
+    assert [l["iteration"] for l in evals] == [3, 6] and all(0 <= l["lfw_accuracy"] <= 1 for l in evals)
 
 
 @pytest.mark.slow

@@ -84,6 +84,7 @@ class Config:
     grad_clip: float = 0.0  # 0 = off
     checkpoint_every: int = 1000
     log_every: int = 20
+    eval_every: int = 0  # >0: LFW-protocol evaluation on dataset.test / dataset.pairs every N iterations
     min_images_per_class: int = 0
     flip: bool = True
     loss: LossConfig = field(default_factory=LossConfig)
@@ -169,7 +170,7 @@ def validate(cfg: Config, where: str = "config") -> Config:
         raise ConfigError(f"{where}: key 'input_size' must be [112, 96] or [112, 112], got {cfg.input_size}")
     if sorted(cfg.milestones) != cfg.milestones:
         raise ConfigError(f"{where}: key 'milestones' must be increasing, got {cfg.milestones}")
-    for key in ("alpha", "beta", "lr", "weight_decay", "num_workers", "warmup_iters", "grad_clip",
+    for key in ("alpha", "beta", "lr", "weight_decay", "num_workers", "warmup_iters", "grad_clip", "eval_every",
                 "min_images_per_class", "regularface"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{where}: key '{key}' must be >= 0, got {getattr(cfg, key)}")

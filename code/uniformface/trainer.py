@@ -255,6 +255,8 @@ class Trainer:
                     self._log(writer, sums / count, seen / max(elapsed, 1e-9))
                     bar.set_postfix(loss=f"{sums[0] / count:.3f}", acc=f"{sums[4] / count:.3f}")
                     sums, count, seen, t0 = np.zeros(5), 0, 0, time.perf_counter()
+                if cfg.eval_every and self.iteration % cfg.eval_every == 0:
+                    self._evaluate(writer)
                 if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.max_iters:
                     self._save_state()
         finally:
@@ -295,6 +297,25 @@ class Trainer:
                 writer.add_scalar(f"train/{key}", value, self.iteration)
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+    def _evaluate(self, writer) -> None:
+        """LFW-protocol accuracy of the current backbone, into the same TensorBoard and metrics.jsonl."""
+        if writer is None:
+            return
+        from .evaluate import evaluate_pairs
+
+        backbone = self.model.backbone
+        backbone.eval()
+        try:
+            result = evaluate_pairs(backbone, self.cfg.dataset.test, self.cfg.dataset.pairs, num_workers=0,
+                                    device=str(self.device), progress=False)
+        finally:
+            backbone.train()
+        writer.add_scalar("lfw/accuracy", result["accuracy_mean"], self.iteration)
+        writer.add_scalar("lfw/accuracy_std", result["accuracy_std"], self.iteration)
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps({"iteration": self.iteration, "lfw_accuracy": result["accuracy_mean"],
+                                     "lfw_accuracy_std": result["accuracy_std"]}) + "\n")
 
     def _center_matrix(self) -> torch.Tensor | None:
         if isinstance(self.centers, ClassCenters):

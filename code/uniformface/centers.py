@@ -1,0 +1,230 @@
+"""Class centers for the uniform loss (UniformFace, Duan et al., CVPR 2019, Eq. 6-7).
+
+`ClassCenters` is the paper as SPEC section 5 reads it: centers live in feature space (like center loss)
+and move by Eq. 7 after each optimizer step,
+    delta_j = sum_i [y_i = j] (c_j - x_i) / (1 + n_j),   c_j <- c_j - rate * delta_j.
+The loss sees, for the classes in the batch, c~_j = c_j - delta_j(x) = (c_j + sum_{i in j} x_i) / (1 + n_j),
+differentiable in the features x; the other initialised centers are constants.
+
+`WeightCenters` is the earlier port's variant, kept for comparison: the head's class weights are the
+centers (the gradient of the uniform loss flows into them) and Eq. 7 drags them toward the features.
+
+Under torch.distributed (initialised, world size > 1) "the batch" is the global batch: every rank
+gathers all ranks' features and labels, so all ranks compute the same loss and the same update.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .losses import block_distances, centered_and_scaled, default_chunk_size, exact_matmul
+
+SCOPES = ("all", "batch")
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def global_batch(features: torch.Tensor, labels: torch.Tensor, differentiable: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ranks' (features, labels) concatenated in rank order; the local ones when not distributed.
+
+    Ranks may hold different batch sizes (a broken image is dropped on one rank only), so rows are
+    padded to the largest size for the collective and cut back after. With `differentiable`, the
+    features go through the autograd-aware `torch.distributed.nn.functional.all_gather`, whose
+    backward sends each rank the SUM over ranks of the gradients w.r.t. its rows."""
+    if not _distributed():
+        return features, labels
+    world = dist.get_world_size()
+    size = torch.tensor([len(labels)], device=labels.device, dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    longest = max(sizes)
+    pad = longest - len(labels)
+    padded_features = F.pad(features, (0, 0, 0, pad))
+    padded_labels = F.pad(labels, (0, pad), value=-1)
+    label_parts = [torch.empty_like(padded_labels) for _ in range(world)]
+    dist.all_gather(label_parts, padded_labels)
+    if differentiable:
+        from torch.distributed.nn.functional import all_gather as autograd_all_gather
+
+        feature_parts = list(autograd_all_gather(padded_features))
+    else:
+        feature_parts = [torch.empty_like(padded_features) for _ in range(world)]
+        dist.all_gather(feature_parts, padded_features)
+    return (torch.cat([part[:n] for part, n in zip(feature_parts, sizes)]),
+            torch.cat([part[:n] for part, n in zip(label_parts, sizes)]))
+
+
+def class_sums(features: torch.Tensor, labels: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(classes present, sorted; per-class feature sums (U, d); counts (U, 1) as features' dtype).
+
+    The sums are a one-hot matmul rather than index_add_, so that they are deterministic (CUDA's
+    index_add_ uses atomics) and every rank computes bit-identical centers."""
+    classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    one_hot = F.one_hot(inverse, len(classes)).to(features.dtype)
+    return classes, one_hot.T @ features, counts.to(features.dtype).unsqueeze(1)
+
+
+def _check_rate(rate: float, who: str) -> float:
+    rate = float(rate)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"{who}: the center update rate (config key 'beta') must be in [0, 1], got {rate}")
+    return rate
+
+
+def _check_labels(classes: torch.Tensor, num_classes: int, who: str) -> None:
+    if len(classes) and (int(classes[0]) < 0 or int(classes[-1]) >= num_classes):
+        raise ValueError(f"{who}: labels must lie in [0, {num_classes}), got {int(classes[0])}..{int(classes[-1])}")
+
+
+class ClassCenters(nn.Module):
+    """Feature-space class centers (SPEC section 5). Buffers: `centers` (C, d) float32 and `initialized`
+    (C,) bool, both in the state_dict.
+
+    scope "all": every initialised center enters Eq. 6 (the paper's "all class centers"); "batch":
+    only the batch's classes (the earlier port's default). normalize=True projects the centers onto
+    the unit sphere before the distances (an option; Eq. 6 itself uses raw features)."""
+
+    def __init__(self, num_classes: int, dim: int, scope: str = "all", normalize: bool = False):
+        super().__init__()
+        if scope not in SCOPES:
+            raise ValueError(f"ClassCenters: scope must be one of {SCOPES}, got {scope!r}")
+        self.num_classes, self.dim, self.scope, self.normalize = num_classes, dim, scope, normalize
+        self.register_buffer("centers", torch.zeros(num_classes, dim))
+        self.register_buffer("initialized", torch.zeros(num_classes, dtype=torch.bool))
+
+    def loss_centers(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The (M, d) centers that enter Eq. 6 for this (global) batch: c~_j = (c_j + sum_{i in j} x_i)
+        / (1 + n_j) for the batch's initialised classes, the mean of the batch's features for a class
+        seen for the first time (both differentiable in x), then (scope "all") the other initialised
+        centers as constants.
+
+        Distributed: every rank builds the same set from the global batch. Each rank computes the same
+        L_u, so all_gather's backward hands each rank world_size x dL_u/dx for its own rows; DDP then
+        averages the parameter gradients over the ranks, which cancels that factor and leaves exactly
+        the gradient of a single process that ran the whole global batch."""
+        features, labels = global_batch(features, labels, differentiable=True)
+        dtype = torch.promote_types(features.dtype, self.centers.dtype)
+        classes, sums, counts = class_sums(features.to(dtype), labels)
+        _check_labels(classes, self.num_classes, "ClassCenters.loss_centers")
+        stored = self.centers[classes].to(dtype)
+        seen_before = self.initialized[classes].unsqueeze(1)
+        batch_centers = torch.where(seen_before, (stored + sums) / (1.0 + counts), sums / counts)
+        parts = [batch_centers]
+        if self.scope == "all":
+            others = self.initialized.clone()
+            others[classes] = False
+            parts.append(self.centers[others].to(dtype))
+        centers = torch.cat(parts)
+        return F.normalize(centers, dim=1) if self.normalize else centers
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, labels: torch.Tensor, rate: float) -> None:
+        """Eq. 7 after the optimizer step, on the global batch: c_j <- c_j - rate * sum_i [y_i = j]
+        (c_j - x_i) / (1 + n_j); a class seen for the first time is set to the mean of its features
+        (whatever the rate, so rate 0 still initialises)."""
+        rate = _check_rate(rate, "ClassCenters.update")
+        features, labels = global_batch(features.detach(), labels, differentiable=False)
+        classes, sums, counts = class_sums(features.to(self.centers.dtype), labels)
+        _check_labels(classes, self.num_classes, "ClassCenters.update")
+        if not bool(torch.isfinite(sums).all()):
+            raise ValueError("ClassCenters.update: features contain NaN or inf; the centers were left unchanged")
+        stored = self.centers[classes]
+        delta = (counts * stored - sums) / (1.0 + counts)
+        seen_before = self.initialized[classes].unsqueeze(1)
+        self.centers[classes] = torch.where(seen_before, stored - rate * delta, sums / counts)
+        self.initialized[classes] = True
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, dim={self.dim}, scope={self.scope!r}, normalize={self.normalize}"
+
+
+class WeightCenters(nn.Module):
+    """The earlier port's variant: the head's class weights (C, d) are the centers. The uniform loss's
+    gradient flows into them, and after the step Eq. 7 moves them toward the features at `rate`.
+
+    The head is referenced, not registered, so this module's state_dict is empty (the weights are
+    saved with the head) and `.to()` leaves the head alone.
+
+    Why it stays finite where the earlier port NaN'd at rate 0.01 / 0.1 (there the weights, dragged
+    toward raw features of growing norm, drifted far apart and the loss became NaN):
+    - the distances come from centered and rescaled points (`losses.centered_and_scaled`): the squared
+      terms can neither overflow nor cancel into a negative number under the square root, which the
+      plain |a|^2 + |b|^2 - 2 a.b expansion does once the norms are large;
+    - the uniform loss's backward never divides by a (near-)zero distance: coinciding pairs get zero
+      gradient, so even weights dragged onto the same features give a finite gradient;
+    - for rate in [0, 1] the update is a convex combination of the old weight and the batch mean of the
+      class's features (1 - rate n/(1+n) and rate n/(1+n), both >= 0): it can never overshoot past
+      the features, and non-finite features are refused before they touch the weights.
+    (With the A-Softmax head, whose training forward renormalises the rows in place as Caffe does, the
+    moved weights are also pulled back onto the unit sphere at the next step.)"""
+
+    def __init__(self, head: nn.Module, scope: str = "all", normalize: bool = False):
+        super().__init__()
+        if scope not in SCOPES:
+            raise ValueError(f"WeightCenters: scope must be one of {SCOPES}, got {scope!r}")
+        if not isinstance(getattr(head, "weight", None), torch.Tensor) or head.weight.dim() != 2:
+            raise ValueError("WeightCenters: the head must have a (num_classes, dim) `weight`")
+        object.__setattr__(self, "head", head)  # a reference, not a submodule
+        self.scope, self.normalize = scope, normalize
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.head.weight
+
+    def loss_centers(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if weight.dtype not in (torch.float32, torch.float64):
+            weight = weight.float()
+        if self.scope == "batch":
+            _, labels = global_batch(features.detach(), labels, differentiable=False)
+            classes = torch.unique(labels)
+            _check_labels(classes, len(weight), "WeightCenters.loss_centers")
+            weight = weight[classes]
+        return F.normalize(weight, dim=1) if self.normalize else weight
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, labels: torch.Tensor, rate: float) -> None:
+        rate = _check_rate(rate, "WeightCenters.update")
+        if rate == 0.0:
+            return
+        weight = self.weight
+        features, labels = global_batch(features.detach(), labels, differentiable=False)
+        classes, sums, counts = class_sums(features.to(weight.dtype), labels)
+        _check_labels(classes, len(weight), "WeightCenters.update")
+        if not bool(torch.isfinite(sums).all()):
+            raise ValueError("WeightCenters.update: features contain NaN or inf; the weights were left unchanged")
+        stored = weight[classes]
+        weight[classes] = stored - rate * (counts * stored - sums) / (1.0 + counts)
+
+    def extra_repr(self) -> str:
+        return f"scope={self.scope!r}, normalize={self.normalize} (centers = head.weight)"
+
+
+@torch.no_grad()
+def mean_min_distance(centers: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """Mean over centers of the Euclidean distance to the nearest other center (for logs and reports).
+
+    The nearest neighbour is found blockwise by the expansion; its distance is then recomputed from
+    the difference itself, so near-coinciding centers are not blurred by the expansion's rounding."""
+    if centers.dim() != 2 or len(centers) < 2:
+        raise ValueError(f"mean_min_distance: need (M >= 2, d) centers, got shape {tuple(centers.shape)}")
+    points = centers.float() if centers.dtype not in (torch.float32, torch.float64) else centers
+    unit, _ = centered_and_scaled(points)
+    sq_norms = (unit * unit).sum(1)
+    m = len(points)
+    chunk = default_chunk_size(m) if chunk_size is None else int(chunk_size)
+    nearest = torch.empty(m, dtype=torch.long, device=points.device)
+    with exact_matmul():
+        for start in range(0, m, chunk):
+            stop = min(start + chunk, m)
+            distances = block_distances(unit, sq_norms, start, stop)
+            distances.diagonal(offset=start).fill_(float("inf"))
+            nearest[start:stop] = distances.argmin(1)
+    return (points - points[nearest]).norm(dim=1).mean()

@@ -1,0 +1,282 @@
+"""Class centers (UniformFace Eq. 7 and SPEC section 5's reading of how Eq. 6 sees them) against loop
+references, plus the distributed path against a single process."""
+import math
+import os
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+from uniformface.centers import ClassCenters, WeightCenters, mean_min_distance
+from uniformface.heads import CosFace
+from uniformface.losses import uniform_loss
+
+C, D = 7, 4
+
+
+def seeded_centers(scope="all", normalize=False, initialized=(0, 2, 3, 5), seed=0):
+    """A ClassCenters (float64) with some classes already initialised to known values."""
+    g = torch.Generator().manual_seed(seed)
+    centers = ClassCenters(C, D, scope=scope, normalize=normalize).double()
+    with torch.no_grad():
+        centers.centers.copy_(torch.randn(C, D, generator=g, dtype=torch.float64) * 3)
+        for j in range(C):
+            if j not in initialized:
+                centers.centers[j] = 0.0
+        centers.initialized[list(initialized)] = True
+    return centers
+
+
+def loop_loss_centers(stored, initialized, features, labels, scope):
+    """SPEC section 5 written out per class: (set of rows that enter Eq. 6)."""
+    rows = []
+    for j in sorted(set(labels.tolist())):
+        members = [features[i] for i in range(len(labels)) if labels[i] == j]
+        total = sum(members)
+        if initialized[j]:
+            rows.append((stored[j] + total) / (1 + len(members)))
+        else:
+            rows.append(total / len(members))
+    if scope == "all":
+        rows += [stored[j] for j in range(len(stored)) if initialized[j] and j not in set(labels.tolist())]
+    return torch.stack(rows)
+
+
+def sort_rows(t):
+    return t[torch.argsort(t[:, 0])]
+
+
+def batch(seed=1, n=9):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.tensor([0, 1, 1, 2, 2, 2, 6, 0, 1])[:n]
+    return torch.randn(n, D, generator=g, dtype=torch.float64) * 2, labels
+
+
+@pytest.mark.parametrize("scope", ["all", "batch"])
+def test_loss_centers_match_the_reading_of_the_paper(scope):
+    centers = seeded_centers(scope)
+    features, labels = batch()
+    got = centers.loss_centers(features, labels)
+    expected = loop_loss_centers(centers.centers, centers.initialized.tolist(), features, labels, scope)
+    # classes 0, 1, 2, 6 are in the batch (1 and 6 for the first time); 3 and 5 are absent but initialised.
+    assert len(got) == (6 if scope == "all" else 4)
+    torch.testing.assert_close(sort_rows(got), sort_rows(expected), rtol=1e-12, atol=1e-12)
+
+
+def test_normalize_projects_onto_the_unit_sphere():
+    centers = seeded_centers("all", normalize=True)
+    features, labels = batch()
+    got = centers.loss_centers(features, labels)
+    expected = loop_loss_centers(centers.centers, centers.initialized.tolist(), features, labels, "all")
+    expected = expected / expected.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(sort_rows(got), sort_rows(expected), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("scope", ["all", "batch"])
+def test_gradcheck_of_the_moved_center_path(scope):
+    centers = seeded_centers(scope)
+    features, labels = batch()
+    features.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: uniform_loss(centers.loss_centers(x, labels)), (features,))
+
+
+def test_stored_centers_receive_no_gradient_and_stay_constant():
+    centers = seeded_centers()
+    before = centers.centers.clone()
+    features, labels = batch()
+    features.requires_grad_()
+    uniform_loss(centers.loss_centers(features, labels)).backward()
+    assert not centers.centers.requires_grad and features.grad is not None
+    assert torch.equal(centers.centers, before)
+
+
+def loop_update(stored, initialized, features, labels, rate):
+    """UniformFace Eq. 7 per class; first appearance -> mean of the class's features."""
+    stored, initialized = stored.clone(), list(initialized)
+    for j in set(labels.tolist()):
+        idx = [i for i in range(len(labels)) if labels[i] == j]
+        if initialized[j]:
+            delta = sum(stored[j] - features[i] for i in idx) / (1 + len(idx))
+            stored[j] = stored[j] - rate * delta
+        else:
+            stored[j] = sum(features[i] for i in idx) / len(idx)
+            initialized[j] = True
+    return stored, initialized
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+def test_update_is_eq7_with_first_appearance_init(rate):
+    centers = seeded_centers()
+    features, labels = batch()
+    expected, expected_init = loop_update(centers.centers, centers.initialized.tolist(), features, labels, rate)
+    centers.update(features, labels, rate)
+    torch.testing.assert_close(centers.centers, expected, rtol=1e-12, atol=1e-12)
+    assert centers.initialized.tolist() == expected_init
+    assert centers.initialized[[1, 6]].all() and not centers.initialized[4]
+    assert torch.count_nonzero(centers.centers[4]) == 0
+
+
+def test_fresh_centers_start_from_the_first_batch_mean():
+    centers = ClassCenters(3, 2)
+    features = torch.tensor([[1.0, 2.0], [3.0, 6.0], [5.0, 5.0]])
+    labels = torch.tensor([2, 2, 0])
+    assert len(centers.loss_centers(features, labels)) == 2  # only the batch's classes exist yet
+    centers.update(features, labels, 0.5)
+    torch.testing.assert_close(centers.centers, torch.tensor([[5.0, 5.0], [0.0, 0.0], [2.0, 4.0]]))
+    assert centers.initialized.tolist() == [True, False, True]
+
+
+def test_state_dict_round_trip():
+    centers = seeded_centers()
+    state = centers.state_dict()
+    assert set(state) == {"centers", "initialized"} and state["initialized"].dtype == torch.bool
+    assert ClassCenters(C, D).centers.dtype == torch.float32
+    fresh = ClassCenters(C, D).double()
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.centers, centers.centers) and torch.equal(fresh.initialized, centers.initialized)
+
+
+def test_bad_input_is_refused_clearly():
+    centers = ClassCenters(3, 2)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        centers.loss_centers(torch.randn(2, 2), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="beta"):
+        centers.update(torch.randn(2, 2), torch.tensor([0, 1]), 1.5)
+    with pytest.raises(ValueError, match="NaN"):
+        centers.update(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0]), 0.5)
+    assert not centers.initialized.any()
+    with pytest.raises(ValueError, match="scope"):
+        ClassCenters(3, 2, scope="some")
+
+
+def test_weight_centers_use_the_head_weights():
+    head = CosFace(D, C).double()
+    wc = WeightCenters(head, scope="all")
+    assert wc.state_dict() == {} and wc.loss_centers(torch.zeros(1, D), torch.tensor([0])) is head.weight
+    features, labels = batch()
+    batch_wc = WeightCenters(head, scope="batch", normalize=True)
+    got = batch_wc.loss_centers(features, labels)
+    expected = torch.stack([head.weight[j] / head.weight[j].norm() for j in (0, 1, 2, 6)])
+    torch.testing.assert_close(got, expected)
+    uniform_loss(got).backward()
+    assert head.weight.grad is not None and torch.count_nonzero(head.weight.grad[[3, 4, 5]]) == 0
+    assert torch.count_nonzero(head.weight.grad[[0, 1, 2, 6]]) > 0
+
+
+def test_weight_centers_update_is_eq7():
+    head = CosFace(D, C).double()
+    features, labels = batch()
+    everyone_initialised = [True] * C
+    expected, _ = loop_update(head.weight.detach(), everyone_initialised, features, labels, 0.1)
+    WeightCenters(head).update(features, labels, 0.1)
+    torch.testing.assert_close(head.weight.detach(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.1])
+def test_weight_centers_stay_finite_where_the_earlier_port_nand(rate):
+    """The earlier port's setting that NaN'd: uniform loss on the head weights, weights dragged toward
+    raw features at rate 0.01 / 0.1 while the features' norm keeps growing (here to 1e12)."""
+    torch.manual_seed(0)
+    head = CosFace(32, 40)
+    wc = WeightCenters(head, scope="all")
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9)
+    class_means = torch.randn(40, 32)
+    for step in range(60):
+        scale = 10.0 ** (step / 5)
+        labels = torch.randint(0, 40, (64,))
+        features = (class_means[labels] + 0.01 * torch.randn(64, 32)) * scale
+        features[labels == 3] = features[labels == 3][:1]  # identical features: weights that coincide
+        loss = uniform_loss(wc.loss_centers(features, labels))
+        optimizer.zero_grad()
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(head.weight.grad).all()
+        optimizer.step()
+        wc.update(features, labels, rate)
+        assert torch.isfinite(head.weight).all()
+    assert head.weight.norm(dim=1).max() > 1e6  # the weights really did follow the growing features
+
+
+def loop_mean_min_distance(points):
+    p = points.double().tolist()
+    return sum(min(math.dist(a, b) for j, b in enumerate(p) if j != i) for i, a in enumerate(p)) / len(p)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 5])
+def test_mean_min_distance(chunk):
+    torch.manual_seed(1)
+    points = torch.randn(13, 6) * 4 + 100
+    points[7] = points[2] + 1e-3  # a near pair far from the origin
+    got = mean_min_distance(points, chunk_size=chunk)
+    assert got.item() == pytest.approx(loop_mean_min_distance(points), rel=1e-5)
+    with pytest.raises(ValueError, match="M >= 2"):
+        mean_min_distance(points[:1])
+
+
+# ------------------------------------------------------------------------------------------ distributed
+WORLD = 2
+SPLIT = [5, 4]  # unequal on purpose: ranks may drop different numbers of broken images
+
+
+def _features_model():
+    torch.manual_seed(123)
+    return nn.Linear(6, D).double()
+
+
+def _global_inputs():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(sum(SPLIT), 6, generator=g, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1, 2, 6, 2, 0, 1, 4])
+    return x, labels
+
+
+def _one_process_step(model, centers, head, weight_centers, x, labels):
+    """What every configuration computes; returns (uniform loss, model grads, centers, head weight)."""
+    loss = uniform_loss(centers.loss_centers(model(x), labels))
+    loss.backward()
+    features = model(x).detach()
+    centers.update(features, labels, 0.5)
+    uniform_loss(weight_centers.loss_centers(features, labels)).backward()
+    weight_centers.update(features, labels, 0.1)
+    grads = [p.grad.clone() for p in model.parameters()]
+    return loss.detach(), grads, centers.state_dict(), head.weight.detach().clone(), head.weight.grad.clone()
+
+
+def _ddp_worker(rank, init_file, out_dir):
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback: no dependence on hostname lookup
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        model = nn.parallel.DistributedDataParallel(_features_model())
+        centers, head = seeded_centers("all"), CosFace(D, C).double()
+        torch.manual_seed(5)
+        nn.init.normal_(head.weight)
+        x, labels = _global_inputs()
+        start = sum(SPLIT[:rank])
+        rows = slice(start, start + SPLIT[rank])
+        result = _one_process_step(model, centers, head, WeightCenters(head, scope="batch"), x[rows], labels[rows])
+        torch.save(result, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_equals_one_process_with_the_global_batch(tmp_path):
+    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    model, centers, head = _features_model(), seeded_centers("all"), CosFace(D, C).double()
+    torch.manual_seed(5)
+    nn.init.normal_(head.weight)
+    x, labels = _global_inputs()
+    loss, grads, state, weight, weight_grad = _one_process_step(model, centers, head,
+                                                                WeightCenters(head, scope="batch"), x, labels)
+    for rank in range(WORLD):
+        r_loss, r_grads, r_state, r_weight, r_weight_grad = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(r_loss, loss, rtol=1e-12, atol=1e-14)
+        for got, want in zip(r_grads, grads):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(r_state["centers"], state["centers"], rtol=1e-12, atol=1e-14)
+        assert torch.equal(r_state["initialized"], state["initialized"])
+        torch.testing.assert_close(r_weight_grad, weight_grad, rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(r_weight, weight, rtol=1e-12, atol=1e-14)

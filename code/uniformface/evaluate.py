@@ -1,20 +1,25 @@
-"""LFW-style evaluation of a trained network: batched, DataLoader-fed feature extraction with the
-flip the protocol asks for, then `verification.kfold_accuracy` over `pairs.txt` (SPEC §8)."""
+"""Evaluation of a trained network: LFW `pairs.txt` (sphereface or insightface protocol) and insightface
+`.bin` sets (insightface protocol), with batched, DataLoader-fed features and the flip the protocol asks
+for (SPEC §8); ROC figures; the rule `verify.py` applies to a new pair; class-center spread."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 
+from .binfile import read_bin
 from .checkpoint import load_weights
-from .data import ImageListDataset
-from .models import build_model, normalize_pixels
+from .embedding import EncodedImages, ImageFiles, crop_offset, extract_features
+from .models import build_model
 from .pairs import Pair, missing_images, read_pairs, unique_images
-from .verification import combine_flip, kfold_accuracy, pair_scores, roc_metrics
+from .verification import (combine_flip, cosine, insightface_threshold, kfold_accuracy, pair_scores, roc_metrics,
+                           roc_points, save_roc_png, sphereface_threshold, squared_distance)
+
+BIN_FOLDS = 10  # insightface verification.py: nrof_folds=10
 
 
 def load_backbone(model_path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict, dict]:
@@ -26,26 +31,11 @@ def load_backbone(model_path: str | Path, device: str = "cpu") -> tuple[nn.Modul
     return model.to(device).eval(), spec, payload
 
 
-@torch.no_grad()
 def extract(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path, paths: Sequence[str],
-            batch_size: int = 128, num_workers: int = 2, device: str = "cpu", progress: bool = True
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Features of every image and of its horizontal mirror: (f, f_flip), float32 (N, D) each."""
-    from tqdm import tqdm
-
-    loader = DataLoader(ImageListDataset(root, paths), batch_size=batch_size, num_workers=num_workers,
-                        pin_memory=device.startswith("cuda"))
-    plain, flipped = [], []
-    for images, _ in tqdm(loader, desc="features", unit="batch", disable=not progress, dynamic_ncols=True):
-        x = normalize_pixels(images.to(device, non_blocking=True))
-        both = embed(torch.cat([x, x.flip(-1)])).float().cpu()
-        plain.append(both[: len(x)])
-        flipped.append(both[len(x):])
-    return torch.cat(plain).numpy(), torch.cat(flipped).numpy()
-
-
-def model_embedder(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    return model
+            batch_size: int = 128, num_workers: int = 2, device: str = "cpu", progress: bool = True,
+            input_size: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Features of every image under `root` and of its horizontal mirror: (f, f_flip), float32 (N, D) each."""
+    return extract_features(embed, ImageFiles(root, paths, input_size), batch_size, num_workers, device, progress)
 
 
 def raw_pixel_embedder(images: torch.Tensor) -> torch.Tensor:
@@ -55,9 +45,12 @@ def raw_pixel_embedder(images: torch.Tensor) -> torch.Tensor:
 
 def evaluate_pairs(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path, pairs_path: str | Path,
                    protocol: str = "sphereface", allow_missing: bool = False, batch_size: int = 128,
-                   num_workers: int = 2, device: str = "cpu", progress: bool = True) -> dict:
+                   num_workers: int = 2, device: str = "cpu", progress: bool = True,
+                   input_size: Sequence[int] | None = None, roc_png: str | Path | None = None,
+                   label: str | None = None) -> dict:
     """Verification accuracy over `pairs.txt`. A missing image is an error listing every missing file;
-    with `allow_missing` such pairs count as wrong and the folds stay as `pairs.txt` defines them."""
+    with `allow_missing` such pairs count as wrong and the folds stay as `pairs.txt` defines them.
+    `input_size` (the network's) lets 112x112 crops feed a 112x96 network; `roc_png` saves the ROC."""
     pairs: list[Pair] = read_pairs(pairs_path)
     missing = missing_images(pairs, root)
     if missing and not allow_missing:
@@ -67,7 +60,7 @@ def evaluate_pairs(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Pa
                                 "(pass --allow_missing to count their pairs as wrong)")
     missing_set = set(missing)
     present = [p for p in unique_images(pairs) if p not in missing_set]
-    f, f_flip = extract(embed, root, present, batch_size, num_workers, device, progress)
+    f, f_flip = extract(embed, root, present, batch_size, num_workers, device, progress, input_size)
     features = combine_flip(f, f_flip, protocol)
     row = {p: i for i, p in enumerate(present)}
     usable = np.array([p.left in row and p.right in row for p in pairs])
@@ -81,9 +74,114 @@ def evaluate_pairs(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Pa
     is_same = np.array([p.is_same for p in pairs])
     n_folds = max(p.fold for p in pairs) + 1
     result = kfold_accuracy(left, right, is_same, protocol=protocol, n_folds=n_folds,
-                            invalid=~usable if (~usable).any() else None)
-    out = result.to_dict()
-    scores = pair_scores(left[idx], right[idx], protocol)
-    out.update(roc_metrics(scores, is_same[idx]))
-    out.update(n_pairs=len(pairs), n_missing_pairs=int((~usable).sum()), missing_images=[str(m) for m in missing])
-    return out
+                            invalid=~usable if (~usable).any() else None).to_dict()
+    result.update(_roc(left[idx], right[idx], is_same[idx], protocol, roc_png, label))
+    result["verify_rule"] = decision_rule(left[idx], right[idx], is_same[idx], protocol)
+    result.update(n_pairs=len(pairs), n_missing_pairs=int((~usable).sum()), missing_images=[str(m) for m in missing])
+    return result
+
+
+def evaluate_bin(embed: Callable[[torch.Tensor], torch.Tensor], path: str | Path,
+                 input_size: Sequence[int] | None = None, batch_size: int = 128, num_workers: int = 2,
+                 device: str = "cpu", progress: bool = True, roc_png: str | Path | None = None,
+                 label: str | None = None) -> dict:
+    """An insightface `.bin` set (pairs = images 2k, 2k+1) under the insightface protocol, 10 folds.
+    Images larger than `input_size` by the template relation (112x112 -> 112x96) are cropped; the
+    result's `crop` says what was done."""
+    embeddings, issame, crop = bin_embeddings(embed, path, input_size, batch_size, num_workers, device, progress)
+    left, right = embeddings[0::2], embeddings[1::2]
+    result = kfold_accuracy(left, right, issame, protocol="insightface", n_folds=BIN_FOLDS).to_dict()
+    result.update(_roc(left, right, issame, "insightface", roc_png, label))
+    result.update(n_pairs=int(len(issame)), crop=crop, path=str(path))
+    return result
+
+
+def bin_embeddings(embed: Callable[[torch.Tensor], torch.Tensor], path: str | Path,
+                   input_size: Sequence[int] | None = None, batch_size: int = 128, num_workers: int = 2,
+                   device: str = "cpu", progress: bool = True) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """(normalise(f + f_flip) per image, issame per pair, description of the crop or None)."""
+    encoded, issame = read_bin(path, decode=False)
+    crop = None
+    if input_size is not None and encoded:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(encoded[0])) as first:
+            size = (first.height, first.width)
+        offset = crop_offset(size, input_size)
+        if offset is not None and offset != (0, 0):
+            rows, cols = input_size
+            crop = (f"{size[0]}x{size[1]} images centre-cropped to the network's {rows}x{cols} (rows "
+                    f"{offset[0]}..{offset[0] + rows - 1}, columns {offset[1]}..{offset[1] + cols - 1}): the 112x112 "
+                    "template is the 112x96 one shifted by +8 in x (SPEC §7)")
+    dataset = EncodedImages(encoded, input_size, source=str(path))
+    f, f_flip = extract_features(embed, dataset, batch_size, num_workers, device, progress)
+    return combine_flip(f, f_flip, "insightface"), issame, crop
+
+
+def _roc(left: np.ndarray, right: np.ndarray, is_same: np.ndarray, protocol: str, roc_png, label) -> dict:
+    """TAR at FAR 1e-3 / 1e-2, AUC and EER over all pairs (one global mean for sphereface), and the figure.
+    A set of only same (or only different) pairs has no ROC: the four figures are None."""
+    if is_same.all() or not is_same.any():
+        return {"tar_at_far_1e-3": None, "tar_at_far_1e-2": None, "auc": None, "eer": None,
+                "roc_note": "no ROC: the set holds only " + ("same" if is_same.all() else "different") + " pairs"}
+    scores = pair_scores(left, right, protocol)
+    metrics = roc_metrics(scores, is_same)
+    if roc_png is not None:
+        fpr, tpr = roc_points(scores, is_same)
+        save_roc_png(fpr, tpr, roc_png, label=f"{label or 'model'} (AUC {metrics['auc']:.4f})",
+                     title=f"ROC, {protocol} protocol, {len(scores)} pairs")
+        metrics["roc_png"] = str(roc_png)
+    return metrics
+
+
+def decision_rule(left: np.ndarray, right: np.ndarray, is_same: np.ndarray, protocol: str) -> dict:
+    """How `verify.py` decides a new pair as this evaluation would, fitted on ALL the pairs at once with
+    the protocol's own threshold rule (the per-fold thresholds each used their own 9-fold mean, so no one
+    of them applies to a new pair as such):
+
+    sphereface: `feature_mean` = the mean of every left and right [f, f_flip] feature; score = cosine after
+    subtracting it; `cosine_threshold` = the mean of the grid values (-1..1 step 1e-4) tying for the best
+    accuracy (evaluation.m's getThreshold); same iff score > threshold.
+    insightface: no mean; `squared_distance_threshold` t = the first best of 0..4 step 0.01 on
+    |a - b|^2 of unit vectors, same iff |a - b|^2 < t, i.e. cosine > 1 - t / 2 = `cosine_threshold`."""
+    left, right = np.asarray(left, np.float64), np.asarray(right, np.float64)
+    if protocol == "sphereface":
+        mean = np.concatenate([left, right]).mean(0)
+        threshold = sphereface_threshold(cosine(left - mean, right - mean), is_same)
+        return {"protocol": protocol, "feature_mean": mean.tolist(), "cosine_threshold": threshold,
+                "fitted_on_pairs": int(len(left))}
+    distance_threshold = insightface_threshold(squared_distance(left, right), is_same)
+    return {"protocol": protocol, "feature_mean": None, "cosine_threshold": 1.0 - distance_threshold / 2.0,
+            "squared_distance_threshold": distance_threshold, "fitted_on_pairs": int(len(left))}
+
+
+def center_stats(payload: dict) -> dict:
+    """The earlier port's second table: the mean over classes of the distance to the nearest other class
+    center. Feature-space centers when the run kept them (center_mode: feature), else the head's class
+    weights (center_mode: weight, the earlier port's centers). Empty when fewer than two exist."""
+    from .centers import mean_min_distance
+
+    if "centers" in payload:
+        centers, source = payload["centers"], "feature centers"
+        if "centers_initialized" in payload:
+            centers = centers[payload["centers_initialized"].bool()]
+    elif isinstance(payload.get("head"), dict) and "weight" in payload["head"]:
+        centers, source = payload["head"]["weight"], "head weights"
+    else:
+        return {}
+    if centers.dim() != 2 or len(centers) < 2:
+        return {}
+    return {"mean_min_center_distance": float(mean_min_distance(centers)), "centers_from": source,
+            "n_centers": int(len(centers))}
+
+
+def merge_results(previous: dict | None, lfw: dict | None = None, bins: dict | None = None) -> dict:
+    """One results file per model: an LFW run replaces the LFW part and keeps earlier `.bin` results;
+    a `.bin` run replaces only the sets it evaluated."""
+    previous = dict(previous or {})
+    kept_bins = dict(previous.get("bin", {}))
+    merged = dict(lfw) if lfw is not None else {k: v for k, v in previous.items() if k != "bin"}
+    kept_bins.update(bins or {})
+    if kept_bins:
+        merged["bin"] = kept_bins
+    return merged

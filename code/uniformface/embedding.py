@@ -1,0 +1,189 @@
+"""Images -> network features: fitting aligned crops to the network's input, DataLoader-fed batched
+inference with the horizontal flip the protocols use, and a whole folder's embeddings.
+
+Crops of 112x112 (insightface `.bin` sets, `preprocess.py --output_size 112x112`) feed a 112x96 network by
+dropping 8 columns each side: the 112x112 template is the 112x96 one shifted by +8 in x (SPEC §7,
+`align.template`), so the central 96 columns ARE the 112x96 crop, with no resampling.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .align import template
+from .data import IMAGE_EXTENSIONS, decode_image
+from .models import normalize_pixels
+from .verification import combine_flip
+
+EMBEDDING_MODES = ("plain", "sphereface", "insightface")
+
+
+def crop_offset(image_size: Sequence[int], input_size: Sequence[int]) -> tuple[int, int] | None:
+    """(rows, cols) to drop at the top and left so that an aligned crop of `image_size` becomes one of
+    `input_size`, read off the two alignment templates; None when the sizes have no such relation."""
+    image_size, input_size = tuple(int(v) for v in image_size), tuple(int(v) for v in input_size)
+    if image_size == input_size:
+        return 0, 0
+    try:
+        shift = template(image_size) - template(input_size)
+    except ValueError:
+        return None
+    left, top = np.rint(shift[0]).astype(int)
+    if not np.allclose(shift, [left, top], atol=1e-9) or left < 0 or top < 0:  # a whole-pixel shift only
+        return None
+    left, top = int(left), int(top)
+    if top + input_size[0] > image_size[0] or left + input_size[1] > image_size[1]:
+        return None
+    return top, left
+
+
+def fit_to_input(image: torch.Tensor, input_size: Sequence[int] | None, where: str) -> torch.Tensor:
+    """(3, H, W) uint8 image -> (3, h, w) with (h, w) = input_size, by the template crop above.
+    `where` names the image in the error raised when its size does not fit the network."""
+    if input_size is None:
+        return image
+    rows, cols = (int(v) for v in input_size)
+    offset = crop_offset(image.shape[1:], (rows, cols))
+    if offset is None:
+        raise ValueError(f"{where}: image is {image.shape[1]}x{image.shape[2]} but the network takes {rows}x{cols} "
+                         "aligned crops (align the images at the network's size: preprocess.py --output_size)")
+    top, left = offset
+    return image[:, top:top + rows, left:left + cols]
+
+
+class ImageFiles(Dataset):
+    """Aligned images by path relative to `root`; item (uint8 (3, h, w) tensor fitted to input_size, index)."""
+
+    def __init__(self, root: str | Path, relative_paths: Sequence[str], input_size: Sequence[int] | None = None):
+        self.root = Path(root)
+        self.paths = list(relative_paths)
+        self.input_size = input_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.root / self.paths[index]
+        return fit_to_input(decode_image(path), self.input_size, str(path)), index
+
+
+class EncodedImages(Dataset):
+    """Encoded images held in memory (an insightface `.bin`), decoded in the loader's workers."""
+
+    def __init__(self, encoded: Sequence[bytes], input_size: Sequence[int] | None = None, source: str = "images"):
+        self.encoded = list(encoded)
+        self.input_size = input_size
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        where = f"{self.source}: image {index}"
+        try:
+            with Image.open(io.BytesIO(self.encoded[index])) as image:
+                pixels = np.array(image.convert("RGB"))
+        except Exception as exc:
+            raise ValueError(f"{where} cannot be decoded: {exc}") from exc
+        return fit_to_input(torch.from_numpy(pixels).permute(2, 0, 1), self.input_size, where), index
+
+
+@torch.no_grad()
+def extract_features(embed: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, batch_size: int = 128,
+                     num_workers: int = 2, device: str = "cpu", progress: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Features of every image of `dataset` and of its horizontal mirror: (f, f_flip), float32 (N, D)
+    each, in dataset order. Both go through the network in one batch."""
+    from tqdm import tqdm
+
+    if len(dataset) == 0:
+        raise ValueError("no images to embed")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                        pin_memory=str(device).startswith("cuda"))
+    plain, flipped = [], []
+    for images, _ in tqdm(loader, desc="features", unit="batch", disable=not progress, dynamic_ncols=True):
+        x = normalize_pixels(images.to(device, non_blocking=True))
+        both = embed(torch.cat([x, x.flip(-1)])).float().cpu()
+        plain.append(both[: len(x)])
+        flipped.append(both[len(x):])
+    return torch.cat(plain).numpy(), torch.cat(flipped).numpy()
+
+
+def combine(f: np.ndarray, f_flip: np.ndarray, mode: str) -> np.ndarray:
+    """plain: f alone; sphereface: [f, f_flip]; insightface: normalise(f + f_flip) (SPEC §8)."""
+    if mode == "plain":
+        return np.asarray(f, np.float32)
+    if mode not in EMBEDDING_MODES:
+        raise ValueError(f"unknown embedding mode {mode!r}; expected one of {', '.join(EMBEDDING_MODES)}")
+    return combine_flip(f, f_flip, mode).astype(np.float32)
+
+
+def list_images(root: str | Path) -> list[str]:
+    """Every image file under `root` (any depth), as sorted POSIX paths relative to it; hidden entries skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        for name in files:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(Path(folder, name).relative_to(root).as_posix())
+    if not found:
+        raise ValueError(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return sorted(found)
+
+
+def embed_folder(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path, input_size: Sequence[int] | None,
+                 mode: str = "plain", batch_size: int = 128, num_workers: int = 2, device: str = "cpu",
+                 progress: bool = True) -> tuple[np.ndarray, list[str]]:
+    """(embeddings float32 (N, D), relative file names) of every image under `root`, sorted by name."""
+    if mode not in EMBEDDING_MODES:
+        raise ValueError(f"unknown embedding mode {mode!r}; expected one of {', '.join(EMBEDDING_MODES)}")
+    names = list_images(root)
+    bad = [n for n in names if "\n" in n or "\r" in n]
+    if bad:
+        raise ValueError(f"{root}: file names with line breaks cannot be listed one per line: {bad[:3]}")
+    f, f_flip = extract_features(embed, ImageFiles(root, names, input_size), batch_size, num_workers, device, progress)
+    return combine(f, f_flip, mode), names
+
+
+def names_path(output: str | Path) -> Path:
+    """The file names' list beside the embeddings: `emb.npy` -> `emb.txt`."""
+    return Path(output).with_suffix(".txt")
+
+
+def save_embeddings(output: str | Path, embeddings: np.ndarray, names: Sequence[str]) -> Path:
+    """`output` (.npy, float32 (N, D), row i = names[i]) and the names one per line (UTF-8) in the sibling
+    `.txt`, both written atomically. Returns the names file."""
+    from .checkpoint import atomic_write_bytes, atomic_write_text
+
+    output = Path(output)
+    if output.suffix != ".npy":
+        raise ValueError(f"--output {output}: expected a .npy file name")
+    if len(embeddings) != len(names):
+        raise ValueError(f"{len(embeddings)} embeddings for {len(names)} names")
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(embeddings, np.float32), allow_pickle=False)
+    atomic_write_bytes(output, buffer.getvalue())
+    listing = names_path(output)
+    atomic_write_text(listing, "".join(f"{n}\n" for n in names))
+    return listing
+
+
+def load_embeddings(output: str | Path) -> tuple[np.ndarray, list[str]]:
+    """Read back what `save_embeddings` wrote."""
+    output = Path(output)
+    embeddings = np.load(output, allow_pickle=False)
+    names = names_path(output).read_text(encoding="utf-8").splitlines()
+    if len(names) != len(embeddings):
+        raise ValueError(f"{output}: {len(embeddings)} rows but {names_path(output)} lists {len(names)} names")
+    return embeddings, names

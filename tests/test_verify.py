@@ -1,0 +1,154 @@
+"""verify.py (issue 4, item 6): two real photos (scikit-image's astronaut, and a turned, shifted, rescaled
+copy of it) are aligned with the project's aligner, embedded with the flip, and compared with the rule of
+the model's LFW run or --threshold; a photo without a face is an error naming it."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from uniformface.align import FaceDetector, align_face
+from uniformface.checkpoint import export_weights
+from uniformface.compare import load_rule
+from uniformface.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+FACE_CENTRE = (226, 122)  # the astronaut's face in data.astronaut(), (x, y)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    photo = Image.fromarray(data.astronaut())
+    photo.save(folder / "astronaut.jpg", quality=92)
+    turned = photo.rotate(12, center=FACE_CENTRE, resample=Image.Resampling.BICUBIC)
+    turned.crop((60, -20, 420, 340)).resize((300, 300), Image.Resampling.BICUBIC).save(folder / "same.jpg", quality=92)
+    yy, xx = np.mgrid[0:200, 0:240]
+    Image.fromarray(np.stack([xx, yy, (xx + yy) // 2], -1).astype(np.uint8)).save(folder / "wall.jpg")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("sphereface4", 32).eval()
+    path = tmp_path_factory.mktemp("run") / "sphereface4_32.pt"
+    export_weights(path, model, {"model_name": "sphereface4", "emb_dim": 32, "input_size": [112, 96]})
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_features(photos, model_path):
+    """Independent path: the aligner called directly, numpy normalisation, [f, f_flip] in float64."""
+    torch.manual_seed(0)
+    model = build_model("sphereface4", 32).eval()
+    model.load_state_dict(torch.load(model_path, weights_only=True)["model"])
+    detector = FaceDetector()
+    features = []
+    for name in ("astronaut.jpg", "same.jpg"):
+        pixels = np.asarray(Image.open(photos / name).convert("RGB"))
+        face = align_face(pixels, detector.detect(pixels), (112, 96))
+        x = torch.from_numpy((face.astype(np.float32) - 127.5) / 128).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            features.append(np.concatenate([model(x)[0].double().numpy(), model(x.flip(-1))[0].double().numpy()]))
+    return features
+
+
+def cosine(a, b):
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+def write_rule(path, feature_mean, threshold):
+    path.write_text(json.dumps({"protocol": "sphereface", "accuracy_mean": 0.9, "thresholds": [0.3, 0.4],
+                                "verify_rule": {"protocol": "sphereface", "feature_mean": list(feature_mean),
+                                                "cosine_threshold": threshold, "fitted_on_pairs": 6000}}))
+
+
+def verify_main(args):
+    spec = importlib.util.spec_from_file_location("script_verify", ROOT / "code" / "verify.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(args)
+
+
+def printed_cosine(out):
+    return float(out.split("cosine ")[1].split()[0])
+
+
+def test_same_photo_rule_from_the_lfw_run(photos, model_path, reference_features, tmp_path):
+    """The stored LFW feature mean is subtracted before the cosine; the stored threshold decides."""
+    a, b = reference_features
+    mean = 0.5 * a + np.random.default_rng(0).normal(0, 0.01, 64)   # large enough to move the cosine
+    expected = cosine(a - mean, b - mean)
+    assert abs(expected - cosine(a, b)) > 0.01
+    results = model_path.parent / "lfw_results.json"
+    write_rule(results, mean, expected - 0.05)
+    proc = subprocess.run([sys.executable, str(ROOT / "code/verify.py"), str(photos / "astronaut.jpg"),
+                           str(photos / "same.jpg"), "--model_path", str(model_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert abs(printed_cosine(proc.stdout) - expected) < 2e-5
+    assert "same person" in proc.stdout and "minus the LFW feature mean" in proc.stdout
+    assert f"{expected - 0.05:.6f}" in proc.stdout and str(results) in proc.stdout
+    results.unlink()
+
+
+def test_threshold_option_decides_both_ways(photos, model_path, reference_features, capsys):
+    """Without a results file the cosine is that of the plain [f, f_flip]; --threshold decides."""
+    expected = cosine(*reference_features)
+    assert expected > 0.9   # the two views of one face, aligned, are nearly the same image
+    args = [str(photos / "astronaut.jpg"), str(photos / "same.jpg"), "--model_path", str(model_path), "--threshold"]
+    assert verify_main(args + [str(expected - 1e-3)]) == 0
+    out = capsys.readouterr().out
+    assert abs(printed_cosine(out) - expected) < 2e-5 and "same person" in out and "--threshold" in out
+    assert verify_main(args + [str(expected + 1e-3)]) == 0
+    assert "different people" in capsys.readouterr().out
+
+
+def test_stored_threshold_above_the_cosine_says_different(photos, model_path, reference_features, capsys):
+    mean = np.zeros(64)
+    results = model_path.parent / "lfw_results.json"
+    write_rule(results, mean, cosine(*reference_features) + 1e-3)
+    try:
+        args = [str(photos / "same.jpg"), str(photos / "astronaut.jpg"), "--model_path", str(model_path)]
+        assert verify_main(args) == 0
+    finally:
+        results.unlink()
+    assert "different people" in capsys.readouterr().out
+
+
+def test_faceless_photo_and_missing_rule_are_clear_errors(photos, model_path, capsys):
+    wall = str(photos / "wall.jpg")
+    args = [str(photos / "astronaut.jpg"), wall, "--model_path", str(model_path), "--threshold", "0.3"]
+    assert verify_main(args) == 1
+    err = capsys.readouterr().err
+    assert f"no face found in {wall}" in err and "astronaut.jpg" not in err
+    assert verify_main([str(photos / "astronaut.jpg"), str(photos / "same.jpg"), "--model_path", str(model_path)]) == 1
+    err = capsys.readouterr().err
+    assert "lfw_results.json not found" in err and "test.py" in err and "--threshold" in err
+
+
+def test_load_rule_variants(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"protocol": "insightface", "thresholds": [1.2, 1.4]}))
+    rule = load_rule(path)  # an insightface run's thresholds are squared distances of unit vectors
+    assert rule.feature_mean is None and rule.threshold == pytest.approx(1 - 1.3 / 2)
+    path.write_text(json.dumps({"protocol": "sphereface", "thresholds": [0.3, 0.4]}))
+    with pytest.raises(ValueError, match="no 'verify_rule'.*rerun"):
+        load_rule(path)
+    path.write_text("{")
+    with pytest.raises(ValueError, match=r"r.json:1: not valid JSON"):
+        load_rule(path)

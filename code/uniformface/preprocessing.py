@@ -1,0 +1,474 @@
+"""Align a whole image tree: `DATASET/<identity>/<file>` -> `OUT/<identity>/<file>` (SPEC §7).
+
+One pass over chunks of files: DataLoader workers decode them and MTCNN runs on batches of same-size
+images (on a CPU inside each worker, single-threaded; on a GPU in the main process), then the main process
+aligns and writes them. A face the detector misses is either skipped (training sets) or aligned
+with the mean landmarks of the detected images of the same size (test sets, so that no pair is lost);
+those misses are kept aside and finished after the pass, when the means are known. Every miss, fallback
+and broken file is listed in `OUT/preprocess_report.tsv`; the landmarks used for every aligned image go
+to `OUT/landmarks.txt` (the `lfw_landmark.txt` format, so `--landmarks OUT/landmarks.txt` replays them).
+A rerun skips outputs that exist; each output is written to a temporary file and renamed into place.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from .align import DETECTION_MAX_SIDE, FaceDetector, ImageLoadError, align_face, read_rgb, to_original, to_reduced
+from .data import IMAGE_EXTENSIONS
+
+REPORT_NAME = "preprocess_report.tsv"
+LANDMARKS_NAME = "landmarks.txt"
+JPEG_QUALITY = 95
+PARTIAL_SUFFIX = ".partial"
+LFW_NAME = re.compile(r"^(?P<identity>[^/]+)/(?P=identity)_\d{4}\.[A-Za-z]+$")
+# Misses waiting for the mean landmarks keep their pixels up to this many bytes; beyond, they are decoded again.
+MISS_PIXEL_BUDGET = 512 * 2**20
+
+
+@dataclass
+class Options:
+    dataset: Path
+    output_dir: Path
+    output_size: tuple[int, int] = (112, 96)
+    device: str = "cpu"
+    batch_size: int | None = None      # images per detector call; None: 8 on CPU, 128 on CUDA
+    workers: int = 2
+    landmarks: Path | None = None      # lfw_landmark.txt-style file: align with these points, no detector
+    fallback: str = "auto"             # auto | mean | skip
+    min_face_size: int = 20
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.9)
+    factor: float = 0.85
+    max_side: int = DETECTION_MAX_SIDE
+    progress: bool = True
+
+
+@dataclass
+class Summary:
+    aligned: int = 0          # with detected (or given) landmarks
+    fallback: int = 0         # missed face, aligned with mean landmarks
+    no_face: int = 0          # missed face, skipped
+    broken: int = 0
+    already_done: int = 0
+    ignored: int = 0          # files without an image extension
+    missing_files: int = 0    # landmark-file lines naming a file that is not in the dataset
+    detection_attempts: int = 0   # decoded images that needed landmarks
+    detected: int = 0             # ... and got them (from the detector or the landmark file)
+    report_path: Path | None = None
+    rows: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (f"aligned {self.aligned}, fallback {self.fallback}, skipped-no-face {self.no_face}, "
+                f"broken {self.broken}, already-done {self.already_done}"
+                + (f", ignored {self.ignored}" if self.ignored else "")
+                + (f", landmark lines without a file {self.missing_files}" if self.missing_files else ""))
+
+    def detection_rate_line(self, label: str = "detection rate") -> str:
+        if not self.detection_attempts:
+            return f"{label}: no image needed landmarks in this run"
+        rate = 100.0 * self.detected / self.detection_attempts
+        return f"{label} {rate:.2f}% ({self.detected} of {self.detection_attempts} decoded images)"
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+
+def scan_tree(root: Path) -> tuple[list[str], list[str]]:
+    """Relative POSIX paths of the image files under `root` (sorted, hidden entries skipped), and of the
+    other files (reported as ignored)."""
+    images, others = [], []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        relative_folder = os.path.relpath(folder, root)
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            relative = name if relative_folder == "." else f"{relative_folder}/{name}".replace(os.sep, "/")
+            (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(relative)
+    return images, others
+
+
+def looks_like_test_set(relative_paths: Sequence[str]) -> bool:
+    """LFW naming, `<identity>/<identity>_NNNN.<ext>` for every file: a verification set."""
+    return bool(relative_paths) and all(LFW_NAME.match(p) for p in relative_paths)
+
+
+def read_landmark_file(path: Path, strict: bool = True) -> dict[str, np.ndarray]:
+    """SphereFace's `lfw_landmark.txt`: per line a relative path, then x1 y1 ... x5 y5, tab separated
+    (left eye, right eye, nose, left and right mouth corners, as the template).
+    Returns {relative path: (5, 2) float64}. A malformed line raises ValueError naming file and line;
+    with strict=False it is skipped (our own file, whose last line a killed run may have cut)."""
+    points: dict[str, np.ndarray] = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            line = line.rstrip("\r\n")
+            fields = line.split("\t") if "\t" in line else line.split()  # tabs, or spaces in hand-made files
+            try:
+                if len(fields) != 11:
+                    raise ValueError(f"expected a path and 10 numbers separated by tabs, got {len(fields)} fields")
+                values = np.array([float(v) for v in fields[1:]], dtype=np.float64)
+                if not np.isfinite(values).all():
+                    raise ValueError("non-finite coordinate")
+            except ValueError as exc:
+                if strict:
+                    raise ValueError(f"{path}, line {number}: {exc}") from None
+                continue
+            points[fields[0].replace("\\", "/")] = values.reshape(5, 2)
+    return points
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) of the upright image from its header, or None when unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                width, height = height, width
+            return width, height
+    except Exception:
+        return None
+
+
+def locate_faces(detector: FaceDetector, items: list[dict]) -> list[np.ndarray | None]:
+    """Landmarks for decoded items, in one batched call; if MTCNN fails on the batch, image by image,
+    and an image that makes it fail gets an error (reported as broken) instead of ending the run."""
+    try:
+        return detector.detect_batch([item["pixels"] for item in items])
+    except Exception:
+        found = []
+        for item in items:
+            try:
+                found.append(detector.detect(item["pixels"]))
+            except Exception as exc:
+                item["error"] = f"face detector failed: {type(exc).__name__}: {exc}"
+                found.append(None)
+        return found
+
+
+def _die_with_parent(_worker_id: int) -> None:
+    """Loader workers end when the main process is killed (Linux); otherwise a `kill -9` of a run
+    leaves them hanging on a full result queue."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _unchanged(item):
+    """The loader's collate step: keep numpy arrays as they are (the default turns them into tensors)."""
+    return item
+
+
+class _ChunkSet(Dataset):
+    """Item i: the records of the i-th chunk of files, decoded (a broken file becomes an error string,
+    never an exception). With `detector_options` the chunk's faces are also located here, so that on a
+    CPU each DataLoader worker runs its own single-threaded MTCNN on its own batch: MTCNN is many small
+    operations, which share out across processes far better than across the threads of one."""
+
+    def __init__(self, root: Path, chunks: Sequence[Sequence[str]], max_side: int, detector_options: dict | None):
+        self.root, self.chunks, self.max_side = root, chunks, max_side
+        self.detector_options = detector_options
+        self.detector: FaceDetector | None = None  # built in the process that uses it
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int) -> list[dict]:
+        items = []
+        for relative in self.chunks[index]:
+            try:
+                pixels, scale = read_rgb(self.root / relative, self.max_side)
+                items.append({"path": relative, "pixels": pixels, "scale": scale, "error": None})
+            except ImageLoadError as exc:
+                items.append({"path": relative, "pixels": None, "scale": None, "error": str(exc)})
+        if self.detector_options is not None:
+            if self.detector is None:
+                self.detector = FaceDetector(**self.detector_options)
+            decoded = [item for item in items if item["error"] is None]
+            for item, points in zip(decoded, locate_faces(self.detector, decoded) if decoded else []):
+                item["points"] = points
+        return items
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+def write_atomic(image: np.ndarray, destination: Path) -> None:
+    """Encode in the format the file name asks for (JPEG at quality 95) into a hidden temporary file in
+    the same folder, then rename it into place: a killed run never leaves a partial output."""
+    from PIL import Image
+
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = destination.with_name(f".{destination.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    extension = destination.suffix.lower()
+    image_format = Image.registered_extensions().get(extension, "JPEG")
+    options = {"quality": JPEG_QUALITY} if image_format in ("JPEG", "WEBP") else {}
+    try:
+        Image.fromarray(image).save(temporary, format=image_format, **options)
+        os.replace(temporary, destination)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def _format_points(points: np.ndarray, separator: str = "\t") -> str:
+    return separator.join(f"{v:.2f}" for v in np.asarray(points, dtype=np.float64).ravel())
+
+
+class _SizeMeans:
+    """Running sums of landmarks per original image size, and of size-relative landmarks over all sizes."""
+
+    def __init__(self):
+        self.sums: dict[tuple[int, int], list] = {}
+        self.relative_sum = np.zeros((5, 2))
+        self.count = 0
+
+    def add(self, points: np.ndarray, size: tuple[int, int]) -> None:
+        entry = self.sums.setdefault(size, [np.zeros((5, 2)), 0])
+        entry[0] += points
+        entry[1] += 1
+        self.relative_sum += (points + 0.5) / np.asarray(size, dtype=np.float64)
+        self.count += 1
+
+    def mean_for(self, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
+        if size in self.sums:
+            total, count = self.sums[size]
+            return total / count, f"mean landmarks of {count} images of size {size[0]}x{size[1]}"
+        if self.count:
+            points = self.relative_sum / self.count * np.asarray(size, dtype=np.float64) - 0.5
+            return points, (f"no other {size[0]}x{size[1]} image had landmarks; size-relative mean landmarks "
+                            f"of {self.count} images")
+        return None, "no image had landmarks to borrow"
+
+
+# ------------------------------------------------------------------------------------------------- driver
+
+class _Run:
+    def __init__(self, options: Options):
+        self.options = options
+        self.summary = Summary()
+        self.means = _SizeMeans()
+        self.misses: list[dict] = []        # faceless images waiting for the mean landmarks
+        self.miss_bytes = 0
+        self.new_landmarks: dict[str, np.ndarray] = {}
+        self.given: dict[str, np.ndarray] | None = None       # landmark-file mode
+        self.detector: FaceDetector | None = None
+        self.detector_options: dict = {}                      # for the loader workers' own detectors
+        self.previous_landmarks: dict[str, np.ndarray] = {}   # OUT/landmarks.txt of earlier runs
+        self.todo: list[str] = []
+        self.fallback_mean = False
+        self.miss_reason = "no face found"
+
+    def report(self, path: str, status: str, detail: str) -> None:
+        self.summary.rows.append((path, status, detail))
+
+    def save(self, item: dict, points_reduced: np.ndarray) -> bool:
+        """Align and write one image; False (and a report line) when the landmarks cannot be used."""
+        try:
+            face = align_face(item["pixels"], points_reduced, self.options.output_size)
+        except ValueError as exc:
+            self.summary.broken += 1
+            self.report(item["path"], "broken", f"alignment failed: {exc}")
+            return False
+        write_atomic(face, self.options.output_dir / item["path"])
+        return True
+
+    def handle(self, item: dict, points_reduced: np.ndarray | None, landmarks_log) -> None:
+        """One decoded image with its landmarks (reduced-image coordinates) or None for a miss."""
+        height, width = item["pixels"].shape[:2]
+        original_size = (round(width * item["scale"][0]), round(height * item["scale"][1]))
+        self.summary.detection_attempts += 1
+        if points_reduced is None:
+            if self.fallback_mean:
+                if self.miss_bytes + item["pixels"].nbytes > MISS_PIXEL_BUDGET:
+                    item = dict(item, pixels=None)  # decoded again at the end
+                else:
+                    self.miss_bytes += item["pixels"].nbytes
+                self.misses.append(dict(item, size=original_size))
+            else:
+                self.summary.no_face += 1
+                self.report(item["path"], "no_face", self.miss_reason + "; skipped")
+            return
+        self.summary.detected += 1
+        if self.save(item, points_reduced):
+            original = to_original(points_reduced, item["scale"])
+            self.means.add(original, original_size)
+            landmarks_log.write(f"{item['path']}\t{_format_points(original)}\n")
+            self.new_landmarks[item["path"]] = original
+            self.summary.aligned += 1
+
+    def process(self, items: list[dict], landmarks_log) -> None:
+        """A chunk from the loader: report the broken files, locate the faces not yet located, align."""
+        decoded = [item for item in items if item["error"] is None]
+        missing = [item for item in decoded if "points" not in item]
+        if missing:
+            if self.given is not None:
+                for item in missing:
+                    given = self.given.get(item["path"])
+                    item["points"] = None if given is None else to_reduced(given, item["scale"])
+            else:
+                for item, points in zip(missing, locate_faces(self.detector, missing)):
+                    item["points"] = points
+        for item in items:
+            if item["error"] is not None:  # undecodable, or the detector failed on it
+                self.summary.broken += 1
+                self.report(item["path"], "broken", item["error"])
+            else:
+                self.handle(item, item["points"], landmarks_log)
+
+    def finish_misses(self) -> None:
+        """Fallback: align each missed face with the mean landmarks of its size (SPEC §7)."""
+        self.add_previous_landmarks()
+        for miss in self.misses:
+            if miss["pixels"] is None:
+                try:
+                    miss["pixels"], miss["scale"] = read_rgb(self.options.dataset / miss["path"], self.options.max_side)
+                except ImageLoadError as exc:  # changed on disk since the first read
+                    self.summary.broken += 1
+                    self.report(miss["path"], "broken", str(exc))
+                    continue
+            mean, how = self.means.mean_for(miss["size"])
+            if mean is None:
+                self.summary.no_face += 1
+                self.report(miss["path"], "no_face", f"{self.miss_reason}; {how}; skipped")
+                continue
+            if self.save(miss, to_reduced(mean, miss["scale"])):
+                self.summary.fallback += 1
+                self.report(miss["path"], "fallback",
+                            f"{self.miss_reason}; aligned with the {how}: {_format_points(mean, ' ')}")
+
+    def add_previous_landmarks(self) -> None:
+        """A rerun's means also count the images aligned by earlier runs (from OUT/landmarks.txt)."""
+        if not self.misses:
+            return
+        for relative, points in self.previous_landmarks.items():
+            if relative in self.new_landmarks:
+                continue
+            size = image_size(self.options.dataset / relative)
+            if size is not None:
+                self.means.add(points, size)
+
+    def run(self) -> Summary:
+        from tqdm import tqdm
+
+        options = self.options
+        dataset, output_dir = options.dataset.resolve(), options.output_dir.resolve()
+        if not dataset.is_dir():
+            raise FileNotFoundError(f"--dataset {options.dataset} is not a folder")
+        if output_dir == dataset or dataset in output_dir.parents:
+            raise ValueError(f"--output_dir {options.output_dir} must not be inside --dataset {options.dataset}")
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+        images, others = scan_tree(dataset)
+        for relative in others:
+            self.summary.ignored += 1
+            self.report(relative, "ignored", "not an image file name (extension)")
+        if options.fallback not in ("auto", "mean", "skip"):
+            raise ValueError(f"fallback must be auto, mean or skip, got {options.fallback!r}")
+        self.fallback_mean = options.fallback == "mean" or (options.fallback == "auto" and looks_like_test_set(images))
+
+        if options.landmarks is not None:
+            self.given = read_landmark_file(Path(options.landmarks))
+            present = set(images)
+            for relative in sorted(set(self.given) - present):
+                self.summary.missing_files += 1
+                self.report(relative, "missing_file", f"named in {options.landmarks} but not found in the dataset")
+            self.miss_reason = f"no landmarks in {options.landmarks}"
+        else:
+            self.detector_options = dict(device="cpu", min_face_size=options.min_face_size,
+                                         thresholds=options.thresholds, factor=options.factor,
+                                         batch_size=options.batch_size)
+            self.detector = FaceDetector(**dict(self.detector_options, device=options.device))
+
+        for leftover in stale_partials(output_dir):
+            leftover.unlink()
+        for relative in images:
+            if (output_dir / relative).exists():
+                self.summary.already_done += 1
+            else:
+                self.todo.append(relative)
+        todo = self.todo
+        landmarks_path = output_dir / LANDMARKS_NAME
+        self.previous_landmarks = read_landmark_file(landmarks_path, strict=False) if landmarks_path.exists() else {}
+
+        # On a CPU the loader's workers detect (see _ChunkSet); on a GPU, or with no workers, this process does.
+        detect_in_loader = self.detector is not None and self.detector.device.type == "cpu" and options.workers > 0
+        chunk_size = self.detector.batch_size if self.detector else 32
+        chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
+        loader = DataLoader(_ChunkSet(dataset, chunks, options.max_side,
+                                      self.detector_options if detect_in_loader else None),
+                            batch_size=None, collate_fn=_unchanged, num_workers=options.workers,
+                            worker_init_fn=_die_with_parent)
+        # Line-buffered: each aligned image's landmarks reach the file as soon as the image does.
+        with open(landmarks_path, "a", encoding="utf-8", buffering=1) as landmarks_log, \
+                tqdm(total=len(todo), unit="img", disable=not options.progress, file=sys.stderr,
+                     desc="aligning") as progress:
+            for items in loader:
+                self.process(items, landmarks_log)
+                progress.update(len(items))
+            self.finish_misses()
+
+        self.write_landmarks(landmarks_path)
+        self.write_report(output_dir / REPORT_NAME, set(todo) | set(others) | set(self.given or ()))
+        self.summary.report_path = output_dir / REPORT_NAME
+        return self.summary
+
+    def write_landmarks(self, path: Path) -> None:
+        """Rewrite landmarks.txt sorted, merged with earlier runs' lines (our appends were the safety net)."""
+        merged = dict(read_landmark_file(path, strict=False) if path.exists() else {})
+        for relative in self.todo:  # an image this run found no landmarks for loses any older line
+            merged.pop(relative, None)
+        merged.update(self.new_landmarks)
+        temporary = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            for relative in sorted(merged):
+                handle.write(f"{relative}\t{_format_points(merged[relative])}\n")
+        os.replace(temporary, path)
+
+    def write_report(self, path: Path, revisited: set[str]) -> None:
+        """This run's rows, plus earlier runs' rows for files this run did not look at (their fallbacks)."""
+        rows = {}
+        if path.exists():
+            with open(path, encoding="utf-8", newline="") as handle:
+                for row in csv.reader(handle, delimiter="\t"):
+                    if len(row) == 3 and row[0] != "path" and row[0] not in revisited:
+                        rows[row[0]] = row
+        for row in self.summary.rows:
+            rows[row[0]] = list(row)
+        temporary = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
+        with open(temporary, "w", encoding="utf-8", newline="") as handle:
+            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+            writer.writerow(["path", "status", "detail"])
+            writer.writerows(rows[key] for key in sorted(rows))
+        os.replace(temporary, path)
+
+
+def preprocess(options: Options) -> Summary:
+    """Align every image under options.dataset; see the module docstring."""
+    return _Run(options).run()
+
+
+def parse_output_size(text: str) -> tuple[int, int]:
+    """'112x96' -> (112, 96): rows x cols."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not match or (int(match[1]), int(match[2])) not in ((112, 96), (112, 112)):
+        raise ValueError(f"output size must be 112x96 or 112x112, got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def stale_partials(output_dir: Path) -> Iterable[Path]:
+    """Temporary files a killed run left behind."""
+    return output_dir.rglob(f".*{PARTIAL_SUFFIX}") if output_dir.is_dir() else ()

@@ -1,0 +1,282 @@
+"""The preprocessing command (SPEC §2, §7) on small trees of real image files: broken files, odd modes,
+faceless images, fallback, reruns and landmark-file mode."""
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+import preprocess as cli
+from uniformface import preprocessing
+from uniformface.align import FaceDetector, align_face, load_rgb
+from uniformface.preprocessing import LANDMARKS_NAME, REPORT_NAME, looks_like_test_set, read_landmark_file
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def astronaut_view(angle=0.0, scale=1.0, shift=(0, 0), size=250):
+    """A size x size photo of the astronaut's face (turned, zoomed, moved), as in test_align."""
+    photo = Image.fromarray(data.astronaut()).rotate(angle, center=(226, 122), resample=Image.Resampling.BICUBIC)
+    half = 125 * scale
+    box = (226 - half + shift[0], 122 - half + shift[1], 226 + half + shift[0], 122 + half + shift[1])
+    return np.asarray(photo.crop(box).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def faceless(seed=0, size=250):
+    """Textured but faceless: a smooth random pattern."""
+    coarse = np.random.default_rng(seed).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def save(pixels, path, **kwargs):
+    """Write a numpy array or a PIL image (for modes numpy cannot say, such as CMYK)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)).save(path, **kwargs)
+    return path
+
+
+def run_cli(capsys, *args):
+    code = cli.main([*map(str, args), "--no_progress"])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def counts(stdout):
+    found = re.search(r"aligned (\d+), fallback (\d+), skipped-no-face (\d+), broken (\d+), already-done (\d+)", stdout)
+    assert found, stdout
+    return dict(zip(["aligned", "fallback", "no_face", "broken", "already_done"], map(int, found.groups())))
+
+
+def report(out_dir):
+    lines = (out_dir / REPORT_NAME).read_text().splitlines()
+    assert lines[0] == "path\tstatus\tdetail"
+    return {line.split("\t")[0]: line.split("\t")[1] for line in lines[1:]}
+
+
+def image_files(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p.name not in (REPORT_NAME, LANDMARKS_NAME))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """See test_align: MTCNN's small operations gain little from threads and suffer on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return FaceDetector()
+
+
+def face_tolerance(reference):
+    """Mean absolute difference over the face that a 2 px misalignment of `reference` causes."""
+    face = (slice(16, 104), slice(12, 84))
+    return np.abs(reference[:, 2:][face].astype(float) - reference[:, :-2][face]).mean(), face
+
+
+def test_training_tree_with_broken_files_and_odd_modes(tmp_path, capsys, detector):
+    source, out = tmp_path / "casia", tmp_path / "aligned"
+    view = astronaut_view()
+    save(view, source / "0000045" / "001.jpg", quality=95)
+    save(astronaut_view(angle=12), source / "0000045" / "002.jpg", quality=95)
+    save(astronaut_view(scale=1.3), source / "0000099" / "001.jpg", quality=95)
+    save(astronaut_view(angle=-8, size=300), source / "0000045" / "003.jpg", quality=95)  # another size
+    save(faceless(), source / "0000099" / "002.jpg", quality=95)
+    (source / "0000099" / "003.jpg").write_bytes(b"")
+    whole = (source / "0000045" / "001.jpg").read_bytes()
+    (source / "0000099" / "004.jpg").write_bytes(whole[: len(whole) // 3])
+    (source / "0000099" / "005.jpg").write_text("this is not a picture")
+    save(Image.fromarray(view).convert("CMYK"), source / "0000123" / "001.jpg", quality=95)
+    save(np.dstack([view, np.full(view.shape[:2], 255, np.uint8)]), source / "0000123" / "002.png")
+    deep = np.asarray(Image.fromarray(view).convert("L")).astype(np.uint16) * 257
+    save(deep, source / "0000123" / "003.png")
+    save(np.asarray(Image.fromarray(view).convert("L")), source / "0000123" / "004.jpg", quality=95)
+    (source / "0000123" / "notes.txt").write_text("not an image name")
+
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", out, "--workers", 2)
+    assert code == 0
+    assert counts(stdout) == {"aligned": 8, "fallback": 0, "no_face": 1, "broken": 3, "already_done": 0}
+    assert re.search(r"detection rate 88\.89% \(8 of 9 decoded images\)", stdout)
+    assert report(out) == {"0000099/002.jpg": "no_face", "0000099/003.jpg": "broken", "0000099/004.jpg": "broken",
+                           "0000099/005.jpg": "broken", "0000123/notes.txt": "ignored"}
+    broken_detail = (out / REPORT_NAME).read_text()
+    assert "0000099/003.jpg" in broken_detail and "truncated" in broken_detail
+
+    # the loader workers' own detectors found what this process's detector finds
+    logged = read_landmark_file(out / LANDMARKS_NAME)
+    assert len(logged) == 8
+    for name, points in logged.items():
+        assert np.abs(detector.detect(load_rgb(source / name)) - points).max() <= 0.5, name
+
+    expected = ["0000045/001.jpg", "0000045/002.jpg", "0000045/003.jpg", "0000099/001.jpg", "0000123/001.jpg", "0000123/002.png",
+                "0000123/003.png", "0000123/004.jpg"]
+    assert image_files(out) == expected  # same relative paths and names, .png stays .png
+    with Image.open(out / "0000123" / "002.png") as img:
+        assert img.format == "PNG" and img.size == (96, 112) and img.mode == "RGB"
+
+    # the odd modes were decoded properly: their crops match the plain JPEG's to better than 2 px
+    plain = np.asarray(Image.open(out / "0000045" / "001.jpg")).astype(float)
+    tolerance, face = face_tolerance(plain)
+    plain_grey = np.asarray(Image.open(out / "0000045" / "001.jpg").convert("L")).astype(float)
+    for name in ("001.jpg", "002.png"):
+        crop = np.asarray(Image.open(out / "0000123" / name)).astype(float)
+        assert np.abs(crop[face] - plain[face]).mean() < tolerance, name
+    for name in ("003.png", "004.jpg"):
+        crop = np.asarray(Image.open(out / "0000123" / name).convert("L")).astype(float)
+        assert np.abs(crop[face] - plain_grey[face]).mean() < tolerance, name
+
+
+def lfw_tree(root, extension=".png"):
+    """LFW-style names; .png so that outputs can be compared exactly."""
+    paths = {
+        "Eileen_Collins/Eileen_Collins_0001": astronaut_view(),
+        "Eileen_Collins/Eileen_Collins_0002": astronaut_view(angle=-10, scale=1.2),
+        "Eileen_Collins/Eileen_Collins_0003": astronaut_view(shift=(15, 10)),
+        "Blank_Wall/Blank_Wall_0001": faceless(seed=5),
+    }
+    return {name + extension: save(pixels, root / (name + extension)) for name, pixels in paths.items()}
+
+
+def test_test_set_keeps_a_faceless_image_with_the_mean_landmarks_and_reruns_skip(tmp_path, capsys, detector):
+    source, out = tmp_path / "lfw", tmp_path / "aligned"
+    files = lfw_tree(source)
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", out, "--workers", 0)
+    assert code == 0
+    assert counts(stdout) == {"aligned": 3, "fallback": 1, "no_face": 0, "broken": 0, "already_done": 0}
+    assert report(out) == {"Blank_Wall/Blank_Wall_0001.png": "fallback"}
+    assert image_files(out) == sorted(files)
+
+    # independent: detect the three faces here, average, align the faceless image with that
+    faces = [load_rgb(files[name]) for name in sorted(files) if name.startswith("Eileen")]
+    mean = np.mean(detector.detect_batch(faces), axis=0)
+    expected = align_face(load_rgb(files["Blank_Wall/Blank_Wall_0001.png"]), mean)
+    got = np.asarray(Image.open(out / "Blank_Wall" / "Blank_Wall_0001.png"))
+    assert np.abs(got.astype(int) - expected).max() <= 1
+    logged = read_landmark_file(out / LANDMARKS_NAME)
+    assert sorted(logged) == sorted(n for n in files if n.startswith("Eileen"))
+    np.testing.assert_allclose(np.mean(list(logged.values()), axis=0), mean, atol=0.01)
+
+    # rerun: nothing is redone, the earlier fallback stays in the report, a killed run's leftover goes
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    leftover = out / "Eileen_Collins" / ".Eileen_Collins_0009.png.4242.partial"
+    leftover.write_bytes(b"half a file")
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", out, "--workers", 0)
+    assert code == 0 and counts(stdout)["already_done"] == 4 and counts(stdout)["aligned"] == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == stamps
+    assert report(out) == {"Blank_Wall/Blank_Wall_0001.png": "fallback"}
+    assert not leftover.exists() and not list(out.rglob("*.partial"))
+
+    # a rerun that must redo the fallback takes the mean from the earlier runs' landmarks.txt
+    (out / "Blank_Wall" / "Blank_Wall_0001.png").unlink()
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", out, "--workers", 0)
+    assert counts(stdout) == {"aligned": 0, "fallback": 1, "no_face": 0, "broken": 0, "already_done": 3}
+    again = np.asarray(Image.open(out / "Blank_Wall" / "Blank_Wall_0001.png"))
+    assert np.abs(again.astype(int) - expected).max() <= 1
+
+    # a training-set policy skips it instead
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "skip", "--workers", 0,
+                              "--fallback", "skip", "--output_size", "112x112")
+    assert counts(stdout)["no_face"] == 1 and not (tmp_path / "skip" / "Blank_Wall").exists()
+    assert report(tmp_path / "skip") == {"Blank_Wall/Blank_Wall_0001.png": "no_face"}
+    with Image.open(tmp_path / "skip" / "Eileen_Collins" / "Eileen_Collins_0001.png") as img:
+        assert img.size == (112, 112)
+
+
+def test_landmark_file_mode_aligns_with_the_given_points_and_no_detector(tmp_path, capsys, monkeypatch):
+    source, out = tmp_path / "lfw", tmp_path / "aligned"
+    files = lfw_tree(source)
+    given = {
+        "Eileen_Collins/Eileen_Collins_0001.png": np.array([[104, 103], [147, 106], [125, 130], [102, 141], [145, 144]], float),
+        "Eileen_Collins/Eileen_Collins_0002.png": np.array([[96.5, 110], [138, 105], [117, 128.25], [99, 146], [138, 141]], float),
+        "Blank_Wall/Blank_Wall_0001.png": np.array([[90, 100], [150, 100], [120, 135], [95, 160], [145, 160]], float),
+    }
+    lines = [f"{name}\t" + "\t".join(f"{v:g}" for v in points.ravel()) for name, points in given.items()]
+    lines.append("Nobody/Nobody_0001.png\t1\t2\t3\t4\t5\t6\t7\t8\t9\t10")
+    (tmp_path / "lfw_landmark.txt").write_text("\n".join(lines) + "\n")
+
+    def no_detector(*args, **kwargs):
+        raise AssertionError("the detector must not be built in landmark-file mode")
+    monkeypatch.setattr(preprocessing, "FaceDetector", no_detector)
+
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", out, "--workers", 0,
+                              "--landmarks", tmp_path / "lfw_landmark.txt")
+    assert code == 0
+    assert counts(stdout) == {"aligned": 3, "fallback": 1, "no_face": 0, "broken": 0, "already_done": 0}
+    assert report(out) == {"Nobody/Nobody_0001.png": "missing_file", "Eileen_Collins/Eileen_Collins_0003.png": "fallback"}
+    for name, points in given.items():
+        got = np.asarray(Image.open(out / name))
+        np.testing.assert_array_equal(got, align_face(load_rgb(files[name]), points))
+    # the unlisted image borrowed the mean of the given points of its size
+    mean = np.mean(list(given.values()), axis=0)
+    got = np.asarray(Image.open(out / "Eileen_Collins" / "Eileen_Collins_0003.png"))
+    assert np.abs(got.astype(int) - align_face(load_rgb(files["Eileen_Collins/Eileen_Collins_0003.png"]), mean)).max() <= 1
+
+
+def test_an_image_that_crashes_the_detector_is_reported_and_the_rest_aligned(tmp_path, capsys, monkeypatch):
+    source, out = tmp_path / "set", tmp_path / "out"
+    save(astronaut_view(), source / "A" / "1.png")
+    save(astronaut_view(angle=5), source / "A" / "2.png")
+    save(np.zeros((250, 250, 3), np.uint8), source / "A" / "3.png")  # the "crashing" one
+    real = FaceDetector.detect_batch
+
+    def fragile(self, images):
+        if any(not image.any() for image in images):
+            raise RuntimeError("simulated MTCNN failure")
+        return real(self, images)
+    monkeypatch.setattr(FaceDetector, "detect_batch", fragile)
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", out, "--workers", 0)
+    assert code == 0 and counts(stdout)["aligned"] == 2 and counts(stdout)["broken"] == 1
+    assert report(out) == {"A/3.png": "broken"}
+    assert "simulated MTCNN failure" in (out / REPORT_NAME).read_text()
+
+
+def test_an_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
+    def half_written(self, fp, format=None, **params):
+        Path(fp).write_bytes(b"\xff\xd8 half a JPEG")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Image.Image, "save", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        preprocessing.write_atomic(np.zeros((112, 96, 3), np.uint8), tmp_path / "A" / "1.jpg")
+    assert list((tmp_path / "A").iterdir()) == []
+
+
+def test_malformed_landmark_file_is_an_error_naming_the_line(tmp_path, capsys):
+    source = tmp_path / "lfw"
+    save(faceless(), source / "A" / "A_0001.jpg")
+    (tmp_path / "marks.txt").write_text("A/A_0001.jpg\t1\t2\t3\t4\t5\t6\t7\t8\t9\t10\nA/A_0002.jpg\t1\t2\tthree\n")
+    code, _, stderr = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "out", "--workers", 0,
+                              "--landmarks", tmp_path / "marks.txt")
+    assert code == 2 and "marks.txt, line 2" in stderr
+
+
+def test_output_inside_the_dataset_is_refused(tmp_path, capsys):
+    save(faceless(), tmp_path / "set" / "A" / "A_0001.jpg")
+    code, _, stderr = run_cli(capsys, "--dataset", tmp_path / "set", "--output_dir", tmp_path / "set" / "out")
+    assert code == 2 and "inside" in stderr
+
+
+def test_lfw_naming_decides_the_automatic_fallback():
+    assert looks_like_test_set(["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Zico/Zico_0003.png"])
+    assert not looks_like_test_set(["0000045/001.jpg"])
+    assert not looks_like_test_set(["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Zico/Aaron_Eckhart_0002.jpg"])
+    assert not looks_like_test_set([])
+
+
+@pytest.mark.skipif(not (SHARED / "lfw" / "lfw_landmark.txt").exists(), reason="shared lfw_landmark.txt not present")
+def test_official_lfw_landmark_file_parses():
+    path = SHARED / "lfw" / "lfw_landmark.txt"
+    parsed = read_landmark_file(path)
+    rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+    assert len(parsed) == len({row[0] for row in rows})
+    first = rows[0]
+    np.testing.assert_array_equal(parsed[first[0]].ravel(), [float(v) for v in first[1:]])
+    points = np.stack(list(parsed.values()))
+    assert points.shape[1:] == (5, 2) and (points >= 0).all() and (points <= 250).all()
+    assert np.mean(points[:, 0, 0] < points[:, 1, 0]) > 0.99  # x1 y1 x2 y2 ...: left eye before right eye

@@ -1,6 +1,24 @@
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """MTCNN is many small operations: one thread is nearly as fast as two, and on a busy machine far
+    faster (OpenMP threads spin while they wait for a core). Modules opt in with `usefixtures`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def detector():
+    from uniformface.align import FaceDetector
+
+    return FaceDetector()
 
 
 def write_aligned_tree(root, n_classes=4, per_class=6, size=(112, 96), seed=0):

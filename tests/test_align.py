@@ -5,11 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from skimage import data
 
-from uniformface.align import (TEMPLATE_112x96, FaceDetector, ImageLoadError, align_face, load_rgb, read_rgb,
+from uniformface.align import (TEMPLATE_112x96, ImageLoadError, align_face, load_rgb, read_rgb,
                                similarity_transform, template, to_original, to_reduced)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -41,19 +40,7 @@ def apply(matrix, points):
     return np.asarray(points, np.float64) @ matrix[:2, :2].T + matrix[:2, 2]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """MTCNN is many small operations: one thread is nearly as fast as two, and on a busy machine far
-    faster (OpenMP threads spin while they wait for a core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def detector():
-    return FaceDetector()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------------------------------------ geometry

@@ -170,3 +170,21 @@ def test_regularface_matches_loop_and_its_gradient_is_the_max(chunk):
 
 def test_regularface_with_one_class_is_zero():
     assert regularface_loss(torch.randn(1, 4)).item() == 0.0
+
+
+def test_exact_matmul_turns_tf32_off_for_cuda_and_restores_it():
+    from uniformface.losses import exact_matmul
+
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        pytest.skip("this torch has no per-backend fp32_precision switch")
+    original = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "tf32"
+        with exact_matmul(torch.device("cuda")):
+            assert matmul.fp32_precision == "ieee"
+        assert matmul.fp32_precision == "tf32"
+        with exact_matmul(torch.device("cpu")):
+            assert matmul.fp32_precision == "tf32"  # CPU matmuls are left alone
+    finally:
+        matmul.fp32_precision = original

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from skimage import data
 
@@ -61,18 +60,7 @@ def image_files(root):
                   if p.is_file() and p.name not in (REPORT_NAME, LANDMARKS_NAME))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """See test_align: MTCNN's small operations gain little from threads and suffer on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def detector():
-    return FaceDetector()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def face_tolerance(reference):

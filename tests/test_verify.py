@@ -22,12 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FACE_CENTRE = (226, 122)  # the astronaut's face in data.astronaut(), (x, y)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -57,8 +57,8 @@ def read_pairs(path: str | Path, ext: str = ".jpg") -> list[Pair]:
         fold, within = divmod(k, 2 * n)
         same = within < n
         fields = line.split()
-        what = (f"a same-person line 'name<TAB>i<TAB>j'" if same else
-                f"a different-person line 'name1<TAB>i<TAB>name2<TAB>j'")
+        what = ("a same-person line 'name<TAB>i<TAB>j'" if same else
+                "a different-person line 'name1<TAB>i<TAB>name2<TAB>j'")
         where = f"{path}:{line_no}"
         context = f"(fold {fold + 1}, pair {within + 1} of {2 * n})"
         if len(fields) != (3 if same else 4):

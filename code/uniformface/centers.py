@@ -68,7 +68,9 @@ def class_sums(features: torch.Tensor, labels: torch.Tensor
     index_add_ uses atomics) and every rank computes bit-identical centers."""
     classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     one_hot = F.one_hot(inverse, len(classes)).to(features.dtype)
-    return classes, one_hot.T @ features, counts.to(features.dtype).unsqueeze(1)
+    with exact_matmul(features.device):
+        sums = one_hot.T @ features
+    return classes, sums, counts.to(features.dtype).unsqueeze(1)
 
 
 def _check_rate(rate: float, who: str) -> float:
@@ -152,13 +154,16 @@ class WeightCenters(nn.Module):
     The head is referenced, not registered, so this module's state_dict is empty (the weights are
     saved with the head) and `.to()` leaves the head alone.
 
-    Why it stays finite where the earlier port NaN'd at rate 0.01 / 0.1 (there the weights, dragged
-    toward raw features of growing norm, drifted far apart and the loss became NaN):
-    - the distances come from centered and rescaled points (`losses.centered_and_scaled`): the squared
-      terms can neither overflow nor cancel into a negative number under the square root, which the
-      plain |a|^2 + |b|^2 - 2 a.b expansion does once the norms are large;
-    - the uniform loss's backward never divides by a (near-)zero distance: coinciding pairs get zero
-      gradient, so even weights dragged onto the same features give a finite gradient;
+    Why it stays finite where the earlier port NaN'd at rate 0.01 / 0.1: Eq. 7 drags the weights of
+    classes with similar features onto nearly the same point far from the origin (the features' norm,
+    not 1). There the plain expansion |a|^2 + |b|^2 - 2 a.b rounds with an error ~eps |c|^2 larger
+    than the true squared distance: it comes out negative (sqrt -> NaN) or tiny (gradient ~1/d, huge).
+    `tests/test_centers.py` reproduces this. Here:
+    - the distances come from centered and rescaled points (`losses.centered_and_scaled`), so the
+      rounding is relative to the spread of the centers, not to their distance from the origin, and
+      squares can neither overflow nor go negative (clamped at 0);
+    - the uniform loss's gradient never divides by a distance at rounding-noise level: such pairs
+      count as coinciding and get zero mutual gradient;
     - for rate in [0, 1] the update is a convex combination of the old weight and the batch mean of the
       class's features (1 - rate n/(1+n) and rate n/(1+n), both >= 0): it can never overshoot past
       the features, and non-finite features are refused before they touch the weights.
@@ -221,7 +226,7 @@ def mean_min_distance(centers: torch.Tensor, chunk_size: int | None = None) -> t
     m = len(points)
     chunk = default_chunk_size(m) if chunk_size is None else int(chunk_size)
     nearest = torch.empty(m, dtype=torch.long, device=points.device)
-    with exact_matmul():
+    with exact_matmul(points.device):
         for start in range(0, m, chunk):
             stop = min(start + chunk, m)
             distances = block_distances(unit, sq_norms, start, stop)

@@ -19,16 +19,26 @@ def default_chunk_size(num_rows: int) -> int:
 
 
 @contextlib.contextmanager
-def exact_matmul():
-    """Full-precision float32 matmuls (no TF32 / bf16 passes) while inside: the distance expansion
-    cancels |a|^2 + |b|^2 against 2 a.b, and TF32's 10-bit mantissa would leave distances of nearby
-    centers at the noise level."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
+def exact_matmul(device: torch.device):
+    """Full-precision float32 CUDA matmuls (no TF32) while inside: the distance expansion cancels
+    |a|^2 + |b|^2 against 2 a.b, and TF32's 10-bit mantissa would leave the distances of nearby
+    centers at the noise level. Only the per-backend `fp32_precision` switch is touched (read, set,
+    restored): the global legacy getters raise once legacy and new settings are mixed."""
+    matmul = torch.backends.cuda.matmul
+    if device.type != "cuda":
+        yield
+        return
+    name = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
+    exact = "ieee" if name == "fp32_precision" else False
+    previous = getattr(matmul, name)
+    if previous == exact:
+        yield
+        return
+    setattr(matmul, name, exact)
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(previous)
+        setattr(matmul, name, previous)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -78,7 +88,7 @@ class _UniformLoss(torch.autograd.Function):
     def forward(ctx, centers: torch.Tensor, chunk_size: int) -> torch.Tensor:
         needs_grad = ctx.needs_input_grad[0]
         dtype = _compute_dtype(centers)
-        with torch.autocast(centers.device.type, enabled=False), exact_matmul():
+        with torch.autocast(centers.device.type, enabled=False), exact_matmul(centers.device):
             points, scale = centered_and_scaled(centers.to(dtype))
             sq_norms = (points * points).sum(1)
             m = len(points)

@@ -60,7 +60,8 @@ def main():
         labels = torch.randint(0, args.classes, (args.batch,))
         model = build_model(args.model)
         head = ASoftmax(512, args.classes)
-        optimizer = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        optimizer = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9,
+                                    weight_decay=5e-4)
         centers = torch.randn(args.classes, 512)
         ours.step(images, labels)  # warm-up both (first-touch allocations)
         plain_step(model, head, optimizer, centers, images, labels, 0.5)

@@ -156,3 +156,20 @@ def test_center_update_rates_that_nan_the_earlier_port_stay_finite(tmp_path, tre
             for key in ("loss", "cross_entropy", "uniform_loss", "mean_min_center_distance"):
                 assert math.isfinite(line[key]), (beta, line)
         assert lines[-1]["uniform_loss"] > 0
+
+
+def test_caffe_parameter_multipliers():
+    """sphereface_model.prototxt: conv/fc biases lr_mult 2, decay_mult 0; weights and PReLU slopes 1, 1."""
+    from uniformface.models import build_model
+    from uniformface.trainer import parameter_groups
+
+    model = build_model("sphereface20")
+    groups = parameter_groups(model, 5e-4)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        g = by_id[id(p)]
+        expected = (2.0, 0.0) if name.endswith(".bias") else (1.0, 5e-4)
+        assert (g["lr_mult"], g["weight_decay"]) == expected, name
+    assert sum(p.numel() for g in groups for p in g["params"]) == 22_666_944
+    n_bias = sum(p.numel() for g in groups if g["lr_mult"] == 2 for p in g["params"])
+    assert n_bias == 64 + 128 + 256 + 512 + 512  # four stage convs + fc5

@@ -54,6 +54,15 @@ def learning_rate(cfg: Config, iteration: int) -> float:
     return lr
 
 
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Caffe's multipliers from `sphereface_model.prototxt`: biases learn at 2x the rate without weight
+    decay (`param { lr_mult: 2 decay_mult: 0 }`); weights and PReLU slopes at 1x with decay."""
+    biases = [p for name, p in model.named_parameters() if name.endswith(".bias")]
+    others = [p for name, p in model.named_parameters() if not name.endswith(".bias")]
+    return [{"params": others, "weight_decay": weight_decay, "lr_mult": 1.0},
+            {"params": biases, "weight_decay": 0.0, "lr_mult": 2.0}]
+
+
 def weights_filename(cfg: Config) -> str:
     return f"{cfg.model_name}_{cfg.emb_dim}.pt"
 
@@ -131,9 +140,8 @@ class Trainer:
         if cfg.channels_last and self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.centers = build_centers(cfg, num_classes, self.model.head).to(self.device)
-        # Weight decay on every parameter, PReLU slopes included, as Caffe's solver applies it.
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.SGD(parameter_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+                                         momentum=cfg.momentum)
         self.iteration = 0
         self.broken_images = 0
         if resume:
@@ -189,7 +197,7 @@ class Trainer:
         cfg = self.cfg
         lr = learning_rate(cfg, self.iteration)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_mult"]
         x = normalize_pixels(images.to(self.device, non_blocking=True))
         if cfg.channels_last and self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,312 @@
+"""One short check of the project on a GPU machine (H100/H200: well under 8 minutes), one summary table.
+
+    PYTHONPATH=code python bench/gpu_check.py [--device cuda] [--json FILE] [--no_compile] [--tests]
+    PYTHONPATH=code python bench/gpu_check.py --quick --device cpu     # tiny sizes: a CPU smoke run
+
+Measures, in this order:
+- training: Trainer.step of SphereFace-20 at 112x96, global batch 256, A-Softmax over 10,572 classes
+  (CASIA-WebFace minus the 3 LFW identities) + the uniform loss over all of them (every center
+  initialised: the steady state), on synthetic uint8 batches after warm-up; bf16 autocast + channels_last
+  (the config's defaults), fp32, and bf16 under torch.compile (its compile time shown apart); and what
+  28,000 iterations (config.yaml) take at that rate;
+- the training loader (JPEG decode + flip + collate, as Trainer builds it) in images/s, which must exceed
+  the step's rate for that estimate to hold;
+- MTCNN (align.FaceDetector.detect_batch) on 250x250 photos, and on CUDA the agreement of its landmarks
+  with the CPU detector's;
+- LFW-size feature extraction: 13,233 images of 112x96 and their mirrors through SphereFace-20 (fp32, as
+  test.py runs it), from JPEG files through the DataLoader and the network alone; on CUDA the agreement of the
+  features with the CPU's;
+- with --tests, the test suite (pytest -q) in the time left of --budget seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from uniformface import trainer as trainer_module  # noqa: E402
+from uniformface.config import load_config  # noqa: E402
+from uniformface.embedding import ImageFiles, extract_features  # noqa: E402
+from uniformface.models import build_model, normalize_pixels  # noqa: E402
+
+CASIA_CLASSES = 10_572  # CASIA-WebFace's 10,575 identities minus the 3 that are in LFW (SPEC §6)
+LFW_IMAGES = 13_233
+PAPER_ITERATIONS = 28_000  # code/config.yaml max_iters
+PAPER_BATCH = 256
+
+
+class Row(dict):
+    """One line of the summary: what, value, unit, note."""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _ClassesOnly(torch.utils.data.Dataset):
+    """Stands in for the training set where only its class count matters (synthetic batches)."""
+
+    def __init__(self, num_classes: int):
+        self.classes = [f"{i:07d}" for i in range(num_classes)]
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return self.num_classes
+
+
+def train_rate(device: torch.device, model: str, batch: int, classes: int, warmup: int, steps: int,
+               amp: bool, compile_: bool, scratch: Path) -> dict:
+    """images/s of Trainer.step on one fixed synthetic batch (pinned uint8 on the host, as the loader
+    hands them over), plus the compile/warm-up time and the last loss."""
+    overrides = [f"model_name={model}", f"batch_size={batch}", "num_workers=0", f"device={device.type}",
+                 f"amp={str(amp).lower()}", "channels_last=true", f"compile={str(compile_).lower()}",
+                 "warmup_iters=0", "dataset.exclude_identities=[]"]
+    cfg = load_config(ROOT / "code" / "config.yaml", overrides)
+    original = trainer_module.open_train_set
+    trainer_module.open_train_set = lambda *a, **k: _ClassesOnly(classes)
+    try:
+        trainer = trainer_module.Trainer(cfg, scratch / f"run_{amp}_{compile_}", progress=False)
+    finally:
+        trainer_module.open_train_set = original
+    centers = getattr(trainer.centers, "centers", None)
+    if centers is not None:  # every class seen once already: the uniform loss runs over all of them
+        with torch.no_grad():
+            centers.normal_()
+            trainer.centers.initialized.fill_(True)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, 112, 96), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, classes, (batch,), generator=generator)
+    if device.type == "cuda":
+        images = images.pin_memory()
+    start = time.perf_counter()
+    for _ in range(warmup):
+        trainer.step(images, labels)
+    _sync(device)
+    warm = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(steps):
+        metrics = trainer.step(images, labels)
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    return {"images_per_s": steps * batch / elapsed, "warmup_s": warm, "loss": metrics.loss}
+
+
+def loader_rate(workers: int, batch: int, batches: int, scratch: Path) -> float:
+    """images/s of the training DataLoader (Trainer._loader) over real JPEG files."""
+    from conftest import write_aligned_tree
+
+    tree = write_aligned_tree(scratch / "loader_tree", n_classes=16, per_class=max(4, batch // 8))
+    cfg = load_config(None, [f"dataset.train={tree}", "dataset.exclude_identities=[]", "model_name=sphereface4",
+                             f"batch_size={batch}", f"num_workers={workers}", "device=cpu"])
+    loader = iter(trainer_module.Trainer(cfg, scratch / "loader_run", progress=False)._loader())
+    next(loader)  # worker start-up is not throughput
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(loader)
+    return batches * batch / (time.perf_counter() - start)
+
+
+def mtcnn_rate(device: torch.device, count: int, scratch: Path) -> dict:
+    from bench_align import make_photos
+    from uniformface.align import FaceDetector, load_rgb
+
+    names = make_photos(scratch / "photos", count)
+    photos = [load_rgb(scratch / "photos" / n) for n in names]
+    detector = FaceDetector(device=str(device))
+    detector.detect_batch(photos[: detector.batch_size])  # CUDA context, cuDNN autotuning
+    _sync(device)
+    start = time.perf_counter()
+    found = detector.detect_batch(photos)
+    _sync(device)
+    result = {"images_per_s": count / (time.perf_counter() - start), "found": sum(p is not None for p in found),
+              "batch_size": detector.batch_size}
+    if device.type == "cuda":  # the GPU must find the same landmarks as the CPU
+        reference = FaceDetector(device="cpu").detect_batch(photos[:8])
+        both = [(a, b) for a, b in zip(found[:8], reference) if a is not None and b is not None]
+        result["max_landmark_diff_px"] = max((float(np.abs(a - b).max()) for a, b in both), default=float("nan"))
+        result["same_faces_found"] = [a is None for a in found[:8]] == [b is None for b in reference]
+    return result
+
+
+class _InMemory(torch.utils.data.Dataset):
+    def __init__(self, images: torch.Tensor, count: int):
+        self.images, self.count = images, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):
+        return self.images[index % len(self.images)], index
+
+
+def extraction_time(device: torch.device, model: str, count: int, workers: int, batch: int, scratch: Path) -> dict:
+    """Seconds for `count` images (+ mirrors) through `model`, from JPEG files, and for the network alone."""
+    from PIL import Image
+
+    torch.manual_seed(0)
+    net = build_model(model).to(device).eval()
+    generator = torch.Generator().manual_seed(1)
+    unique = min(count, 1000)  # distinct files; the list repeats them up to `count` (decode cost is the same)
+    images = torch.randint(0, 256, (unique, 3, 112, 96), dtype=torch.uint8, generator=generator)
+    folder = scratch / "lfw_like"
+    folder.mkdir()
+    for i in range(unique):
+        Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(folder / f"{i:05d}.jpg", quality=90)
+    paths = [f"{i % unique:05d}.jpg" for i in range(count)]
+    extract_features(net, _InMemory(images, min(count, 2 * batch)), batch, 0, str(device), False)  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    f, _ = extract_features(net, ImageFiles(folder, paths), batch, workers, str(device), False)
+    _sync(device)
+    files_s = time.perf_counter() - start
+    resident = images.to(device)
+    start = time.perf_counter()
+    with torch.no_grad():  # the network alone: batches already on the device, no loader, no copy back
+        for first in range(0, count, batch):
+            index = torch.arange(first, min(first + batch, count), device=device) % unique
+            x = normalize_pixels(resident[index])
+            net(torch.cat([x, x.flip(-1)]))
+    _sync(device)
+    memory_s = time.perf_counter() - start
+    result = {"files_s": files_s, "memory_s": memory_s, "count": int(len(f))}
+    if device.type == "cuda":  # cuDNN (TF32 convolutions by default) against the CPU's float32
+        cpu_net = build_model(model).eval()
+        cpu_net.load_state_dict({k: v.cpu() for k, v in net.state_dict().items()})
+        cpu_f, _ = extract_features(cpu_net, _InMemory(images, 16), 16, 0, "cpu", False)
+        a, b = f[:16].astype(np.float64), cpu_f.astype(np.float64)
+        cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        result["min_cosine_vs_cpu"] = float(cosine.min())
+    return result
+
+
+def run_tests(seconds: float) -> dict:
+    """pytest -q over the suite, stopped after `seconds`; its closing counts."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "code"))
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=max(seconds, 1))
+        tail = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-300:]
+        counts = dict((k, int(v)) for v, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", tail))
+        return {"returncode": done.returncode, "summary": tail, "seconds": time.perf_counter() - start, **counts}
+    except subprocess.TimeoutExpired:
+        return {"returncode": None, "summary": f"stopped after {seconds:.0f} s (budget)", "seconds": seconds}
+
+
+def summary_table(rows: list[dict]) -> str:
+    width = max(len(r["what"]) for r in rows)
+    lines = [f"| {'measure':<{width}} | {'value':>12} | unit       | note", f"| {'-' * width} | {'-' * 12} | ---------- | ----"]
+    for r in rows:
+        value = r["value"]
+        text = f"{value:12.1f}" if isinstance(value, float) and abs(value) >= 10 else (
+            f"{value:12.4g}" if isinstance(value, float) else f"{value!s:>12}")
+        lines.append(f"| {r['what']:<{width}} | {text} | {r['unit']:<10} | {r.get('note', '')}")
+    return "\n".join(lines)
+
+
+def hours_for(images_per_s: float, iterations: int = PAPER_ITERATIONS, batch: int = PAPER_BATCH) -> float:
+    return iterations * batch / images_per_s / 3600.0
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke run)")
+    parser.add_argument("--model", default="sphereface20")
+    parser.add_argument("--no_compile", action="store_true", help="skip the torch.compile row")
+    parser.add_argument("--tests", action="store_true", help="run the test suite in the time left")
+    parser.add_argument("--budget", type=float, default=450.0, help="seconds for everything, tests included")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
+    parser.add_argument("--json", help="write the rows here as well")
+    args = parser.parse_args(argv)
+    began = time.perf_counter()
+    device = torch.device(args.device)
+    q = args.quick
+    batch, classes = (8, 100) if q else (PAPER_BATCH, CASIA_CLASSES)
+    warmup, steps = (1, 2) if q else (5, 30)
+    photos, lfw, loader_batches = (2, 32, 3) if q else (512, LFW_IMAGES, 30)
+    compile_ = not args.no_compile and not q
+    amp_label = "bf16 autocast" if device.type == "cuda" else "fp32 (autocast is CUDA-only)"
+    rows: list[dict] = []
+    name = f"{args.model} 112x96"
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), torch "
+          f"{torch.__version__}, {os.cpu_count()} CPUs{', quick sizes' if q else ''}", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        bf16 = train_rate(device, args.model, batch, classes, warmup, steps, True, False, scratch)
+        rows.append(Row(what=f"train {name}, batch {batch}, {classes} classes, {amp_label}",
+                        value=bf16["images_per_s"], unit="images/s",
+                        note=f"loss {bf16['loss']:.3f}; 28k iterations x 256: {hours_for(bf16['images_per_s']):.2f} h"))
+        fp32 = None
+        if device.type == "cuda":  # on a CPU both rows would be fp32
+            fp32 = train_rate(device, args.model, batch, classes, warmup, steps, False, False, scratch)
+            rows.append(Row(what=f"train {name}, batch {batch}, fp32", value=fp32["images_per_s"], unit="images/s",
+                            note=f"bf16 autocast speed-up {bf16['images_per_s'] / fp32['images_per_s']:.2f}x"))
+        if compile_:
+            try:
+                compiled = train_rate(device, args.model, batch, classes, warmup, steps, True, True, scratch)
+                rows.append(Row(what=f"train {name}, batch {batch}, {amp_label} + torch.compile",
+                                value=compiled["images_per_s"], unit="images/s",
+                                note=f"compile + warm-up {compiled['warmup_s']:.0f} s; "
+                                     f"{compiled['images_per_s'] / bf16['images_per_s']:.2f}x eager"))
+            except Exception as exc:  # a compiler failure is a finding, not a reason to lose the other rows
+                rows.append(Row(what=f"train {name}, torch.compile", value="failed", unit="",
+                                note=f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"))
+        print(f"training measured ({time.perf_counter() - began:.0f} s)", flush=True)
+
+        rate = loader_rate(args.workers, batch, loader_batches, scratch)
+        rows.append(Row(what=f"training loader, JPEG 112x96, {args.workers} workers", value=rate, unit="images/s",
+                        note=f"{rate / bf16['images_per_s']:.2f}x the first row's step (> 1: the GPU stays fed)"))
+
+        m = mtcnn_rate(device, photos, scratch)
+        note = f"faces found {m['found']}/{photos}, batch {m['batch_size']}"
+        if "max_landmark_diff_px" in m:
+            note += (f"; vs CPU: max landmark diff {m['max_landmark_diff_px']:.3f} px, "
+                     f"same faces found {m['same_faces_found']}")
+        rows.append(Row(what="MTCNN detect_batch, 250x250 photos", value=m["images_per_s"], unit="images/s", note=note))
+        print(f"MTCNN measured ({time.perf_counter() - began:.0f} s)", flush=True)
+
+        e = extraction_time(device, args.model, lfw, args.workers, 128, scratch)
+        note = f"{e['count']} images + mirrors, fp32, batch 128, {args.workers} workers"
+        if "min_cosine_vs_cpu" in e:
+            note += f"; min cosine vs CPU {e['min_cosine_vs_cpu']:.6f}"
+        rows.append(Row(what=f"LFW-size features ({lfw} images), from JPEG files", value=e["files_s"], unit="s",
+                        note=note))
+        rows.append(Row(what=f"LFW-size features ({lfw} images), network alone", value=e["memory_s"], unit="s",
+                        note=f"{2 * lfw / e['memory_s']:.0f} images/s (mirrors included), batches already on the device"))
+
+    if args.tests:
+        left = args.budget - (time.perf_counter() - began)
+        t = run_tests(left)
+        rows.append(Row(what="test suite (pytest -q)", value=t.get("passed", 0), unit="passed",
+                        note=f"{t['summary']} ({t['seconds']:.0f} s)"))
+    rows.append(Row(what="gpu_check total", value=time.perf_counter() - began, unit="s", note=""))
+    print(summary_table(rows))
+    result = {"device": str(device), "quick": q, "rows": rows, "train": {"bf16": bf16, "fp32": fp32},
+              "loader_images_per_s": rate, "mtcnn": m, "extraction": e}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    outcome = main()
+    failed = [r for r in outcome["rows"] if r["what"].startswith("test suite") and "failed" in r["note"]]
+    sys.exit(1 if failed or not all(math.isfinite(r["value"]) for r in outcome["rows"]
+                                    if isinstance(r["value"], float)) else 0)

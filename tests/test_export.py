@@ -1,0 +1,58 @@
+"""export.py (issue 7, item 7): the embedding network as ONNX with a dynamic batch, checked by onnxruntime."""
+
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx")
+onnxruntime = pytest.importorskip("onnxruntime")
+
+import export  # noqa: E402  (code/export.py)
+from uniformface.checkpoint import export_weights  # noqa: E402
+from uniformface.export import compare_with_onnxruntime, export_onnx  # noqa: E402
+from uniformface.models import build_model, normalize_pixels  # noqa: E402
+
+
+@pytest.fixture
+def weights(tmp_path):
+    torch.manual_seed(3)
+    model = build_model("sphereface4", 16, (112, 96))
+    path = tmp_path / "run" / "sphereface4_16.pt"
+    export_weights(path, model, {"model_name": "sphereface4", "emb_dim": 16, "input_size": [112, 96]})
+    return path, model.eval()
+
+
+def test_cli_exports_a_dynamic_batch_graph_that_matches_pytorch(weights, capsys):
+    path, model = weights
+    assert export.main(["--model_path", str(path)]) == 0
+    onnx_path = path.with_suffix(".onnx")
+    assert "ok" in capsys.readouterr().out
+    graph = onnx.load(onnx_path)
+    assert [p.key for p in graph.metadata_props][:3] == ["model_name", "emb_dim", "input_size"]
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(11)
+    for batch in (1, 5):  # neither is the batch of 2 the graph was traced with
+        x = normalize_pixels(torch.randint(0, 256, (batch, 3, 112, 96), dtype=torch.uint8, generator=generator))
+        with torch.no_grad():
+            expected = model(x).double().numpy()
+        got = session.run(None, {"images": x.numpy()})[0].astype(np.float64)
+        assert got.shape == (batch, 16)
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_a_graph_off_by_a_tenth_of_a_percent_fails_the_check(tmp_path, weights):
+    _, model = weights
+    wrong = build_model("sphereface4", 16, (112, 96))
+    wrong.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        wrong.fc5.weight.mul_(1.001)  # fc5 has zero bias: every embedding scaled by 1.001
+    export_onnx(wrong, (112, 96), tmp_path / "wrong.onnx")
+    check = compare_with_onnxruntime(model, tmp_path / "wrong.onnx", (112, 96))
+    assert not check["passed"] and check["max_rel_diff"] == pytest.approx(1e-3, rel=0.05)
+    assert compare_with_onnxruntime(wrong, tmp_path / "wrong.onnx", (112, 96))["passed"]
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    assert export.main(["--model_path", str(tmp_path / "none.pt")]) == 1
+    assert f"model file not found: {tmp_path / 'none.pt'}" in capsys.readouterr().err

@@ -1,0 +1,32 @@
+"""bench/gpu_check.py (issue 7, item 5) at its --quick sizes on the CPU: every row measured, the estimate
+of the paper run's length follows from the measured rate."""
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import gpu_check  # noqa: E402
+
+
+def test_quick_run_on_cpu_fills_the_summary(tmp_path, capsys):
+    out = tmp_path / "check.json"
+    result = gpu_check.main(["--quick", "--device", "cpu", "--model", "sphereface4", "--workers", "1",
+                             "--json", str(out)])
+    assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    printed = capsys.readouterr().out
+    whats = [r["what"] for r in result["rows"]]
+    for start in ("train sphereface4 112x96, batch 8, 100 classes", "training loader", "MTCNN detect_batch",
+                  "LFW-size features (32 images), from JPEG", "LFW-size features (32 images), network alone"):
+        assert any(w.startswith(start) for w in whats), start
+        assert start in printed
+    for row in result["rows"]:
+        assert isinstance(row["value"], float) and math.isfinite(row["value"]) and row["value"] > 0, row
+    rate = result["train"]["bf16"]["images_per_s"]
+    hours = 28000 * 256 / rate / 3600  # the paper setting's 28k iterations of 256 images
+    assert f"28k iterations x 256: {hours:.2f} h" in result["rows"][0]["note"]
+    assert math.isfinite(result["train"]["bf16"]["loss"])
+    assert result["mtcnn"]["found"] == 2  # the photos are turned and re-lit astronaut portraits
+    assert result["extraction"]["count"] == 32

@@ -41,7 +41,8 @@ def main() -> int:
         run(str(CODE / "preprocess.py"), "--dataset", str(data / "lfw"), "--output_dir", str(data / "processed/lfw"))
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time the demo is called
         run(str(CODE / "train.py"), "--config", str(CODE / "configs/toy.yaml"), "--logdir", args.logdir,
-            "--run_name", "demo", "--set", f"seed={args.seed}")
+            "--run_name", "demo", "--set", f"seed={args.seed}", "--set", f"dataset.train={data / 'processed/train'}",
+            "--set", f"dataset.test={data / 'processed/lfw'}", "--set", f"dataset.pairs={data / 'pairs.txt'}")
         model = run_dir / "sphereface4_512.pt"
         run(str(CODE / "test.py"), "--model_path", str(model))
         common = ["--dataset", str(data / "processed/lfw"), "--pairs_path", str(data / "pairs.txt"), "--no_progress"]

@@ -113,11 +113,23 @@ def collate_skip_broken(batch):
 
 
 def open_train_set(path: str | Path, **kwargs) -> Dataset:
-    """SPEC §2: a Dataset over an aligned image folder; item (uint8 (3,H,W) RGB tensor, label)."""
+    """SPEC §2: a Dataset whose item is (uint8 (3,H,W) RGB tensor, label), over
+    - `X.rec` (insightface RecordIO, `X.idx` beside it), or a folder holding `train.rec` and no identity
+      folders (insightface's download layout): `recordio.RecordTrainSet`;
+    - `X.packed/` (or a folder with `meta.json` + `images.u8`), from `code/pack_dataset.py`:
+      `packed.PackedTrainSet`;
+    - otherwise an aligned image folder `<identity>/<file>`: `ImageFolderTrainSet`.
+    Keyword arguments (exclude, min_images_per_class, flip, seed) mean the same for all three."""
+    from .packed import PackedTrainSet, is_packed
+    from .recordio import RecordTrainSet
+
     path = Path(path)
     if path.suffix == ".rec":
-        raise NotImplementedError(f"{path}: insightface RecordIO reading is not implemented yet "
-                                  "(issue 'Reproduction kit'); convert it to an image folder")
+        return RecordTrainSet(path, **kwargs)
+    if is_packed(path):
+        return PackedTrainSet(path, **kwargs)
+    if (path / "train.rec").is_file() and not any(entry.is_dir() for entry in os.scandir(path)):
+        return RecordTrainSet(path / "train.rec", **kwargs)
     return ImageFolderTrainSet(path, **kwargs)
 
 

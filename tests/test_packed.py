@@ -1,0 +1,102 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import pack_dataset as cli
+from uniformface.config import load_config
+from uniformface.data import ImageFolderTrainSet, mix_seed, open_train_set
+from uniformface.packed import PackedTrainSet, pack
+from uniformface.recordio import write_record_file
+from uniformface.trainer import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args):
+    return cli.main([*map(str, args), "--workers", "0", "--no_progress"])
+
+
+def test_pack_keeps_decoded_pixels_labels_and_flips(tmp_path, aligned_tree, capsys):
+    (aligned_tree / "0000001" / "002.jpg").write_bytes(b"not a jpeg")
+    Image.new("RGB", (50, 40)).save(aligned_tree / "0000003" / "zzz.png")  # another size than the first image
+    assert run_cli("--dataset", aligned_tree, "--output", tmp_path / "casia") == 0
+    report = capsys.readouterr().out
+    assert "0000001/002.jpg: cannot be decoded" in report and "zzz.png: size 40x50 differs from" in report
+    assert "packed 23 images of 112x96" in report and "2 skipped" in report
+
+    out = tmp_path / "casia.packed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["casia.packed", "train"]  # no temporary left behind
+    assert (out / "images.u8").stat().st_size == 23 * 3 * 112 * 96
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["shape"] == [23, 3, 112, 96] and meta["classes"] == ["0000000", "0000001", "0000002", "0000003"]
+
+    folder = ImageFolderTrainSet(aligned_tree)
+    broken = {str(aligned_tree / "0000001" / "002.jpg"), str(aligned_tree / "0000003" / "zzz.png")}
+    good = [i for i, s in enumerate(folder.samples) if s.path not in broken]
+    assert len(good) == 23
+    packed = open_train_set(out, flip=True, seed=7)
+    assert isinstance(packed, PackedTrainSet) and packed.classes == folder.classes and len(packed) == 23
+    flips = []
+    for epoch in range(2):
+        for i, j in enumerate(good):
+            image, label = packed[(epoch, i)]
+            plain, expected_label = folder[j]
+            flipped = bool(mix_seed(7, epoch, i) & 1)
+            assert image.dtype == torch.uint8 and torch.equal(image, plain.flip(-1) if flipped else plain)
+            assert label == expected_label
+            flips.append(flipped)
+    assert 0 < np.mean(flips) < 1
+
+    assert run_cli("--dataset", aligned_tree, "--output", out) == 2  # refuses to overwrite
+    assert "exists" in capsys.readouterr().err
+    assert run_cli("--dataset", aligned_tree, "--output", out, "--exclude", "0000000", "--overwrite") == 0
+    assert len(open_train_set(out)) == 17 and open_train_set(out).classes == ["0000001", "0000002", "0000003"]
+
+
+def test_dispatch_filters_and_rec_source(tmp_path, aligned_tree):
+    folder = ImageFolderTrainSet(aligned_tree)
+    summary = pack(aligned_tree, tmp_path / "a", progress=False)
+    plain_dir = tmp_path / "renamed"
+    summary.output.rename(plain_dir)  # any folder holding meta.json + images.u8 is recognised
+    subset = open_train_set(plain_dir, exclude=["0000002"], min_images_per_class=6)
+    assert isinstance(subset, PackedTrainSet) and subset.classes == ["0000000", "0000001", "0000003"]
+    assert len(subset) == 18 and subset[12][1] == 2 and torch.equal(subset[12][0], folder[18][0])
+
+    rec = tmp_path / "r" / "train.rec"
+    write_record_file(rec, rec.with_suffix(".idx"), [(s.path, s.label) for s in folder.samples])
+    from_rec = open_train_set(pack(rec, tmp_path / "from_rec", progress=False).output)
+    assert from_rec.classes == ["0", "1", "2", "3"]
+    for i in range(len(folder)):
+        assert torch.equal(from_rec[i][0], folder[i][0]) and from_rec[i][1] == folder[i][1]
+
+
+def test_damaged_pack_fails_naming_the_file(tmp_path, tree_factory):
+    tree = tree_factory(tmp_path / "t", n_classes=2, per_class=2)
+    out = pack(tree, tmp_path / "p.packed", progress=False).output
+    images = out / "images.u8"
+    images.write_bytes(images.read_bytes()[:-1])
+    with pytest.raises(ValueError, match=r"images\.u8: 129023 bytes, expected 129024 for shape \[4, 3, 112, 96\]"):
+        open_train_set(out)
+    with pytest.raises(FileNotFoundError, match=r"nothing\.packed: not a packed dataset"):
+        open_train_set(tmp_path / "nothing.packed")
+
+
+def test_training_on_the_packed_set_matches_the_folder(tmp_path, aligned_tree):
+    packed = pack(aligned_tree, tmp_path / "train", progress=False).output
+
+    def run(train_dir, name):
+        overrides = [f"dataset.train={train_dir}", "dataset.exclude_identities=[]", "model_name=sphereface4",
+                     "emb_dim=32", "batch_size=8", "num_workers=0", "max_iters=2", "checkpoint_every=2",
+                     "log_every=1", "warmup_iters=0", "lr=0.05", "device=cpu", "deterministic=true", "flip=true"]
+        train(load_config(ROOT / "code" / "configs" / "toy.yaml", overrides), tmp_path / name, progress=False)
+        return torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)
+
+    from_folder, from_packed = run(aligned_tree, "folder"), run(packed, "packed")
+    assert from_packed["iteration"] == 2 and from_packed["classes"] == from_folder["classes"]
+    # same pixels, labels, batch order and flips: the two runs are bit-identical
+    for key, value in from_folder["model"].items():
+        assert torch.equal(value, from_packed["model"][key]), key

@@ -20,7 +20,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--iterations", type=int, default=200)
     args = parser.parse_args()
-    print(f"| mode | beta | final CE | final L_u | max L_u | mean min center distance | all finite |")
+    print("| mode | beta | final CE | final L_u | max L_u | mean min center distance | all finite |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     ok = True
     with tempfile.TemporaryDirectory() as tmp:

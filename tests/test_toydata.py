@@ -122,9 +122,10 @@ def test_pairs_file_reads_with_the_project_reader(tiny_set):
 
 
 def test_pairs_refuses_folds_it_cannot_fill():
-    counts = {f"P{k}": 2 for k in range(4)}  # two people a fold, one same pair each: 1 pair per fold at most
-    with pytest.raises(ValueError, match="fold 1"):
-        toydata.make_pairs(np.random.default_rng(0), counts, folds=2, per_fold=2)
+    counts = {f"P{k}": 2 for k in range(4)}  # two people a fold with one same pair each: 2 pairs a fold at most
+    assert len(toydata.make_pairs(np.random.default_rng(0), counts, folds=2, per_fold=2)[0][0]) == 2
+    with pytest.raises(ValueError, match="fold 1: .* only 2 distinct same-person pairs"):
+        toydata.make_pairs(np.random.default_rng(0), counts, folds=2, per_fold=3)
 
 
 def test_refuses_to_overwrite_a_folder_it_did_not_make(tmp_path):
@@ -133,20 +134,34 @@ def test_refuses_to_overwrite_a_folder_it_did_not_make(tmp_path):
         generate(tmp_path, seed=0, settings=TINY, progress=False)
 
 
-def test_regenerating_with_other_settings_replaces_the_old_set(tmp_path):
+def test_regenerating_keeps_a_valid_aligned_copy_and_drops_a_stale_one(tmp_path):
     generate(tmp_path, seed=0, settings=TINY, progress=False)
-    (tmp_path / "processed" / "lfw").mkdir(parents=True)  # an aligned copy of the old set
+    (tmp_path / "processed" / "lfw").mkdir(parents=True)  # an aligned copy, as the demo makes
+    generate(tmp_path, seed=0, settings=TINY, progress=False)
+    assert (tmp_path / "processed" / "lfw").is_dir(), "the same set again: its aligned copy is still valid"
     smaller = dataclasses.replace(TINY, train_identities=2)
     generate(tmp_path, seed=0, settings=smaller, progress=False)
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["0000001", "0000002"]
     assert not (tmp_path / "processed").exists(), "a stale aligned copy would mix two sets"
 
 
+def test_a_run_cut_short_can_be_rerun(tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(toydata, "format_pairs", crash)  # dies after the images, before pairs.txt
+        with pytest.raises(KeyboardInterrupt):
+            generate(tmp_path, seed=0, settings=TINY, progress=False)
+    assert (tmp_path / "train").is_dir() and not (tmp_path / "pairs.txt").exists()
+    generate(tmp_path, seed=0, settings=TINY, progress=False)
+    assert (tmp_path / "pairs.txt").is_file()
+
+
 def test_official_mtcnn_finds_the_faces_and_their_landmarks(tmp_path):
     """The real detector with the real weights, SphereFace's settings: >= 90 % found, landmarks where
     the generator put them (mean error under 10 % of the eye distance)."""
-    settings = dataclasses.replace(TINY, train_identities=16, images_per_identity=2, lfw_identities=8,
-                                   lfw_images_min=2, lfw_images_max=2, folds=2, pairs_per_fold=2)
+    settings = dataclasses.replace(TINY, train_identities=12, images_per_identity=2, lfw_identities=8,
+                                   lfw_images_min=3, lfw_images_max=3, folds=2, pairs_per_fold=2)
     summary = generate(tmp_path, seed=11, settings=settings, progress=False)
     check = toydata.detection_check(summary, n_images=48, seed=0)
     assert check.total == 48

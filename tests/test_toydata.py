@@ -157,13 +157,15 @@ def test_a_run_cut_short_can_be_rerun(tmp_path, monkeypatch):
     assert (tmp_path / "pairs.txt").is_file()
 
 
-def test_official_mtcnn_finds_the_faces_and_their_landmarks(tmp_path):
+@pytest.mark.usefixtures("one_torch_thread")
+def test_official_mtcnn_finds_the_faces_and_their_landmarks(tmp_path, detector):
     """The real detector with the real weights, SphereFace's settings: >= 90 % found, landmarks where
     the generator put them (mean error under 10 % of the eye distance)."""
     settings = dataclasses.replace(TINY, train_identities=12, images_per_identity=2, lfw_identities=8,
                                    lfw_images_min=3, lfw_images_max=3, folds=2, pairs_per_fold=2)
     summary = generate(tmp_path, seed=11, settings=settings, progress=False)
-    check = toydata.detection_check(summary, n_images=48, seed=0)
+    assert (detector.min_face_size, detector.mtcnn.thresholds, detector.mtcnn.factor) == (20, [0.6, 0.7, 0.9], 0.85)
+    check = toydata.detection_check(summary, n_images=48, seed=0, detector=detector)
     assert check.total == 48
     assert check.rate >= 0.9, f"MTCNN found {check.found}/{check.total}"
     assert check.median_error < 0.1 * check.eye_distance, check
@@ -205,3 +207,49 @@ def test_mean_colour_does_not_identify_people(tmp_path):
     leaky_accuracy = mean_colour_identity_accuracy(leaky, tmp_path / "leaky")
     assert leaky_accuracy > 0.6, f"the measure should catch a tint that carries identity ({leaky_accuracy:.2f})"
     assert honest_accuracy < 0.3, f"mean face colour identifies people: 1-NN accuracy {honest_accuracy:.2f}"
+
+
+def raw_and_gradient_auc(summary, root):
+    """Same/different ROC AUC over all training-image pairs (aligned with the true landmarks) of two
+    hand-made representations, scored like the sphereface protocol (centred, cosine): raw pixels
+    (x - 127.5) / 128, and HOG, a gradient-orientation feature that ignores slow lighting changes."""
+    from skimage.feature import hog
+
+    from uniformface.align import align_face
+
+    names, raw, gradient = [], [], []
+    for rel, points in summary.landmarks.items():
+        if rel.startswith("train/"):
+            with Image.open(root / rel) as img:
+                face = align_face(np.asarray(img.convert("RGB")), points).astype(np.float64)
+            raw.append(((face - 127.5) / 128).ravel())
+            gradient.append(hog(face.mean(2), orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2)))
+            names.append(rel.split("/")[1])
+    names = np.array(names)
+    upper = np.triu_indices(len(names), 1)
+    same = (names[:, None] == names[None])[upper]
+    aucs = []
+    for features in (np.array(raw), np.array(gradient)):
+        features = features - features.mean(0)
+        features /= np.linalg.norm(features, axis=1, keepdims=True)
+        scores = (features @ features.T)[upper]
+        positive, negative = scores[same], scores[~same]
+        aucs.append(float((positive[:, None] > negative[None]).mean()))
+    return aucs
+
+
+def test_raw_pixels_separate_people_poorly_while_identity_stays_in_the_face(tmp_path):
+    """Raw pixels must be a weak baseline (lighting, colour and background vary per image) while a
+    lighting-insensitive edge feature still tells people apart (identity is learnable, in the face).
+    The control, per-image photometric changes switched off, shows the raw measure can fail the bar."""
+    sizes = dict(train_identities=10, images_per_identity=5, lfw_identities=4, lfw_images_min=2,
+                 lfw_images_max=2, folds=2, pairs_per_fold=1)
+    honest = generate(tmp_path / "honest", seed=1, settings=dataclasses.replace(TINY, **sizes), progress=False)
+    flat = dataclasses.replace(TINY, **sizes, color_cast_std=0.0, light_strength=(0.0, 0.0), gamma_range=(1.0, 1.0),
+                               contrast_range=(1.0, 1.0), brightness_std=0.0, greyscale_probability=0.0)
+    unlit = generate(tmp_path / "unlit", seed=1, settings=flat, progress=False)
+    raw_auc, gradient_auc = raw_and_gradient_auc(honest, tmp_path / "honest")
+    control_raw_auc, _ = raw_and_gradient_auc(unlit, tmp_path / "unlit")
+    assert control_raw_auc > 0.93, f"without photometric nuisance raw pixels should find people ({control_raw_auc:.3f})"
+    assert raw_auc < 0.9, f"raw pixels separate toy people too well: AUC {raw_auc:.3f}"
+    assert gradient_auc > raw_auc + 0.1, f"identity not visible in face structure: HOG AUC {gradient_auc:.3f}"

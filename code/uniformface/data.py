@@ -70,10 +70,41 @@ def scan_image_folder(root: str | Path, exclude: Sequence[str] = (), min_images_
     return classes, samples
 
 
-class ImageFolderTrainSet(Dataset):
-    """Aligned faces in `root/<identity>/<file>`. Items are keyed by (epoch, index) so that the random
-    horizontal flip is a function of (seed, epoch, index). A plain int index means epoch 0.
-    An undecodable file yields `(None, label)`; `collate_skip_broken` drops it and counts it."""
+class TrainSet(Dataset):
+    """What every training set shares: `classes` (sorted names; label = position), items keyed by
+    (epoch, index) so that the random horizontal flip is a function of (seed, epoch, index) (a plain
+    int index means epoch 0), and an undecodable image yields `(None, label)`, which
+    `collate_skip_broken` drops and counts. Subclasses give `label(index)` and `load(index)`."""
+
+    classes: list[str]
+    flip: bool = False
+    seed: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def label(self, index: int) -> int:
+        raise NotImplementedError
+
+    def load(self, index: int) -> torch.Tensor:
+        """uint8 (3, H, W) RGB; raises ValueError when the image cannot be decoded."""
+        raise NotImplementedError
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        label = self.label(index)
+        try:
+            image = self.load(index)
+        except ValueError:
+            return None, label
+        if self.flip and mix_seed(self.seed, epoch, index) & 1:
+            image = image.flip(-1)
+        return image, label
+
+
+class ImageFolderTrainSet(TrainSet):
+    """Aligned faces in `root/<identity>/<file>`."""
 
     def __init__(self, root: str | Path, exclude: Sequence[str] = (), min_images_per_class: int = 0,
                  flip: bool = False, seed: int = 0):
@@ -82,23 +113,14 @@ class ImageFolderTrainSet(Dataset):
         self.flip = flip
         self.seed = seed
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key):
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        sample = self.samples[index]
-        try:
-            image = decode_image(sample.path)
-        except ValueError:
-            return None, sample.label
-        if self.flip and mix_seed(self.seed, epoch, index) & 1:
-            image = image.flip(-1)
-        return image, sample.label
+    def label(self, index: int) -> int:
+        return self.samples[index].label
+
+    def load(self, index: int) -> torch.Tensor:
+        return decode_image(self.samples[index].path)
 
 
 def collate_skip_broken(batch):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data import mix_seed
+from .data import TrainSet
 from .recordio import select_classes
 
 SUFFIX = ".packed"
@@ -42,7 +42,7 @@ def packed_path(output: str | Path) -> Path:
     return output if output.suffix == SUFFIX else output.with_name(output.name + SUFFIX)
 
 
-class PackedTrainSet(Dataset):
+class PackedTrainSet(TrainSet):
     """A `NAME.packed/` folder with the interface of `data.ImageFolderTrainSet`: items keyed by
     (epoch, index), flip a function of (seed, epoch, index), uint8 (3,H,W) RGB tensors. `exclude` and
     `min_images_per_class` act on the stored class names as they do on identity folders.
@@ -81,10 +81,6 @@ class PackedTrainSet(Dataset):
         self._images: np.memmap | None = None
         self._pid = None
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -100,12 +96,11 @@ class PackedTrainSet(Dataset):
             self._pid = os.getpid()
         return self._images
 
-    def __getitem__(self, key):
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        image = torch.from_numpy(np.array(self._pixels()[self.rows[index]]))
-        if self.flip and mix_seed(self.seed, epoch, index) & 1:
-            image = image.flip(-1)
-        return image, int(self.labels[index])
+    def label(self, index: int) -> int:
+        return int(self.labels[index])
+
+    def load(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(np.array(self._pixels()[self.rows[index]]))
 
 
 @dataclass

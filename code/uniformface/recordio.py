@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from torch.utils.data import Dataset
+import torch
 
-from .data import decode_image, mix_seed
+from .data import TrainSet, decode_image
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -207,7 +207,7 @@ def select_classes(labels: np.ndarray, names: Sequence[str], exclude: Sequence[s
     return [names[c] for c in np.flatnonzero(keep)], rows, new_label[labels[rows]].astype(np.int64)
 
 
-class RecordTrainSet(Dataset):
+class RecordTrainSet(TrainSet):
     """An insightface `.rec` as a training set, with the interface of `data.ImageFolderTrainSet`:
     items keyed by (epoch, index), flip a function of (seed, epoch, index), uint8 (3,H,W) RGB images,
     `(None, label)` for an undecodable image.
@@ -250,10 +250,6 @@ class RecordTrainSet(Dataset):
         self._file: RecordFile | None = None
         self._pid = None
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
     def __len__(self) -> int:
         return len(self.keys)
 
@@ -272,16 +268,12 @@ class RecordTrainSet(Dataset):
         """The stored (encoded) image bytes of item `index`."""
         return unpack_payload(self._record_file().read(int(self.offsets[index])))[1]
 
-    def __getitem__(self, key):
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        label = int(self.labels[index])
-        try:
-            image = decode_image(io.BytesIO(self.read_encoded(index)))
-        except ValueError:  # RecordIOError included: a damaged record counts as a broken image
-            return None, label
-        if self.flip and mix_seed(self.seed, epoch, index) & 1:
-            image = image.flip(-1)
-        return image, label
+    def label(self, index: int) -> int:
+        return int(self.labels[index])
+
+    def load(self, index: int) -> torch.Tensor:
+        # RecordIOError is a ValueError: a damaged record counts as a broken image
+        return decode_image(io.BytesIO(self.read_encoded(index)))
 
 
 def _encoded_bytes(image: bytes | str | Path) -> bytes:

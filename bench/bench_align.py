@@ -9,7 +9,7 @@ Wall time is the target; CPU time (this process and its workers) is printed too 
 when other programs share the machine. `OMP_NUM_THREADS=1` gives the baseline its best setting on a
 busy machine.
 
-    PYTHONPATH=code .venv/bin/python bench/bench_align.py [--images 100] [--device cuda] [--rounds 2]
+    PYTHONPATH=code .venv/bin/python bench/bench_align.py [--images 300] [--device cuda] [--rounds 2]
 """
 import argparse
 import resource
@@ -79,7 +79,7 @@ def cpu_seconds() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--images", type=int, default=300, help="photos; few photos mostly time the workers starting up")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=None)

@@ -66,13 +66,20 @@ def main():
         ours.step(images, labels)  # warm-up both (first-touch allocations)
         plain_step(model, head, optimizer, centers, images, labels, 0.5)
         t_ours = t_plain = 0.0
-        for _ in range(args.steps):  # alternate so that machine noise hits both alike
+        def timed(fn) -> float:
             t = time.perf_counter()
-            ours.step(images, labels)
-            t_ours += time.perf_counter() - t
-            t = time.perf_counter()
-            plain_step(model, head, optimizer, centers, images, labels, 0.5)
-            t_plain += time.perf_counter() - t
+            fn()
+            return time.perf_counter() - t
+
+        run_ours = lambda: ours.step(images, labels)  # noqa: E731
+        run_plain = lambda: plain_step(model, head, optimizer, centers, images, labels, 0.5)  # noqa: E731
+        for step in range(args.steps):  # interleaved, the order swapped each step, so noise hits both alike
+            if step % 2:
+                t_plain += timed(run_plain)
+                t_ours += timed(run_ours)
+            else:
+                t_ours += timed(run_ours)
+                t_plain += timed(run_plain)
     n = args.steps * args.batch
     print(f"{args.model}, batch {args.batch}, {args.classes} classes, {torch.get_num_threads()} threads")
     print(f"ours : {n / t_ours:8.1f} images/s")

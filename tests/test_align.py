@@ -268,3 +268,11 @@ def test_group_photo_keeps_one_face_near_the_centre(detector):
     nearest = boxes[np.argmin(((centres - image_centre) ** 2).sum(1))]
     assert (landmarks[:, 0] >= nearest[0]).all() and (landmarks[:, 0] <= nearest[2]).all()
     assert (landmarks[:, 1] >= nearest[1]).all() and (landmarks[:, 1] <= nearest[3]).all()
+
+
+def test_detector_uses_the_official_sphereface_settings_not_facenets():
+    """SPEC §7: min face 20, thresholds [0.6, 0.7, 0.9], scale factor 0.85 (facenet: 0.7 and 0.709)."""
+    from uniformface.align import FaceDetector
+
+    mtcnn = FaceDetector().mtcnn
+    assert (mtcnn.min_face_size, list(mtcnn.thresholds), mtcnn.factor) == (20, [0.6, 0.7, 0.9], 0.85)

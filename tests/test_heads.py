@@ -249,3 +249,12 @@ def test_build_head_errors_name_the_problem():
         build_head("cosface", 4, 3, base=1000)
     with pytest.raises(ValueError, match=r"\(B, 4\)"):
         ASoftmax(4, 3)(torch.randn(2, 5), torch.tensor([0, 1]))
+
+
+def test_default_margins_are_the_papers():
+    """SPEC §4: A-Softmax m=4 with lambda (1000, 0.12, 1, 5); CosFace s=64 m=0.35; ArcFace s=64 m=0.5."""
+    from uniformface.heads import ArcFace, ASoftmax, CosFace
+
+    cos, arc, sphere = CosFace(2, 3), ArcFace(2, 3), ASoftmax(2, 3)
+    assert (cos.s, cos.m) == (64.0, 0.35) and (arc.s, arc.m) == (64.0, 0.5)
+    assert [sphere.lambda_at(i) for i in (0, 1, 1659)] == [1000.0, 1000.0 / 1.12, 5.0]

@@ -69,6 +69,13 @@ def test_resume_is_bit_identical(tmp_path, aligned_tree):
         assert torch.equal(a["centers"][key], b["centers"][key]), key
 
 
+def test_image_size_must_match_input_size(tmp_path, tree_factory):
+    tree = tree_factory(tmp_path / "square", size=(112, 112))
+    with pytest.raises(ValueError, match=r"are 112x112 but input_size is \[112, 96\]"):
+        Trainer(tiny_config(tree), tmp_path / "run", progress=False)
+    Trainer(tiny_config(tree, input_size="[112, 112]"), tmp_path / "run2", progress=False)  # accepted
+
+
 def test_single_class_is_refused(tmp_path, tree_factory):
     tree = tree_factory(tmp_path / "one", n_classes=1, per_class=10)
     with pytest.raises(ValueError, match="1 class"):

@@ -130,6 +130,7 @@ class Trainer:
 
         self.dataset = open_train_set(cfg.dataset.train, exclude=cfg.dataset.exclude_identities,
                                       min_images_per_class=cfg.min_images_per_class, flip=cfg.flip, seed=cfg.seed)
+        self._check_image_size()
         num_classes = self.dataset.num_classes
         if num_classes < 2:
             raise ValueError(f"training set {cfg.dataset.train} has {num_classes} class; at least 2 are needed")
@@ -156,6 +157,20 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         if cfg.compile:
             self.net = torch.compile(self.net)
+
+    def _check_image_size(self) -> None:
+        """Fail before training when the aligned faces do not have the network's input size (e.g.
+        insightface's 112x112 .rec against the 112x96 default)."""
+        for index in range(min(len(self.dataset), 8)):
+            image, _ = self.dataset[index]
+            if image is not None:
+                if list(image.shape[1:]) != list(self.cfg.input_size):
+                    height, width = image.shape[1:]
+                    raise ValueError(
+                        f"training images in {self.cfg.dataset.train} are {height}x{width} but input_size is "
+                        f"{self.cfg.input_size}; set --set input_size=[{height},{width}] or align with "
+                        f"preprocess.py --output_size {self.cfg.input_size[0]}x{self.cfg.input_size[1]}")
+                return
 
     # ----------------------------------------------------------------------------- state
     def state_path(self) -> Path:

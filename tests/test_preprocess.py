@@ -227,7 +227,10 @@ def test_an_image_that_crashes_the_detector_is_reported_and_the_rest_aligned(tmp
 
 def test_an_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
     def half_written(self, fp, format=None, **params):
-        Path(fp).write_bytes(b"\xff\xd8 half a JPEG")
+        if hasattr(fp, "write"):  # an open temporary file
+            fp.write(b"\xff\xd8 half a JPEG")
+        else:
+            Path(fp).write_bytes(b"\xff\xd8 half a JPEG")
         raise KeyboardInterrupt
     monkeypatch.setattr(Image.Image, "save", half_written)
     with pytest.raises(KeyboardInterrupt):

@@ -149,7 +149,7 @@ def test_a_run_cut_short_can_be_rerun(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
     with monkeypatch.context() as patch:
-        patch.setattr(toydata, "format_pairs", crash)  # dies after the images, before pairs.txt
+        patch.setattr(toydata, "write_pairs", crash)  # dies after the images, before pairs.txt
         with pytest.raises(KeyboardInterrupt):
             generate(tmp_path, seed=0, settings=TINY, progress=False)
     assert (tmp_path / "train").is_dir() and not (tmp_path / "pairs.txt").exists()

@@ -10,15 +10,27 @@ from typing import Any, Callable
 import torch
 
 
-def _atomic(path: str | Path, write: Callable[[Any], None], mode: str) -> None:
+# Temporaries are hidden files ending in this suffix, so that a later run can sweep up what a killed
+# run left behind (preprocessing does).
+PARTIAL_SUFFIX = ".partial"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb", durable: bool = True) -> None:
+    """Call `write(handle)` on a temporary file beside `path`, then rename it into place. `durable`
+    also fsyncs (checkpoints, results); bulk outputs such as aligned images skip that cost: the rename
+    alone already guarantees that a killed run leaves either the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes private (0600) files; outputs are usually shared
         with os.fdopen(fd, mode) as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -26,15 +38,15 @@ def _atomic(path: str | Path, write: Callable[[Any], None], mode: str) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic(path, lambda h: h.write(text), "w")
+    atomic_write(path, lambda h: h.write(text), "w")
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic(path, lambda h: h.write(data), "wb")
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
+    atomic_write(path, lambda h: h.write(data), "wb", durable)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    _atomic(path, lambda h: torch.save(obj, h), "wb")
+    atomic_write(path, lambda h: torch.save(obj, h), "wb")
 
 
 def export_weights(path: str | Path, model: torch.nn.Module, cfg_dict: dict, extra: dict | None = None) -> None:

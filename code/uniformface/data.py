@@ -6,6 +6,7 @@ workers and a resume change nothing.
 """
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +19,16 @@ from torch.utils.data import Dataset, Sampler
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def decode_image(path: str | Path) -> torch.Tensor:
-    """File -> uint8 RGB tensor (3, H, W). Raises ValueError naming the file when it cannot be decoded."""
+def decode_image(source: str | Path | bytes, name: str | None = None) -> torch.Tensor:
+    """A file (or encoded bytes) -> uint8 RGB tensor (3, H, W). Raises ValueError naming the file (or
+    `name`) when it cannot be decoded."""
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as img:
             pixels = np.array(img.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"cannot decode image {path}: {exc}") from exc
+        raise ValueError(f"cannot decode image {name or source}: {exc}") from exc
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 
 
@@ -47,27 +49,45 @@ class Sample:
     label: int
 
 
+def select_classes(labels: np.ndarray, names: Sequence[str], exclude: Sequence[str] = (),
+                   min_images_per_class: int = 0, source: str | Path = "training set"
+                   ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Drop excluded names and classes with fewer than `min_images_per_class` images, renumbering the
+    rest in their (sorted) order: the same rule for folders, `.rec` files and packed sets.
+    Returns (kept class names, kept sample rows, their new labels); no sample left is an error."""
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(names))
+    excluded = set(exclude)
+    keep = np.array([name not in excluded and counts[c] >= min_images_per_class for c, name in enumerate(names)],
+                    dtype=bool)
+    new_label = np.cumsum(keep) - 1
+    rows = np.flatnonzero(keep[labels])
+    if rows.size == 0:
+        at_least = f" with at least {min_images_per_class} images" if min_images_per_class else ""
+        raise ValueError(f"training set {source} holds no images in its classes{at_least}")
+    return [names[c] for c in np.flatnonzero(keep)], rows, new_label[labels[rows]].astype(np.int64)
+
+
 def scan_image_folder(root: str | Path, exclude: Sequence[str] = (), min_images_per_class: int = 0
                       ) -> tuple[list[str], list[Sample]]:
     """`root/<identity>/<file>` -> (sorted class names, samples). Hidden files and non-images are ignored."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"training set not found: {root} is not a folder")
-    excluded = set(exclude)
-    per_class: dict[str, list[str]] = {}
+    names, paths, labels = [], [], []
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if not entry.is_dir() or entry.name.startswith(".") or entry.name in excluded:
+        if not entry.is_dir() or entry.name.startswith("."):
             continue
         files = sorted(f.name for f in os.scandir(entry.path)
                        if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(IMAGE_EXTENSIONS))
-        if files and len(files) >= min_images_per_class:
-            per_class[entry.name] = [os.path.join(entry.path, f) for f in files]
-    classes = sorted(per_class)
-    samples = [Sample(path, label) for label, name in enumerate(classes) for path in per_class[name]]
-    if not samples:
-        raise ValueError(f"training set {root} holds no images in <identity>/<file> folders"
-                         f"{f' with at least {min_images_per_class} images' if min_images_per_class else ''}")
-    return classes, samples
+        if files:
+            paths += [os.path.join(entry.path, f) for f in files]
+            labels += [len(names)] * len(files)
+            names.append(entry.name)
+    if not paths:
+        raise ValueError(f"training set {root} holds no images in <identity>/<file> folders")
+    classes, rows, new_labels = select_classes(np.array(labels), names, exclude, min_images_per_class, root)
+    return classes, [Sample(paths[r], int(label)) for r, label in zip(rows, new_labels)]
 
 
 class TrainSet(Dataset):
@@ -189,17 +209,3 @@ class GlobalBatchSampler(Sampler):
 
     def __len__(self) -> int:  # endless; DataLoader only needs this for progress estimates
         return 2 ** 62
-
-
-class ImageListDataset(Dataset):
-    """Evaluation images by relative path under `root`; item (uint8 (3,H,W) tensor, position)."""
-
-    def __init__(self, root: str | Path, relative_paths: Sequence[str]):
-        self.root = Path(root)
-        self.paths = list(relative_paths)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        return decode_image(self.root / self.paths[index]), index

@@ -85,15 +85,8 @@ class EncodedImages(Dataset):
         return len(self.encoded)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
         where = f"{self.source}: image {index}"
-        try:
-            with Image.open(io.BytesIO(self.encoded[index])) as image:
-                pixels = np.array(image.convert("RGB"))
-        except Exception as exc:
-            raise ValueError(f"{where} cannot be decoded: {exc}") from exc
-        return fit_to_input(torch.from_numpy(pixels).permute(2, 0, 1), self.input_size, where), index
+        return fit_to_input(decode_image(bytes(self.encoded[index]), where), self.input_size, where), index
 
 
 @torch.no_grad()

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data import TrainSet
-from .recordio import select_classes
+from .data import TrainSet, select_classes
 
 SUFFIX = ".packed"
 IMAGES_FILE, LABELS_FILE, META_FILE = "images.u8", "labels.npy", "meta.json"
@@ -71,11 +70,8 @@ class PackedTrainSet(TrainSet):
         if labels.shape != (self.shape[0],) or (labels.size and not 0 <= labels.min() <= labels.max() < len(names)):
             raise ValueError(f"{self.root / LABELS_FILE}: expected {self.shape[0]} labels in [0, {len(names)}), "
                              f"got shape {labels.shape}")
-        self.classes, self.rows, self.labels = select_classes(labels.astype(np.int64), names, exclude,
-                                                              min_images_per_class)
-        if self.rows.size == 0:
-            at_least = f" in classes with at least {min_images_per_class} images" if min_images_per_class else ""
-            raise ValueError(f"training set {self.root} holds no images{at_least}")
+        self.classes, self.rows, self.labels = select_classes(labels, names, exclude, min_images_per_class,
+                                                              self.root)
         self.skipped = [tuple(item) for item in meta.get("skipped", [])]
         self.flip, self.seed = flip, seed
         self._images: np.memmap | None = None

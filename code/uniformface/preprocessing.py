@@ -12,6 +12,7 @@ A rerun skips outputs that exist; each output is written to a temporary file and
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import sys
@@ -23,12 +24,12 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from .align import DETECTION_MAX_SIDE, FaceDetector, ImageLoadError, align_face, read_rgb, to_original, to_reduced
+from .checkpoint import PARTIAL_SUFFIX, atomic_write, atomic_write_text
 from .data import IMAGE_EXTENSIONS
 
 REPORT_NAME = "preprocess_report.tsv"
 LANDMARKS_NAME = "landmarks.txt"
 JPEG_QUALITY = 95
-PARTIAL_SUFFIX = ".partial"
 LFW_NAME = re.compile(r"^(?P<identity>[^/]+)/(?P=identity)_\d{4}\.[A-Za-z]+$")
 # Misses waiting for the mean landmarks keep their pixels up to this many bytes; beyond, they are decoded again.
 MISS_PIXEL_BUDGET = 512 * 2**20
@@ -207,21 +208,14 @@ class _ChunkSet(Dataset):
 # ----------------------------------------------------------------------------------------------- outputs
 
 def write_atomic(image: np.ndarray, destination: Path) -> None:
-    """Encode in the format the file name asks for (JPEG at quality 95) into a hidden temporary file in
-    the same folder, then rename it into place: a killed run never leaves a partial output."""
+    """Encode in the format the file name asks for (JPEG at quality 95), atomically: a killed run never
+    leaves a partial output (checkpoint.atomic_write)."""
     from PIL import Image
 
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f".{destination.name}.{os.getpid()}{PARTIAL_SUFFIX}")
-    extension = destination.suffix.lower()
-    image_format = Image.registered_extensions().get(extension, "JPEG")
+    image_format = Image.registered_extensions().get(destination.suffix.lower(), "JPEG")
     options = {"quality": JPEG_QUALITY} if image_format in ("JPEG", "WEBP") else {}
-    try:
-        Image.fromarray(image).save(temporary, format=image_format, **options)
-        os.replace(temporary, destination)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    atomic_write(destination, lambda handle: Image.fromarray(image).save(handle, format=image_format, **options),
+                 durable=False)
 
 
 def _format_points(points: np.ndarray, separator: str = "\t") -> str:
@@ -432,11 +426,8 @@ class _Run:
         for relative in self.todo:  # an image this run found no landmarks for loses any older line
             merged.pop(relative, None)
         merged.update(self.new_landmarks)
-        temporary = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            for relative in sorted(merged):
-                handle.write(f"{relative}\t{_format_points(merged[relative])}\n")
-        os.replace(temporary, path)
+        atomic_write_text(path, "".join(f"{relative}\t{_format_points(merged[relative])}\n"
+                                        for relative in sorted(merged)))
 
     def write_report(self, path: Path, revisited: set[str]) -> None:
         """This run's rows, plus earlier runs' rows for files this run did not look at (their fallbacks)."""
@@ -448,12 +439,11 @@ class _Run:
                         rows[row[0]] = row
         for row in self.summary.rows:
             rows[row[0]] = list(row)
-        temporary = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
-        with open(temporary, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-            writer.writerow(["path", "status", "detail"])
-            writer.writerows(rows[key] for key in sorted(rows))
-        os.replace(temporary, path)
+        text = io.StringIO()
+        writer = csv.writer(text, delimiter="\t", lineterminator="\n")
+        writer.writerow(["path", "status", "detail"])
+        writer.writerows(rows[key] for key in sorted(rows))
+        atomic_write_text(path, text.getvalue())
 
 
 def preprocess(options: Options) -> Summary:

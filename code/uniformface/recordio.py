@@ -15,7 +15,6 @@ flag 0 has no header: every key of the `.idx` is an image.
 """
 from __future__ import annotations
 
-import io
 import os
 import struct
 import tempfile
@@ -26,7 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .data import TrainSet, decode_image
+from .data import TrainSet, decode_image, select_classes
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -193,20 +192,6 @@ def class_label(header: RecordHeader) -> float:
     return float(header.label) if header.flag == 0 else float(header.label[0])
 
 
-def select_classes(labels: np.ndarray, names: Sequence[str], exclude: Sequence[str] = (),
-                   min_images_per_class: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Drop excluded names and classes with fewer than `min_images_per_class` images, renumbering the
-    rest in their (sorted) order, as `scan_image_folder` does for folders.
-    Returns (kept class names, kept sample rows, their new labels)."""
-    counts = np.bincount(labels, minlength=len(names))
-    excluded = set(exclude)
-    keep = np.array([name not in excluded and counts[c] >= min_images_per_class for c, name in enumerate(names)],
-                    dtype=bool)
-    new_label = np.cumsum(keep) - 1
-    rows = np.flatnonzero(keep[labels])
-    return [names[c] for c in np.flatnonzero(keep)], rows, new_label[labels[rows]].astype(np.int64)
-
-
 class RecordTrainSet(TrainSet):
     """An insightface `.rec` as a training set, with the interface of `data.ImageFolderTrainSet`:
     items keyed by (epoch, index), flip a function of (seed, epoch, index), uint8 (3,H,W) RGB images,
@@ -241,10 +226,7 @@ class RecordTrainSet(TrainSet):
             raise RecordIOError(f"{self.rec_path}: record {keys[bad[0]]} has the non-integer label {raw[bad[0]]}")
         distinct, dense = np.unique(raw.astype(np.int64), return_inverse=True)
         self.classes, rows, self.labels = select_classes(dense, [str(v) for v in distinct], exclude,
-                                                         min_images_per_class)
-        if rows.size == 0:
-            at_least = f" in classes with at least {min_images_per_class} images" if min_images_per_class else ""
-            raise ValueError(f"training set {self.rec_path} holds no images{at_least}")
+                                                         min_images_per_class, self.rec_path)
         self.keys = np.asarray(keys, dtype=np.int64)[rows]
         self.offsets = np.array([index[int(k)] for k in self.keys], dtype=np.int64)
         self._file: RecordFile | None = None
@@ -273,7 +255,7 @@ class RecordTrainSet(TrainSet):
 
     def load(self, index: int) -> torch.Tensor:
         # RecordIOError is a ValueError: a damaged record counts as a broken image
-        return decode_image(io.BytesIO(self.read_encoded(index)))
+        return decode_image(self.read_encoded(index), self.describe(index))
 
 
 def _encoded_bytes(image: bytes | str | Path) -> bytes:

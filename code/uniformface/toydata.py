@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
+
+from .checkpoint import atomic_write_bytes
+from .pairs import write_pairs
 
 IMAGE_SIZE = 250  # CASIA-WebFace and LFW images are 250x250 (SPEC §7)
 
@@ -634,19 +635,6 @@ def make_pairs(rng: np.random.Generator, image_counts: dict[str, int], folds: in
     return result
 
 
-def format_pairs(folds: Sequence[tuple[Sequence[tuple], Sequence[tuple]]]) -> str:
-    """The text of an LFW `pairs.txt`: a header `n_folds<TAB>n`, then per fold n same lines `name i j` and
-    n different lines `name1 i name2 j`, tab-separated (SPEC §8)."""
-    n = len(folds[0][0])
-    lines = [f"{len(folds)}\t{n}"]
-    for same, different in folds:
-        if len(same) != n or len(different) != n:
-            raise ValueError(f"every fold needs {n} same and {n} different pairs")
-        lines += [f"{a}\t{i}\t{j}" for a, i, j in same]
-        lines += [f"{a}\t{i}\t{b}\t{j}" for a, i, b, j in different]
-    return "\n".join(lines) + "\n"
-
-
 # ------------------------------------------------------------------------------------------------ the set
 
 MANIFEST = "toy_manifest.json"
@@ -661,12 +649,6 @@ class ToySummary:
     pairs: int
     seconds: float
     landmarks: dict[str, np.ndarray]  # relative path (train/... or lfw/...) -> true (5, 2) landmarks
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _prepare_output(output: Path, manifest: dict) -> None:
@@ -691,7 +673,7 @@ def _prepare_output(output: Path, manifest: dict) -> None:
                 path.unlink()
     # Written first, so that a run cut short can be rerun into the same folder; marked complete at the end.
     output.mkdir(parents=True, exist_ok=True)
-    _write_atomic(marker, json.dumps({**manifest, "complete": False}, indent=2).encode())
+    atomic_write_bytes(marker, json.dumps({**manifest, "complete": False}, indent=2).encode())
 
 
 def _write_identity(item) -> dict[str, np.ndarray]:
@@ -707,7 +689,7 @@ def _write_identity(item) -> dict[str, np.ndarray]:
         image, points = render_image(identity, rng, settings)
         quality = int(rng.integers(settings.jpeg_quality[0], settings.jpeg_quality[1] + 1))
         file = f"{j + 1:03d}.jpg" if role == "train" else f"{name}_{j + 1:04d}.jpg"
-        _write_atomic(folder / file, encode_jpeg(image, quality))
+        atomic_write_bytes(folder / file, encode_jpeg(image, quality), durable=False)
         landmarks[f"{role}/{name}/{file}"] = points
     return landmarks
 
@@ -764,8 +746,8 @@ def generate(output: str | Path, seed: int = 0, settings: ToySettings = ToySetti
                 result = _write_identity(item)
                 landmarks.update(result)
                 bar.update(len(result))
-    _write_atomic(output / "pairs.txt", format_pairs(folds).encode())
-    _write_atomic(output / MANIFEST, json.dumps({**manifest, "complete": True}, indent=2).encode())
+    write_pairs(output / "pairs.txt", folds)
+    atomic_write_bytes(output / MANIFEST, json.dumps({**manifest, "complete": True}, indent=2).encode())
     landmarks = dict(sorted(landmarks.items()))
     return ToySummary(output, n_train * settings.images_per_identity, sum(lfw_counts.values()),
                       2 * settings.folds * settings.pairs_per_fold, time.perf_counter() - start, landmarks)

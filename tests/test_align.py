@@ -100,20 +100,66 @@ def test_warp_samples_the_source_bilinearly_at_pixel_centres():
 
 # ------------------------------------------------------------------------------------------ detector
 
+def redetect_on_aligned(detector, aligned):
+    """Landmarks of an aligned crop, in its own pixels: MTCNN run on the crop padded by its edge pixels
+    (so that it sees a whole head) at five padding widths, median per coordinate. At 112 px one detection
+    varies by 1-2 px (sometimes 5) with the padding alone; the median is steady to about 0.5 px."""
+    pads = (24, 32, 40, 48, 56)
+    found = []
+    for pad in pads:
+        points = detector.detect(np.pad(aligned, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
+        assert points is not None, f"no face re-detected at padding {pad}"
+        found.append(points - pad)
+    return np.median(np.stack(found), axis=0)
+
+
+def template_shaped_astronaut(detector, rounds=4):
+    """The astronaut photo bent (thin-plate spline, image border fixed) until MTCNN finds her 5 landmarks
+    within 1.5 px of an exact similarity image of the template: a real face that a similarity can map onto
+    the template, which her own proportions cannot (least-squares residual about 2.5-6.3 px). Each round
+    moves the spline's source points to where the last detection came from."""
+    from skimage.transform import ThinPlateSplineTransform, warp
+
+    photo = data.astronaut()
+    found = detector.detect(photo)
+    target = apply(np.linalg.inv(lstsq_similarity(found, TEMPLATE_112x96)), TEMPLATE_112x96)
+    h, w = photo.shape[:2]
+    border = np.array([[0, 0], [w - 1, 0], [0, h - 1], [w - 1, h - 1], [w / 2, 0], [w / 2, h - 1], [0, h / 2],
+                       [w - 1, h / 2]], np.float64)
+    source = found
+    for _ in range(rounds):
+        spline = ThinPlateSplineTransform.from_estimate(np.vstack([target, border]), np.vstack([source, border]))
+        assert spline, spline
+        bent = np.rint(warp(photo, spline, order=1, preserve_range=True)).astype(np.uint8)
+        found = detector.detect(bent)
+        assert found is not None
+        if np.linalg.norm(found - target, axis=1).max() < 1.5:
+            return bent, found
+        source = spline(found)
+    raise AssertionError(f"landmarks still {np.linalg.norm(found - target, axis=1).max():.2f} px from the target")
+
+
+def test_landmarks_redetected_on_the_aligned_face_lie_within_2px_of_the_template(detector):
+    """Issue 5, item 1, on a face whose landmarks a similarity can put on the template (see
+    template_shaped_astronaut); for her unbent face the fit itself leaves more than 2 px, tested below."""
+    photo, found = template_shaped_astronaut(detector)
+    for size in [(112, 96), (112, 112)]:
+        again = redetect_on_aligned(detector, align_face(photo, found, size))
+        assert np.linalg.norm(again - template(size), axis=1).max() < 2.0, size
+
+
 def test_landmarks_redetected_on_the_aligned_face_land_where_the_transform_sent_them(detector):
-    """Re-detection on the aligned crop (padded so that MTCNN sees the whole head) must agree with the
-    transformed original landmarks within 2 px. (They differ from the template itself by the residual
-    of the 5-point least-squares fit, about 5 px for this face: a similarity cannot fit every face.)"""
+    """On the unbent photo, re-detection on the aligned crop must agree with the transformed original
+    landmarks within 2 px. They differ from the template itself by the residual of the 5-point
+    least-squares fit, more than 2 px for this face: a similarity cannot fit every face."""
     photo = data.astronaut()
     found = detector.detect(photo)
     assert found is not None and found.shape == (5, 2) and found.dtype == np.float64
     for size in [(112, 96), (112, 112)]:
-        aligned = align_face(photo, found, size)
         expected = apply(lstsq_similarity(found, template(size)), found)
-        pad = 40
-        again = detector.detect(np.pad(aligned, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
-        assert again is not None
-        assert np.abs(again - pad - expected).max() < 2.0
+        assert np.linalg.norm(expected - template(size), axis=1).max() > 2.0  # why the bent face above
+        again = redetect_on_aligned(detector, align_face(photo, found, size))
+        assert np.linalg.norm(again - expected, axis=1).max() < 2.0, size
 
 
 def test_aligned_face_is_nearly_the_same_under_rotation_scale_shift_and_greyscale(detector):

@@ -16,7 +16,13 @@ Measures, in this order:
 - LFW-size feature extraction: 13,233 images of 112x96 and their mirrors through SphereFace-20 (fp32, as
   test.py runs it), from JPEG files through the DataLoader and the network alone; on CUDA the agreement of the
   features with the CPU's;
-- with --tests, the test suite (pytest -q) in the time left of --budget seconds.
+- with --tests, the test suite (pytest -q) in the time left of --budget seconds; on a CUDA machine the
+  tests taking the `device` fixture run on the GPU as well, and those taking `cuda` compare it with the CPU.
+
+Every stage runs under a deadline (SIGALRM): the measurements share --budget minus --test_reserve (the suite
+gets at least that), each stage at most its own cap, and a stage that runs out of time gives a "stopped"
+row instead of a number. The whole check therefore ends within --budget (default 450 s) plus the import
+time, on any machine.
 """
 from __future__ import annotations
 
@@ -25,10 +31,12 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +59,26 @@ PAPER_BATCH = 256
 
 class Row(dict):
     """One line of the summary: what, value, unit, note."""
+
+
+class OutOfTime(Exception):
+    """A stage's deadline has passed."""
+
+
+@contextmanager
+def deadline(seconds: float):
+    """Raise OutOfTime in this (main) thread once `seconds` have passed. Python raises it between
+    bytecodes, so a single long kernel finishes first; DataLoader workers do not inherit the timer."""
+    def ring(signum, frame):
+        raise OutOfTime(f"{seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _sync(device: torch.device) -> None:
@@ -226,6 +254,10 @@ def hours_for(images_per_s: float, iterations: int = PAPER_ITERATIONS, batch: in
     return iterations * batch / images_per_s / 3600.0
 
 
+STAGE_CAPS = {"train": 90.0, "train_fp32": 60.0, "loader": 45.0, "mtcnn": 60.0, "extraction": 90.0,
+              "compile": 150.0}  # seconds; compiling is last and longest: the other rows do not wait on it
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -234,10 +266,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--no_compile", action="store_true", help="skip the torch.compile row")
     parser.add_argument("--tests", action="store_true", help="run the test suite in the time left")
     parser.add_argument("--budget", type=float, default=450.0, help="seconds for everything, tests included")
+    parser.add_argument("--test_reserve", type=float, default=150.0,
+                        help="seconds of --budget kept for the test suite when --tests is given")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     parser.add_argument("--json", help="write the rows here as well")
     args = parser.parse_args(argv)
     began = time.perf_counter()
+    measure_until = began + args.budget - (args.test_reserve if args.tests else 0.0)
     device = torch.device(args.device)
     q = args.quick
     batch, classes = (8, 100) if q else (PAPER_BATCH, CASIA_CLASSES)
@@ -250,56 +285,90 @@ def main(argv=None) -> dict:
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), torch "
           f"{torch.__version__}, {os.cpu_count()} CPUs{', quick sizes' if q else ''}", flush=True)
 
+    def stage(key: str, what: str, measure):
+        """measure() under its deadline; None and a "stopped" row when time runs out."""
+        seconds = min(STAGE_CAPS[key], measure_until - time.perf_counter())
+        try:
+            with deadline(seconds):
+                return measure()
+        except OutOfTime:
+            rows.append(Row(what=what, value="stopped", unit="", note=f"out of time after {max(seconds, 0):.0f} s"))
+            return None
+        finally:
+            print(f"{key} done ({time.perf_counter() - began:.0f} s)", flush=True)
+
+    def versus_bf16(rate: float, text: str) -> str:
+        return f"{rate / bf16['images_per_s']:.2f}x {text}" if bf16 else f"(no {amp_label} row to compare)"
+
+    train_what = f"train {name}, batch {batch}, {classes} classes, {amp_label}"
+    fp32 = compiled = rate = m = e = None
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
-        bf16 = train_rate(device, args.model, batch, classes, warmup, steps, True, False, scratch)
-        rows.append(Row(what=f"train {name}, batch {batch}, {classes} classes, {amp_label}",
-                        value=bf16["images_per_s"], unit="images/s",
-                        note=f"loss {bf16['loss']:.3f}; 28k iterations x 256: {hours_for(bf16['images_per_s']):.2f} h"))
-        fp32 = None
+        bf16 = stage("train", train_what, lambda: train_rate(device, args.model, batch, classes, warmup, steps, True,
+                                                             False, scratch))
+        if bf16:
+            rows.append(Row(what=train_what, value=bf16["images_per_s"], unit="images/s",
+                            note=f"loss {bf16['loss']:.3f}; 28k iterations x 256: {hours_for(bf16['images_per_s']):.2f} h"))
         if device.type == "cuda":  # on a CPU both rows would be fp32
-            fp32 = train_rate(device, args.model, batch, classes, warmup, steps, False, False, scratch)
-            rows.append(Row(what=f"train {name}, batch {batch}, fp32", value=fp32["images_per_s"], unit="images/s",
-                            note=f"bf16 autocast speed-up {bf16['images_per_s'] / fp32['images_per_s']:.2f}x"))
+            what = f"train {name}, batch {batch}, fp32"
+            fp32 = stage("train_fp32", what, lambda: train_rate(device, args.model, batch, classes, warmup, steps,
+                                                                False, False, scratch))
+            if fp32:
+                rows.append(Row(what=what, value=fp32["images_per_s"], unit="images/s",
+                                note=f"bf16 autocast speed-up {bf16['images_per_s'] / fp32['images_per_s']:.2f}x"
+                                if bf16 else ""))
+
+        what = f"training loader, JPEG 112x96, {args.workers} workers"
+        rate = stage("loader", what, lambda: loader_rate(args.workers, batch, loader_batches, scratch))
+        if rate:
+            rows.append(Row(what=what, value=rate, unit="images/s",
+                            note=versus_bf16(rate, "the first row's step (> 1: the GPU stays fed)")))
+
+        what = "MTCNN detect_batch, 250x250 photos"
+        m = stage("mtcnn", what, lambda: mtcnn_rate(device, photos, scratch))
+        if m:
+            note = f"faces found {m['found']}/{photos}, batch {m['batch_size']}"
+            if "max_landmark_diff_px" in m:
+                note += (f"; vs CPU: max landmark diff {m['max_landmark_diff_px']:.3f} px, "
+                         f"same faces found {m['same_faces_found']}")
+            rows.append(Row(what=what, value=m["images_per_s"], unit="images/s", note=note))
+
+        what = f"LFW-size features ({lfw} images)"
+        e = stage("extraction", what, lambda: extraction_time(device, args.model, lfw, args.workers, 128, scratch))
+        if e:
+            note = f"{e['count']} images + mirrors, fp32, batch 128, {args.workers} workers"
+            if "min_cosine_vs_cpu" in e:
+                note += f"; min cosine vs CPU {e['min_cosine_vs_cpu']:.6f}"
+            rows.append(Row(what=f"{what}, from JPEG files", value=e["files_s"], unit="s", note=note))
+            rows.append(Row(what=f"{what}, network alone", value=e["memory_s"], unit="s",
+                            note=f"{2 * lfw / e['memory_s']:.0f} images/s (mirrors included), batches already on the device"))
+
         if compile_:
-            try:
-                compiled = train_rate(device, args.model, batch, classes, warmup, steps, True, True, scratch)
-                rows.append(Row(what=f"train {name}, batch {batch}, {amp_label} + torch.compile",
-                                value=compiled["images_per_s"], unit="images/s",
+            what = f"train {name}, batch {batch}, {amp_label} + torch.compile"
+
+            def measure_compiled():
+                try:
+                    return train_rate(device, args.model, batch, classes, warmup, steps, True, True, scratch)
+                except OutOfTime:
+                    raise
+                except Exception as exc:  # a compiler failure is a finding, not a reason to lose the other rows
+                    return exc
+
+            compiled = stage("compile", what, measure_compiled)
+            if isinstance(compiled, Exception):
+                first = str(compiled).splitlines()[0][:100] if str(compiled) else ""
+                rows.append(Row(what=what, value="failed", unit="", note=f"{type(compiled).__name__}: {first}"))
+            elif compiled:
+                rows.append(Row(what=what, value=compiled["images_per_s"], unit="images/s",
                                 note=f"compile + warm-up {compiled['warmup_s']:.0f} s; "
-                                     f"{compiled['images_per_s'] / bf16['images_per_s']:.2f}x eager"))
-            except Exception as exc:  # a compiler failure is a finding, not a reason to lose the other rows
-                rows.append(Row(what=f"train {name}, torch.compile", value="failed", unit="",
-                                note=f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"))
-        print(f"training measured ({time.perf_counter() - began:.0f} s)", flush=True)
-
-        rate = loader_rate(args.workers, batch, loader_batches, scratch)
-        rows.append(Row(what=f"training loader, JPEG 112x96, {args.workers} workers", value=rate, unit="images/s",
-                        note=f"{rate / bf16['images_per_s']:.2f}x the first row's step (> 1: the GPU stays fed)"))
-
-        m = mtcnn_rate(device, photos, scratch)
-        note = f"faces found {m['found']}/{photos}, batch {m['batch_size']}"
-        if "max_landmark_diff_px" in m:
-            note += (f"; vs CPU: max landmark diff {m['max_landmark_diff_px']:.3f} px, "
-                     f"same faces found {m['same_faces_found']}")
-        rows.append(Row(what="MTCNN detect_batch, 250x250 photos", value=m["images_per_s"], unit="images/s", note=note))
-        print(f"MTCNN measured ({time.perf_counter() - began:.0f} s)", flush=True)
-
-        e = extraction_time(device, args.model, lfw, args.workers, 128, scratch)
-        note = f"{e['count']} images + mirrors, fp32, batch 128, {args.workers} workers"
-        if "min_cosine_vs_cpu" in e:
-            note += f"; min cosine vs CPU {e['min_cosine_vs_cpu']:.6f}"
-        rows.append(Row(what=f"LFW-size features ({lfw} images), from JPEG files", value=e["files_s"], unit="s",
-                        note=note))
-        rows.append(Row(what=f"LFW-size features ({lfw} images), network alone", value=e["memory_s"], unit="s",
-                        note=f"{2 * lfw / e['memory_s']:.0f} images/s (mirrors included), batches already on the device"))
+                                     + versus_bf16(compiled["images_per_s"], "eager")))
 
     if args.tests:
-        left = args.budget - (time.perf_counter() - began)
-        t = run_tests(left)
-        rows.append(Row(what="test suite (pytest -q)", value=t.get("passed", 0), unit="passed",
+        t = run_tests(args.budget - (time.perf_counter() - began))
+        rows.append(Row(what="test suite (pytest -q)", value="stopped" if t["returncode"] is None else t.get("passed", 0),
+                        unit="passed",
                         note=f"{t['summary']} ({t['seconds']:.0f} s)"))
-    rows.append(Row(what="gpu_check total", value=time.perf_counter() - began, unit="s", note=""))
+    rows.append(Row(what="gpu_check total", value=time.perf_counter() - began, unit="s", note=f"budget {args.budget:.0f} s"))
     print(summary_table(rows))
     result = {"device": str(device), "quick": q, "rows": rows, "train": {"bf16": bf16, "fp32": fp32},
               "loader_images_per_s": rate, "mtcnn": m, "extraction": e}
@@ -311,5 +380,6 @@ def main(argv=None) -> dict:
 if __name__ == "__main__":
     outcome = main()
     failed = [r for r in outcome["rows"] if r["what"].startswith("test suite") and "failed" in r["note"]]
-    sys.exit(1 if failed or not all(math.isfinite(r["value"]) for r in outcome["rows"]
-                                    if isinstance(r["value"], float)) else 0)
+    incomplete = [r for r in outcome["rows"] if r["value"] in ("stopped", "failed")]
+    sys.exit(1 if failed or incomplete or not all(math.isfinite(r["value"]) for r in outcome["rows"]
+                                                  if isinstance(r["value"], float)) else 0)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One short check on a GPU machine (one H100/H200: about 5-8 minutes): bf16 training images/s of
-# SphereFace-20, the training loader, batched MTCNN, LFW-size feature extraction (each checked against
-# the CPU where it matters), then the test suite in the time left; one summary table at the end.
+# One short check on a GPU machine (one H100/H200): bf16 training images/s of SphereFace-20, the training
+# loader, batched MTCNN, LFW-size feature extraction (each checked against the CPU where it matters), then
+# the test suite (at least --test_reserve 150 s of the budget); one summary table at the end. Each stage
+# runs under a deadline, so the whole check ends within --budget (450 s) plus start-up: under 8 minutes.
 #   bash bench/gpu_check.sh [--json FILE] [--no_compile] [--budget SECONDS]
 #   bash bench/gpu_check.sh --quick --device cpu          # tiny sizes, no tests: a smoke run anywhere
 # Uses .venv/bin/python when present (a clone after `make venv`), else python (the Docker image).

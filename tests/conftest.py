@@ -14,6 +14,24 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Each device this machine has: the CPU always, CUDA too where there is one (bench/gpu_check.sh runs
+    the suite on a GPU machine), so the float64 references also pin the CUDA kernels."""
+    return torch.device(request.param)
+
+
+@pytest.fixture
+def cuda():
+    """For comparisons of the GPU with the CPU, which only a CUDA machine can make."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here: GPU-against-CPU comparison (run by bench/gpu_check.sh)")
+    return torch.device("cuda")
+
+
 @pytest.fixture(scope="session")
 def detector():
     from uniformface.align import FaceDetector

@@ -218,6 +218,16 @@ def test_batched_detection_equals_one_image_at_a_time(detector):
             assert alone is not None and np.abs(batched[index] - alone).max() <= 0.5, index
 
 
+def test_cuda_detector_finds_the_cpus_landmarks(cuda, detector):
+    from uniformface.align import FaceDetector
+
+    views = [astronaut_view(), astronaut_view(angle=15), astronaut_view(scale=1.4), astronaut_view(shift=(20, -10))]
+    on_gpu = FaceDetector(device=str(cuda)).detect_batch(views)
+    for index, (gpu, cpu) in enumerate(zip(on_gpu, detector.detect_batch(views))):
+        assert gpu is not None and cpu is not None, index
+        assert np.abs(gpu - cpu).max() <= 0.5, index
+
+
 # ------------------------------------------------------------------------------------------- loading
 
 def test_modes_are_converted_to_rgb(tmp_path):

@@ -108,12 +108,12 @@ def loop_update(stored, initialized, features, labels, rate):
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
-def test_update_is_eq7_with_first_appearance_init(rate):
+def test_update_is_eq7_with_first_appearance_init(rate, device):
     centers = seeded_centers()
     features, labels = batch()
     expected, expected_init = loop_update(centers.centers, centers.initialized.tolist(), features, labels, rate)
-    centers.update(features, labels, rate)
-    torch.testing.assert_close(centers.centers, expected, rtol=1e-12, atol=1e-12)
+    centers.to(device).update(features.to(device), labels.to(device), rate)
+    torch.testing.assert_close(centers.centers.cpu(), expected, rtol=1e-12, atol=1e-12)
     assert centers.initialized.tolist() == expected_init
     assert centers.initialized[[1, 6]].all() and not centers.initialized[4]
     assert torch.count_nonzero(centers.centers[4]) == 0

@@ -30,3 +30,20 @@ def test_quick_run_on_cpu_fills_the_summary(tmp_path, capsys):
     assert math.isfinite(result["train"]["bf16"]["loss"])
     assert result["mtcnn"]["found"] == 2  # the photos are turned and re-lit astronaut portraits
     assert result["extraction"]["count"] == 32
+
+
+def test_full_sizes_end_within_the_budget_with_stopped_rows(capsys):
+    """The full (GPU) sizes cannot finish on this CPU in 20 s: every stage must be cut by its deadline,
+    reported as "stopped", and the check must end within the budget (plus clean-up), whatever the machine."""
+    import time
+
+    began = time.perf_counter()
+    result = gpu_check.main(["--device", "cpu", "--budget", "20", "--no_compile", "--workers", "1"])
+    elapsed = time.perf_counter() - began
+    assert elapsed < 20 + 10, elapsed
+    stopped = [r["what"] for r in result["rows"] if r["value"] == "stopped"]
+    assert any(w.startswith("train sphereface20 112x96, batch 256, 10572 classes") for w in stopped), stopped
+    assert any(w.startswith("LFW-size features (13233 images)") for w in stopped), stopped
+    total = result["rows"][-1]
+    assert total["what"] == "gpu_check total" and total["value"] < 20 + 10
+    assert "stopped" in capsys.readouterr().out

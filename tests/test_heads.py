@@ -63,15 +63,15 @@ def sample(n=6, d=8, c=5, seed=0):
 
 
 @pytest.mark.parametrize("iteration", [1, 10, 300, 1658, 1659, 20000])
-def test_asoftmax_matches_caffe_layer(iteration):
+def test_asoftmax_matches_caffe_layer(iteration, device):
     x, labels = sample()
     head = ASoftmax(8, 5)
     with torch.no_grad():
         head.weight.mul_(torch.linspace(0.5, 2.0, 5)[:, None])  # unnormalised rows
     weight_before = head.weight.detach().clone()
     head.iteration.fill_(iteration - 1)
-    head.train()
-    logits = head(x, labels)
+    head.to(device).train()
+    logits = head(x.to(device), labels.to(device)).cpu()
     assert int(head.iteration) == iteration
     expected = caffe_quadruple_logits(x, weight_before, labels, lambda_reference(iteration))
     torch.testing.assert_close(logits.double(), expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())
@@ -186,12 +186,12 @@ def test_gradients_are_finite_at_cos_plus_minus_one(make, direction):
 
 
 @pytest.mark.parametrize("make", [lambda: ASoftmax(16, 7), lambda: CosFace(16, 7), lambda: ArcFace(16, 7)])
-def test_bf16_autocast_keeps_the_margin_math_in_float32(make):
+def test_bf16_autocast_keeps_the_margin_math_in_float32(make, device):
     torch.manual_seed(5)
-    head = make().eval()
-    x, labels = torch.randn(8, 16) * 5, torch.randint(0, 7, (8,))
+    head = make().eval().to(device)
+    x, labels = (torch.randn(8, 16) * 5).to(device), torch.randint(0, 7, (8,)).to(device)
     plain = head(x, labels)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device.type, dtype=torch.bfloat16):
         mixed = head(x, labels)
     assert mixed.dtype == torch.float32
     # bf16 keeps ~3 significant digits: a bf16 cosine would be off by ~1e-2 of the logit scale.

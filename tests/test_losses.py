@@ -34,13 +34,14 @@ def uniform_gradient_reference(centers):
 
 
 @pytest.mark.parametrize("m,chunk", [(2, None), (5, 1), (9, 4), (9, 9), (17, None)])
-def test_value_and_gradient_match_the_double_loop(m, chunk):
+def test_value_and_gradient_match_the_double_loop(m, chunk, device):
     torch.manual_seed(m)
-    centers = (torch.randn(m, 6, dtype=torch.float64) * 2).requires_grad_()
+    cpu_centers = torch.randn(m, 6, dtype=torch.float64) * 2
+    centers = cpu_centers.to(device).requires_grad_()
     loss = uniform_loss(centers, chunk_size=chunk)
-    assert loss.item() == pytest.approx(uniform_reference(centers.detach()), rel=1e-12)
+    assert loss.item() == pytest.approx(uniform_reference(cpu_centers), rel=1e-12)
     loss.backward()
-    torch.testing.assert_close(centers.grad, uniform_gradient_reference(centers.detach()), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(centers.grad.cpu(), uniform_gradient_reference(cpu_centers), rtol=1e-9, atol=1e-12)
 
 
 def test_every_ordered_pair_counts():

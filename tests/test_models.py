@@ -97,7 +97,7 @@ def reference_forward(model, x, units):
     return F.linear(x.flatten(1), model.fc5.weight, model.fc5.bias)
 
 
-def test_forward_is_the_prototxt_graph():
+def test_forward_is_the_prototxt_graph(device):
     torch.manual_seed(1)
     model = build_model("sphereface10", 64).double()
     with torch.no_grad():  # make the residual branches matter, and the PReLUs distinguishable
@@ -107,7 +107,22 @@ def test_forward_is_the_prototxt_graph():
             if isinstance(m, nn.PReLU):
                 m.weight.uniform_(0.1, 0.4)
     x = torch.randn(2, 3, 112, 96, dtype=torch.float64)
-    torch.testing.assert_close(model(x), reference_forward(model, x, UNITS["sphereface10"]), rtol=1e-10, atol=1e-12)
+    expected = reference_forward(model, x, UNITS["sphereface10"])
+    torch.testing.assert_close(model.to(device)(x.to(device)).cpu(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_cuda_bf16_channels_last_forward_follows_the_cpu_float32_one(cuda):
+    """What training on a GPU runs (config defaults amp + channels_last) against the CPU in float32."""
+    torch.manual_seed(2)
+    model = build_model("sphereface20", 512).eval()
+    x = torch.randn(4, 3, 112, 96)
+    with torch.no_grad():
+        expected = model(x).double()
+        model = model.to(cuda, memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = model(x.to(cuda).contiguous(memory_format=torch.channels_last)).float().cpu().double()
+    cosine = (got * expected).sum(1) / (got.norm(dim=1) * expected.norm(dim=1))
+    assert cosine.min().item() > 0.99, cosine  # bf16 keeps ~3 digits per operation over 20 layers
 
 
 def test_uniformface_net_is_the_figure_reading():

@@ -27,8 +27,8 @@ def test_learning_rate_schedule_warmup_and_steps():
     assert math.isclose(learning_rate(cfg, 0), 0.01) and math.isclose(learning_rate(cfg, 9), 0.1)
 
 
-def test_run_folder_outputs(tmp_path, aligned_tree):
-    cfg = tiny_config(aligned_tree)
+def test_run_folder_outputs(tmp_path, aligned_tree, device):
+    cfg = tiny_config(aligned_tree, device=device.type)  # on CUDA with the config's bf16 autocast + channels_last
     weights = train(cfg, tmp_path / "run", progress=False)
     run = tmp_path / "run"
     assert weights == run / "sphereface4_32.pt"

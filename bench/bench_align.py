@@ -1,8 +1,9 @@
 """Preprocessing throughput: our batched pipeline against the earlier port's way, in the same run.
 
 The earlier port called facenet-pytorch's MTCNN once per image in a Python loop (with PyTorch's default
-thread count), then aligned and saved. Ours runs MTCNN on batches of same-size images with its nets in
-channels-last layout; on a CPU each DataLoader worker decodes and detects its own chunk single-threaded,
+thread count), then aligned and saved. Ours runs the same nets through our cascade (mtcnn.py: the pyramid
+and every candidate box resampled from one integral image per batch, no per-box loop) on batches of
+same-size images, channels-last; on a CPU each DataLoader worker decodes and detects its own chunk single-threaded,
 on a GPU the workers decode and the main process detects. Both use the official SphereFace detector
 settings and the same warp, so the landmarks must agree (<= 0.5 px) and only the time may differ.
 Wall time is the target; CPU time (this process and its workers) is printed too because it hardly moves

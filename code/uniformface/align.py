@@ -178,9 +178,9 @@ def to_reduced(points: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- detection
 
 class FaceDetector:
-    """facenet-pytorch's MTCNN (its weights ship inside the package) run on batches of same-size images,
-    keeping per image the face whose box centre is nearest the image centre (the official
-    face_detect_demo.m rule). `batch_size` images go through MTCNN at once: on a CPU small batches are
+    """MTCNN with facenet-pytorch's nets and weights (shipped inside the package), run by our cascade
+    (`mtcnn.detect_faces`) on batches of same-size images, keeping per image the face whose box centre is
+    nearest the image centre (the official face_detect_demo.m rule). `batch_size` images go through MTCNN at once: on a CPU small batches are
     fastest (its R/O-nets run over every candidate box of the batch at once), on a GPU large ones."""
 
     def __init__(self, device: str | torch.device = "cpu", min_face_size: int = MIN_FACE_SIZE,
@@ -195,8 +195,11 @@ class FaceDetector:
         self.device = torch.device(device)
         self.min_face_size = int(min_face_size)
         self.batch_size = int(batch_size or (8 if self.device.type == "cpu" else 128))
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.factor = float(factor)
+        # The nets and their shipped weights; the cascade around them is mtcnn.detect_faces.
         self.mtcnn = MTCNN(keep_all=True, select_largest=False, min_face_size=self.min_face_size,
-                           thresholds=[float(t) for t in thresholds], factor=float(factor), device=self.device)
+                           thresholds=list(self.thresholds), factor=self.factor, device=self.device)
         self.mtcnn.eval()
         if self.device.type == "cpu":
             # Same arithmetic; the R-net convolutions and poolings run ~3x faster in oneDNN's NHWC kernels.
@@ -223,26 +226,22 @@ class FaceDetector:
         return results
 
     def _detect_same_size(self, batch: np.ndarray) -> list[np.ndarray | None]:
+        from .mtcnn import detect_faces
+
         height, width = batch.shape[1:3]
-        if self.device.type == "cpu":
-            # An NHWC view of NCHW-contiguous floats: MTCNN permutes it back, so its crops are contiguous.
-            pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).float().contiguous().permute(0, 2, 3, 1)
-        else:
-            pixels = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        pixels = torch.from_numpy(batch).to(self.device, non_blocking=True)
         with torch.inference_mode():
-            boxes, _, points = self.mtcnn.detect(pixels, landmarks=True)
+            faces = detect_faces(pixels, self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet, self.min_face_size,
+                                 self.thresholds, self.factor, channels_last=self.device.type == "cpu")
         centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
         found: list[np.ndarray | None] = []
-        for image_boxes, image_points in zip(boxes, points):
-            # facenet-pytorch 2.5.3 hands back dtype=object arrays (and None for no face) under numpy 2.
-            if image_boxes is None or len(image_boxes) == 0:
+        for boxes, points in faces:
+            if not len(boxes):
                 found.append(None)
                 continue
-            image_boxes = np.asarray(image_boxes.tolist(), dtype=np.float64).reshape(-1, 4)
-            image_points = np.asarray(image_points.tolist(), dtype=np.float64).reshape(-1, 5, 2)
-            box_centres = (image_boxes[:, :2] + image_boxes[:, 2:]) / 2.0
+            box_centres = (boxes[:, :2] + boxes[:, 2:4]) / 2.0
             nearest = int(np.argmin(((box_centres - centre) ** 2).sum(axis=1)))
-            found.append(image_points[nearest].copy())
+            found.append(points[nearest].copy())
         return found
 
     def detect(self, image: np.ndarray) -> np.ndarray | None:

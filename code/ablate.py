@@ -14,7 +14,6 @@ validated before any training. One process (one GPU); for several GPUs run train
 per setting and gather_results.py over the folders.
 """
 import argparse
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -23,14 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from uniformface.ablation import RESULTS_MD, missing_inputs, plan, results_markdown, run_grid  # noqa: E402
 from uniformface.config import ConfigError  # noqa: E402
-
-
-def _test_cli():
-    """test.py's own main, so that each setting's lfw_results.json is exactly what test.py writes."""
-    spec = importlib.util.spec_from_file_location("uniformface_test_cli", Path(__file__).with_name("test.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def main(argv=None) -> int:
@@ -63,18 +54,19 @@ def main(argv=None) -> int:
         print("error: missing input(s), nothing was run:\n  " + "\n  ".join(missing), file=sys.stderr)
         return 1
 
-    test_main = _test_cli()
-
     def train_fn(cfg, run_dir, resume):
         from uniformface.trainer import train
 
         return train(cfg, run_dir, resume=resume, progress=not args.no_progress)
 
-    def evaluate_fn(weights, cfg):
-        argv = ["--model_path", str(weights), "--dataset", cfg.dataset.test, "--pairs_path", cfg.dataset.pairs,
-                "--protocol", args.protocol, "--device", cfg.resolved_device(), "--workers", str(cfg.num_workers)]
-        if test_main(argv + (["--no_progress"] if args.no_progress else [])) != 0:
-            raise RuntimeError(f"test.py failed on {weights} (its message is above)")
+    def evaluate_fn(weights, cfg):  # as test.py --model_path weights: the same results file and summary
+        from uniformface.evaluate import evaluate_model_on_pairs
+        from uniformface.report import RESULTS_FILE, lfw_summary
+
+        label, lfw = evaluate_model_on_pairs(weights, cfg.dataset.test, cfg.dataset.pairs, weights.parent / RESULTS_FILE,
+                                             protocol=args.protocol, device=cfg.resolved_device(),
+                                             num_workers=cfg.num_workers, progress=not args.no_progress)
+        print(lfw_summary(label, lfw, args.protocol))
 
     try:
         run_grid(settings, train_fn, evaluate_fn)

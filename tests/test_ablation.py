@@ -111,6 +111,18 @@ def test_grid_trains_tests_writes_tables_and_reruns_nothing(tmp_path, data, step
         assert len(results["fold_accuracies"]) == 2  # the tiny pairs file has 2 folds
         assert distance[row] == pytest.approx([round(results["mean_min_center_distance"], 4)], abs=1e-9)
 
+    # each setting's results are what test.py writes for its weights (apart from where the ROC figure went)
+    from test_evaluate import load_script
+
+    run = logdir / "alpha=1_beta=0.001"
+    again = tmp_path / "again.json"
+    assert load_script("test").main(["--model_path", str(run / "sphereface4_32.pt"), "--json", str(again),
+                                     "--workers", "0", "--device", "cpu", "--no_progress"]) == 0
+    ours, theirs = json.loads((run / "lfw_results.json").read_text()), json.loads(again.read_text())
+    assert ours.pop("roc_png").endswith("lfw_roc.png") and theirs.pop("roc_png").endswith("again_roc.png")
+    assert ours == theirs
+    capsys.readouterr()
+
     stamps = {p: p.stat().st_mtime_ns for p in logdir.glob("*/*") if p.suffix in (".pt", ".json")}
     assert len(stamps) == 4 * 3  # weights, checkpoint, results per setting
     assert ablate.main(argv) == 0

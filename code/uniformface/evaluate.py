@@ -4,6 +4,8 @@ for (SPEC §8); ROC figures; the rule `verify.py` applies to a new pair; class-c
 from __future__ import annotations
 
 import io
+import json
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -12,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from .binfile import read_bin
-from .checkpoint import load_weights
+from .checkpoint import atomic_write_text, load_weights
+from .config import yaml_load
 from .embedding import EncodedImages, ImageFiles, crop_offset, extract_features
 from .models import build_model
 from .pairs import Pair, missing_images, read_pairs, unique_images
@@ -185,3 +188,74 @@ def merge_results(previous: dict | None, lfw: dict | None = None, bins: dict | N
     if kept_bins:
         merged["bin"] = kept_bins
     return merged
+
+
+# ------------------------------------------------------------------- a model's results file (test.py, ablate.py)
+
+
+def run_config(model_path: str | Path) -> dict:
+    """The resolved config that train.py keeps beside the weights, as a plain dict ({} when absent)."""
+    saved = Path(model_path).parent / "config.yaml"
+    return (yaml_load(saved.read_text()) or {}) if saved.is_file() else {}
+
+
+def roc_path(results_path: str | Path) -> Path:
+    """lfw_results.json -> lfw_roc.png; r.json -> r_roc.png."""
+    results_path = Path(results_path)
+    return results_path.with_name(f"{results_path.stem.removesuffix('_results')}_roc.png")
+
+
+def load_embedder(model_path: str | Path | None, baseline: str | None = None, seed: int = 0, device: str = "cpu"):
+    """(network or baseline, its label, its input size or None, extra results such as the center spread).
+    `baseline`: "raw" scores the pixels themselves, "untrained" the same network at its initialisation."""
+    if baseline == "raw":
+        return raw_pixel_embedder, "raw pixels", None, {}
+    if baseline == "untrained":
+        spec = load_weights(model_path)["spec"]
+        torch.manual_seed(seed)
+        model = build_model(spec["model_name"], spec["emb_dim"], tuple(spec["input_size"])).to(device).eval()
+        return model, f"{spec['model_name']} untrained", tuple(spec["input_size"]), {}
+    model, spec, payload = load_backbone(model_path, device)
+    return model, f"{spec['model_name']}_{spec['emb_dim']}", tuple(spec["input_size"]), center_stats(payload)
+
+
+def read_results(path: str | Path | None) -> dict | None:
+    """An earlier results file to merge into; a broken one is reported and replaced, not fatal."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        previous = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        print(f"warning: {path}:{exc.lineno}: not valid JSON ({exc.msg}); it is replaced", file=sys.stderr)
+        return None
+    return previous if isinstance(previous, dict) else None
+
+
+def evaluate_model_on_pairs(model_path: str | Path | None, dataset: str | Path, pairs_path: str | Path,
+                  results_path: str | Path | None, protocol: str = "sphereface", allow_missing: bool = False,
+                  baseline: str | None = None, seed: int = 0, **common) -> tuple[str, dict]:
+    """What `test.py` does for LFW: evaluate the model (or a baseline) on `pairs_path`, save the ROC figure
+    beside `results_path` and merge the results into it (earlier `.bin` results kept). `common`: batch_size,
+    num_workers, device, progress. Returns (label, the LFW results)."""
+    embed, label, input_size, extra = load_embedder(model_path, baseline, seed, common.get("device", "cpu"))
+    lfw = evaluate_pairs(embed, dataset, pairs_path, protocol=protocol, allow_missing=allow_missing,
+                         input_size=input_size, roc_png=roc_path(results_path) if results_path else None, label=label,
+                         **common)
+    lfw.update(extra, model_path=str(model_path) if model_path else None, dataset=str(dataset),
+               pairs_path=str(pairs_path), evaluated=label)
+    lfw["verify_rule"] = lfw.pop("verify_rule")  # its long feature mean last, after what people read
+    if results_path is not None:
+        atomic_write_text(results_path, json.dumps(merge_results(read_results(results_path), lfw=lfw), indent=2))
+    return label, lfw
+
+
+def evaluate_model_on_bins(model_path: str | Path | None, bin_paths: Sequence[str | Path], results_path: str | Path | None,
+                 baseline: str | None = None, seed: int = 0, **common) -> tuple[str, dict]:
+    """What `test.py --bin` does: the insightface protocol on each `.bin` set, merged into `results_path`
+    under "bin" (earlier LFW results kept). Returns (label, {set name: results})."""
+    embed, label, input_size, _ = load_embedder(model_path, baseline, seed, common.get("device", "cpu"))
+    results = {Path(path).stem: evaluate_bin(embed, path, input_size, label=label, **common) for path in bin_paths}
+    if results_path is not None:
+        merged = merge_results(read_results(results_path), bins={k: dict(v, evaluated=label) for k, v in results.items()})
+        atomic_write_text(results_path, json.dumps(merged, indent=2))
+    return label, results

@@ -29,6 +29,23 @@ def fold_table(rows: Sequence[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def lfw_summary(label: str, lfw: dict, protocol: str) -> str:
+    """What test.py prints for one model on LFW: the per-fold table, the mean, the ROC figures, the
+    center spread, and a warning when pairs were counted as wrong for a missing image."""
+    lines = [fold_table([(label, lfw)]),
+             f"{label}: LFW accuracy ({protocol} protocol) {100 * lfw['accuracy_mean']:.3f} "
+             f"+- {100 * lfw['accuracy_std']:.3f} % over {lfw['n_pairs']} pairs"]
+    if lfw.get("auc") is not None:
+        lines.append(f"TAR@FAR=1e-3 {lfw['tar_at_far_1e-3']:.4f}, TAR@FAR=1e-2 {lfw['tar_at_far_1e-2']:.4f}, "
+                     f"AUC {lfw['auc']:.4f}, EER {lfw['eer']:.4f}")
+    if "mean_min_center_distance" in lfw:
+        lines.append(f"mean minimum distance between class centers ({lfw['centers_from']}): "
+                     f"{lfw['mean_min_center_distance']:.4f}")
+    if lfw.get("n_missing_pairs"):
+        lines.append(f"warning: {lfw['n_missing_pairs']} pair(s) had a missing image and were counted as wrong")
+    return "\n".join(lines)
+
+
 def center_distance_table(rows: Sequence[tuple[str, float]]) -> str:
     """The earlier port's second table: mean over classes of the distance to the nearest other center."""
     width = max([18] + [len(name) for name, _ in rows])

@@ -330,5 +330,7 @@ def test_detector_uses_the_official_sphereface_settings_not_facenets():
     """SPEC §7: min face 20, thresholds [0.6, 0.7, 0.9], scale factor 0.85 (facenet: 0.7 and 0.709)."""
     from uniformface.align import FaceDetector
 
-    mtcnn = FaceDetector().mtcnn
+    detector = FaceDetector()  # what mtcnn.detect_faces is given
+    assert (detector.min_face_size, detector.thresholds, detector.factor) == (20, (0.6, 0.7, 0.9), 0.85)
+    mtcnn = detector.mtcnn  # and facenet's object, used by tests that call it directly
     assert (mtcnn.min_face_size, list(mtcnn.thresholds), mtcnn.factor) == (20, [0.6, 0.7, 0.9], 0.85)

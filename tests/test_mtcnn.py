@@ -10,7 +10,7 @@ from facenet_pytorch.models.utils.detect_face import detect_face
 from test_align import SHARED, astronaut_view
 
 from uniformface.align import MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS, load_rgb
-from uniformface.mtcnn import AreaSampler, _drop_empty, detect_faces, scale_pyramid
+from uniformface.mtcnn import AreaSampler, _inside_parts, detect_faces, scale_pyramid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -111,5 +111,14 @@ def test_boxes_wholly_outside_the_image_are_dropped():
     """facenet skips their crops but keeps their rows, pairing later boxes with the wrong scores."""
     boxes = torch.tensor([[10.0, 10.0, 40.0, 40.0, 0.9], [-50.0, 5.0, -20.0, 35.0, 0.8], [60.0, 70.0, 90.0, 99.0, 0.7],
                           [30.0, 130.0, 60.0, 160.0, 0.6]])
-    kept, ids = _drop_empty(boxes, torch.tensor([0, 0, 1, 1]), height=100, width=80)
+    kept, ids, parts = _inside_parts(boxes, torch.tensor([0, 0, 1, 1]), height=100, width=80)
     assert kept[:, 4].tolist() == pytest.approx([0.9, 0.7]) and ids.tolist() == [0, 1]
+    assert parts.tolist() == [[9, 9, 40, 40], [59, 69, 80, 99]]  # facenet's rows y1 - 1 .. y2 - 1, clipped
+
+
+def test_images_smaller_than_the_smallest_face_have_no_faces(detector):
+    m = detector.mtcnn
+    tiny = torch.full((2, 15, 40, 3), 128, dtype=torch.uint8)
+    with torch.inference_mode():
+        found = detect_faces(tiny, m.pnet, m.rnet, m.onet, MIN_FACE_SIZE, THRESHOLDS, SCALE_FACTOR)
+    assert [(len(b), len(p)) for b, p in found] == [(0, 0), (0, 0)]

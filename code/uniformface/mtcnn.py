@@ -136,9 +136,7 @@ def _nms_min(boxes: np.ndarray, scores: np.ndarray, image_ids: np.ndarray, thres
         members = np.flatnonzero(image_ids == image)
         x1, y1, x2, y2 = boxes[members].T
         area = (x2 - x1 + 1) * (y2 - y1 + 1)
-        order = members[np.argsort(scores[members])][::-1]
-        local = {index: position for position, index in enumerate(members)}
-        remaining = [local[i] for i in order]
+        remaining = np.argsort(scores[members])[::-1].tolist()  # positions within `members`
         while remaining:
             best, rest = remaining[0], np.array(remaining[1:], dtype=np.int64)
             keep.append(members[best])
@@ -179,6 +177,8 @@ def detect_faces(images: torch.Tensor, pnet: nn.Module, rnet: nn.Module, onet: n
         pick = batched_nms(candidates[:, :4], candidates[:, 4], ids, NMS_PER_SCALE)
         boxes.append(candidates[pick])
         image_ids.append(ids[pick])
+    if not boxes:  # images smaller than the smallest face
+        return found
     boxes, image_ids = torch.cat(boxes), torch.cat(image_ids)
     pick = batched_nms(boxes[:, :4], boxes[:, 4], image_ids, NMS_PER_IMAGE)
     boxes, image_ids = boxes[pick], image_ids[pick]
@@ -188,8 +188,8 @@ def detect_faces(images: torch.Tensor, pnet: nn.Module, rnet: nn.Module, onet: n
 
     # Stage 2: the R-net rescores 24 x 24 crops and refines the boxes.
     if len(boxes):
-        boxes, image_ids = _drop_empty(boxes, image_ids, height, width)
-        crops = sampler.resize(image_ids, _crop_boxes(boxes, height, width), (24, 24))
+        boxes, image_ids, inside = _inside_parts(boxes, image_ids, height, width)
+        crops = sampler.resize(image_ids, inside, (24, 24))
         offsets, scores = _run_in_chunks(rnet, _net_input(crops, channels_last))
         keep = scores[:, 1] > thresholds[1]
         boxes = torch.cat([boxes[keep, :4], scores[keep, 1:2]], dim=1)
@@ -201,8 +201,8 @@ def detect_faces(images: torch.Tensor, pnet: nn.Module, rnet: nn.Module, onet: n
     # Stage 3: the O-net rescores 48 x 48 crops, refines the boxes and places the 5 landmarks.
     if not len(boxes):
         return found
-    boxes, image_ids = _drop_empty(boxes, image_ids, height, width)
-    crops = sampler.resize(image_ids, _crop_boxes(boxes, height, width), (48, 48))
+    boxes, image_ids, inside = _inside_parts(boxes, image_ids, height, width)
+    crops = sampler.resize(image_ids, inside, (48, 48))
     offsets, points, scores = _run_in_chunks(onet, _net_input(crops, channels_last))
     keep = scores[:, 1] > thresholds[2]
     boxes = torch.cat([boxes[keep, :4], scores[keep, 1:2]], dim=1)
@@ -221,8 +221,9 @@ def detect_faces(images: torch.Tensor, pnet: nn.Module, rnet: nn.Module, onet: n
     return found
 
 
-def _drop_empty(boxes: torch.Tensor, image_ids: torch.Tensor, height: int, width: int):
-    """Boxes with nothing inside the image (facenet would mis-pair its scores after skipping them)."""
-    crop = _crop_boxes(boxes, height, width)
-    inside = (crop[:, 2] > crop[:, 0]) & (crop[:, 3] > crop[:, 1])
-    return boxes[inside], image_ids[inside]
+def _inside_parts(boxes: torch.Tensor, image_ids: torch.Tensor, height: int, width: int):
+    """The boxes with some part inside the image, their image indices, and those parts (`_crop_boxes`).
+    facenet skips the crops of the others but keeps their rows, pairing later boxes with wrong scores."""
+    parts = _crop_boxes(boxes, height, width)
+    inside = (parts[:, 2] > parts[:, 0]) & (parts[:, 3] > parts[:, 1])
+    return boxes[inside], image_ids[inside], parts[inside]

@@ -11,8 +11,8 @@ Measures, in this order:
   28,000 iterations (config.yaml) take at that rate;
 - the training loader (JPEG decode + flip + collate, as Trainer builds it) in images/s, which must exceed
   the step's rate for that estimate to hold;
-- MTCNN (align.FaceDetector.detect_batch) on 250x250 photos, and on CUDA the agreement of its landmarks
-  with the CPU detector's;
+- MTCNN (align.FaceDetector.detect_batch) on 250x250 photos, against facenet-pytorch's own cascade on the
+  same nets and batches, and on CUDA the agreement of its landmarks with the CPU detector's;
 - LFW-size feature extraction: 13,233 images of 112x96 and their mirrors through SphereFace-20 (fp32, as
   test.py runs it), from JPEG files through the DataLoader and the network alone; on CUDA the agreement of the
   features with the CPU's;
@@ -166,6 +166,18 @@ def mtcnn_rate(device: torch.device, count: int, scratch: Path) -> dict:
     _sync(device)
     result = {"images_per_s": count / (time.perf_counter() - start), "found": sum(p is not None for p in found),
               "batch_size": detector.batch_size}
+    # facenet-pytorch's own cascade on the same nets and batches: its per-box resize loop is what ours removes
+    from facenet_pytorch.models.utils.detect_face import detect_face
+
+    nets = detector.mtcnn
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for first in range(0, count, detector.batch_size):
+            batch = torch.from_numpy(np.stack(photos[first:first + detector.batch_size])).to(device).float()
+            detect_face(batch, detector.min_face_size, nets.pnet, nets.rnet, nets.onet, list(detector.thresholds),
+                        detector.factor, device)
+    _sync(device)
+    result["facenet_images_per_s"] = count / (time.perf_counter() - start)
     if device.type == "cuda":  # the GPU must find the same landmarks as the CPU
         reference = FaceDetector(device="cpu").detect_batch(photos[:8])
         both = [(a, b) for a, b in zip(found[:8], reference) if a is not None and b is not None]
@@ -327,7 +339,8 @@ def main(argv=None) -> dict:
         what = "MTCNN detect_batch, 250x250 photos"
         m = stage("mtcnn", what, lambda: mtcnn_rate(device, photos, scratch))
         if m:
-            note = f"faces found {m['found']}/{photos}, batch {m['batch_size']}"
+            note = (f"faces found {m['found']}/{photos}, batch {m['batch_size']}; "
+                    f"{m['images_per_s'] / m['facenet_images_per_s']:.2f}x facenet's detect_face")
             if "max_landmark_diff_px" in m:
                 note += (f"; vs CPU: max landmark diff {m['max_landmark_diff_px']:.3f} px, "
                          f"same faces found {m['same_faces_found']}")

@@ -29,6 +29,8 @@ def test_quick_run_on_cpu_fills_the_summary(tmp_path, capsys):
     assert f"28k iterations x 256: {hours:.2f} h" in result["rows"][0]["note"]
     assert math.isfinite(result["train"]["bf16"]["loss"])
     assert result["mtcnn"]["found"] == 2  # the photos are turned and re-lit astronaut portraits
+    ratio = result["mtcnn"]["images_per_s"] / result["mtcnn"]["facenet_images_per_s"]
+    assert f"{ratio:.2f}x facenet's detect_face" in printed
     assert result["extraction"]["count"] == 32
 
 

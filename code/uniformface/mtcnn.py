@@ -47,7 +47,8 @@ class AreaSampler:
         exact_in_int32 = 255 * self.height * self.width < 2 ** 31
         table = torch.zeros(self.batch, self.height + 1, self.width + 1, self.channels,
                             dtype=torch.int32 if exact_in_int32 else torch.int64, device=images.device)
-        table[:, 1:, 1:] = images.cumsum(1, dtype=table.dtype).cumsum(2, dtype=table.dtype)
+        table[:, 1:, 1:] = images.cumsum(1, dtype=table.dtype)
+        table[:, 1:, 1:].cumsum_(2)  # in place: one temporary of the batch's size, not two
         self.table = table.reshape(-1, self.channels)
 
     def resize(self, image_ids: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -42,10 +42,15 @@ def test_full_sizes_end_within_the_budget_with_stopped_rows(capsys):
     began = time.perf_counter()
     result = gpu_check.main(["--device", "cpu", "--budget", "20", "--no_compile", "--workers", "1"])
     elapsed = time.perf_counter() - began
-    assert elapsed < 20 + 10, elapsed
-    stopped = [r["what"] for r in result["rows"] if r["value"] == "stopped"]
-    assert any(w.startswith("train sphereface20 112x96, batch 256, 10572 classes") for w in stopped), stopped
-    assert any(w.startswith("LFW-size features (13233 images)") for w in stopped), stopped
+    # The alarm lands between Python bytecodes, so the one sphereface20 step (batch 256) running when it
+    # rings still finishes: on this loaded 2-core CPU that step alone takes 5-15 s. Hence the margin.
+    assert elapsed < 20 + 40, elapsed
+    stopped = [r for r in result["rows"] if r["value"] == "stopped"]
+    whats = [r["what"] for r in stopped]
+    assert any(w.startswith("train sphereface20 112x96, batch 256, 10572 classes") for w in whats), whats
+    assert any(w.startswith("LFW-size features (13233 images)") for w in whats), whats
+    # Once the budget is spent, the later stages get no time at all rather than their own caps.
+    assert stopped[-1]["note"] == "out of time after 0 s", stopped[-1]
     total = result["rows"][-1]
-    assert total["what"] == "gpu_check total" and total["value"] < 20 + 10
+    assert total["what"] == "gpu_check total" and total["value"] < 20 + 40
     assert "stopped" in capsys.readouterr().out

@@ -301,6 +301,8 @@ def main(argv=None) -> dict:
         """measure() under its deadline; None and a "stopped" row when time runs out."""
         seconds = min(STAGE_CAPS[key], measure_until - time.perf_counter())
         try:
+            if seconds <= 0:  # not started at all: an alarm in the middle of set-up leaves half-built objects
+                raise OutOfTime("no time left")
             with deadline(seconds):
                 return measure()
         except OutOfTime:

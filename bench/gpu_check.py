@@ -301,15 +301,15 @@ def main(argv=None) -> dict:
         """measure() under its deadline; None and a "stopped" row when time runs out."""
         seconds = min(STAGE_CAPS[key], measure_until - time.perf_counter())
         try:
-            if seconds <= 0:  # not started at all: an alarm in the middle of set-up leaves half-built objects
-                raise OutOfTime("no time left")
-            with deadline(seconds):
-                return measure()
+            if seconds > 0:  # else not started at all: an alarm in the middle of set-up leaves half-built objects
+                with deadline(seconds):
+                    return measure()
         except OutOfTime:
-            rows.append(Row(what=what, value="stopped", unit="", note=f"out of time after {max(seconds, 0):.0f} s"))
-            return None
+            pass
         finally:
             print(f"{key} done ({time.perf_counter() - began:.0f} s)", flush=True)
+        rows.append(Row(what=what, value="stopped", unit="", note=f"out of time after {max(seconds, 0):.0f} s"))
+        return None
 
     def versus_bf16(rate: float, text: str) -> str:
         return f"{rate / bf16['images_per_s']:.2f}x {text}" if bf16 else f"(no {amp_label} row to compare)"

@@ -1,7 +1,8 @@
 """Margin heads: class weights + labels -> logits for cross-entropy.
 
 - `ASoftmax`: SphereFace's A-Softmax with the lambda annealing of the official
-  `margin_inner_product_layer.cpp` (m = 4 is its QUADRUPLE type).
+  `margin_inner_product_layer.cpp` (m = 4 is its QUADRUPLE type), back-propagating by default as that
+  layer's hand-written Backward_cpu does (`gradient="official"`), or by autograd of the forward.
 - `CosFace` (Wang et al. 2018): s * (cos theta - m [j = y]).
 - `ArcFace` (Deng et al. 2019): s * cos(theta + m), with the usual fallback where theta + m > pi.
 
@@ -63,6 +64,78 @@ class _NormalizedLinear(nn.Module):
         return f"in_features={self.in_features}, num_classes={self.num_classes}"
 
 
+def _asoftmax_logits(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, lamb: torch.Tensor,
+                     m: int) -> torch.Tensor:
+    """Target logit (lambda |x| cos theta + |x| psi(theta)) / (1 + lambda), every other |x| cos theta."""
+    cos = F.linear(F.normalize(x, dim=1), F.normalize(weight, dim=1)).clamp(-1.0, 1.0)
+    norm = x.norm(dim=1, keepdim=True)
+    cos_target = cos.gather(1, labels)
+    with torch.no_grad():
+        # acos only decides the branch; it never enters the gradient.
+        k = torch.floor(m * torch.acos(cos_target) / math.pi)
+    sign = 1.0 - 2.0 * torch.remainder(k, 2)  # (-1)^k
+    psi = sign * chebyshev_cos(cos_target, m) - 2.0 * k
+    target = (lamb * cos_target + psi) / (1.0 + lamb)
+    return norm * cos.scatter(1, labels, target)
+
+
+def _margin_coefficients(c: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(coeff_w, coeff_x |x|) of Backward_cpu's target branch for m = 2, 3, 4 (DOUBLE, TRIPLE, QUADRUPLE):
+    autograd of the margin part |x| psi(c) is coeff_w w + coeff_x x. Polynomials in c with the signs as
+    Forward_cpu defines them (sign(0) = 0), so no acos and nothing infinite at c = +-1."""
+    s0 = torch.sign(c)
+    if m == 2:
+        return 4 * s0 * c, -(2 * s0 * c**2 + 1)
+    if m == 3:
+        s1 = torch.sign(c.abs() - 0.5)
+        s2 = s0 * (1 + s1) - 2
+        return s1 * (12 * c**2 - 3), -(8 * s1 * c**3 - s2)
+    s3 = s0 * torch.sign(2 * c**2 - 1)
+    s4 = 2 * s0 + s3 - 3
+    return s3 * (32 * c**3 - 16 * c), -(s3 * (24 * c**4 - 8 * c**2 - 1) - s4)
+
+
+class _OfficialASoftmax(torch.autograd.Function):
+    """The A-Softmax forward with the official layer's backward (`margin_inner_product_layer.cpp`,
+    Backward_cpu), which is not the derivative of the forward:
+
+    - class weights: dL/dW = top_diff^T x, with no margin factor and no Jacobian of the row normalisation;
+    - features: each logit j sends back top_diff_j w_j, except the target's margin part for m >= 2, whose
+      autograd gradient coeff_w w_y + coeff_x x is divided by its length n = sqrt(coeff_w^2 + coeff_x^2):
+      d target / dx = [lambda w_y + (coeff_w w_y + coeff_x x) / n] / (1 + lambda).
+      m = 1 (SINGLE) is a plain inner product both ways. Without the division by n this is autograd's.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, labels, lamb, m):
+        unit = F.normalize(weight, dim=1)
+        ctx.m = m
+        ctx.save_for_backward(x, unit, labels, lamb)
+        return _asoftmax_logits(x, weight, labels, lamb, m)
+
+    @staticmethod
+    def backward(ctx, top_diff):
+        x, unit, labels, lamb = ctx.saved_tensors
+        with torch.autocast(top_diff.device.type, enabled=False):
+            top_diff = top_diff.to(x.dtype)
+            grad_weight = top_diff.t() @ x
+            grad_x = top_diff @ unit
+            if ctx.m > 1:
+                w_y = unit[labels[:, 0]]
+                norm = x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                c = (x / norm * w_y).sum(1, keepdim=True).clamp(-1.0, 1.0)
+                coeff_w, coeff_x = _margin_coefficients(c, ctx.m)
+                coeff_x = coeff_x / norm
+                n = torch.hypot(coeff_w, coeff_x).clamp_min(torch.finfo(x.dtype).tiny)
+                # grad_x already holds top_diff_y w_y; the target's is [lambda w_y + margin / n] / (1 + lambda).
+                scale = top_diff.gather(1, labels) / (1.0 + lamb)
+                grad_x = grad_x + scale * ((coeff_w / n - 1.0) * w_y + coeff_x / n * x)
+        return grad_x, grad_weight.to(unit.dtype), None, None, None
+
+
+GRADIENTS = ("official", "autograd")
+
+
 class ASoftmax(_NormalizedLinear):
     """A-Softmax (SphereFace Eq. 7 with the annealing of the official Caffe layer).
 
@@ -75,16 +148,24 @@ class ASoftmax(_NormalizedLinear):
     Like the Caffe layer, a training forward also rescales the stored weight rows to unit length in
     place, so SGD and weight decay always act on unit-norm rows (otherwise the rows' norm drifts and
     with it the effective learning rate of their direction). Eval mode leaves the parameters alone.
-    The gradient is autograd's of this forward (the Caffe backward is hand-written; SPEC section 4).
+
+    `gradient="official"` (default) back-propagates as the layer's Backward_cpu (`_OfficialASoftmax`;
+    m = 1..4, its SINGLE..QUADRUPLE types); `gradient="autograd"` uses autograd of this forward.
     """
 
     def __init__(self, in_features: int, num_classes: int, m: int = 4, base: float = 1000, gamma: float = 0.12,
-                 power: float = 1, lambda_min: float = 5):
+                 power: float = 1, lambda_min: float = 5, gradient: str = "official"):
         super().__init__(in_features, num_classes)
         if int(m) != m or m < 1:
             raise ValueError(f"A-Softmax margin m must be a positive integer, got {m}")
+        if gradient not in GRADIENTS:
+            raise ValueError(f"A-Softmax gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}")
+        if gradient == "official" and m > 4:
+            raise ValueError(f"the official A-Softmax backward exists for m = 1..4 only, got m = {m}; "
+                             "use gradient='autograd'")
         self.m, self.base, self.gamma, self.power, self.lambda_min = int(m), float(base), float(gamma), \
             float(power), float(lambda_min)
+        self.gradient = gradient
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
 
     def lambda_at(self, iteration: int) -> float:
@@ -108,22 +189,15 @@ class ASoftmax(_NormalizedLinear):
                 with torch.no_grad():
                     self.iteration += 1
                     self.weight.copy_(F.normalize(self.weight, dim=1))
-            x = _fp32(x)
-            cos = self._cosine(x)
-            norm = x.norm(dim=1, keepdim=True)
-            cos_target = cos.gather(1, labels)
-            lamb = self._lambda_tensor().to(cos.dtype)
-            with torch.no_grad():
-                # acos only decides the branch; it never enters the gradient.
-                k = torch.floor(self.m * torch.acos(cos_target) / math.pi)
-            sign = 1.0 - 2.0 * torch.remainder(k, 2)  # (-1)^k
-            psi = sign * chebyshev_cos(cos_target, self.m) - 2.0 * k
-            target = (lamb * cos_target + psi) / (1.0 + lamb)
-            return norm * cos.scatter(1, labels, target)
+            x, weight = _fp32(x), _fp32(self.weight)
+            lamb = self._lambda_tensor().to(x.dtype)
+            if self.gradient == "official":
+                return _OfficialASoftmax.apply(x, weight, labels, lamb, self.m)
+            return _asoftmax_logits(x, weight, labels, lamb, self.m)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, m={self.m}, base={self.base:g}, gamma={self.gamma:g}, "
-                f"power={self.power:g}, lambda_min={self.lambda_min:g}")
+                f"power={self.power:g}, lambda_min={self.lambda_min:g}, gradient={self.gradient}")
 
 
 class CosFace(_NormalizedLinear):

@@ -1,14 +1,22 @@
 """Face alignment as in the official SphereFace release (`preprocess/code/face_detect_demo.m`,
-`face_align_demo.m`): MTCNN finds 5 landmarks, a least-squares similarity transform maps them onto a fixed
-template, and the face is warped (bilinear) into a 112x96 crop.
+`face_align_demo.m`): MTCNN finds 5 landmarks, `cp2tform(landmarks, template, 'similarity')` fits the
+similarity, and `imtransform(img, tform, 'XData', [1 96], 'YData', [1 112], 'Size', [112 96])` warps the
+face (bilinear, fill 0) into a 112x96 crop.
 
-Coordinates are pixel indices with the first pixel's centre at (0, 0), for landmarks, the template and the
-warp alike. The official Matlab code works 1-based for both landmarks and template; shifting both by the
-same pixel changes nothing in the warp, so the template numbers are used as published.
+Coordinates: landmarks and the template are in Matlab's 1-based pixel convention, (x, y) = (column, row)
+with the centre of the top-left pixel at (1, 1). That is how SphereFace's `lfw_landmark.txt` was written
+(Matlab MTCNN, then Matlab's cp2tform/imtransform) and how MTCNN reports them: facenet-pytorch's box and
+landmark arithmetic is a number-for-number port of the Matlab MTCNN (boxes crop the 1-based rows
+`y1..y2`, i.e. Python's `y1 - 1:y2`; landmarks are `w * p + x1 - 1` as in `detect_face.m`), and our
+cascade (`mtcnn.py`) returns facenet's numbers. So detected landmarks, landmark files (SphereFace's and our
+`landmarks.txt`) and `align_face` all use the same 1-based numbers and need no conversion; only the
+sampling inside `align_face` turns them into 0-based array indices.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -43,8 +51,8 @@ class ImageLoadError(ValueError):
 
 
 def template(output_size: Sequence[int] = (112, 96)) -> np.ndarray:
-    """The landmark template for an output of (rows, cols) = (112, 96) or (112, 112) (x shifted by 8,
-    the common insightface-style widening of the same crop)."""
+    """The landmark template (Matlab 1-based crop coordinates) for an output of (rows, cols) = (112, 96) or
+    (112, 112) (x shifted by 8, the common insightface-style widening of the same crop)."""
     output_size = tuple(int(v) for v in output_size)
     if output_size == (112, 96):
         return TEMPLATE_112x96.copy()
@@ -53,30 +61,76 @@ def template(output_size: Sequence[int] = (112, 96)) -> np.ndarray:
     raise ValueError(f"output_size must be (112, 96) or (112, 112), got {output_size}")
 
 
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """The 3x3 matrix (float64) of the least-squares similarity (rotation, uniform scale, translation; no
-    reflection) that maps the (N, 2) points `src` onto `dst`, as Matlab's `cp2tform(..., 'similarity')`
-    in `face_align_demo.m` does for real faces (its reflective alternative never wins on a face)."""
-    from skimage.transform import SimilarityTransform
+def _fit_base_to_input(base: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """cp2tform's findNonreflectiveSimilarity: the least-squares similarity u = a x + b y + c,
+    v = -b x + a y + d from `base` (x, y) to `points` (u, v), i.e. with the residual measured among
+    `points`. Returned as the 3x3 matrix M with (u, v, 1) = M (x, y, 1)."""
+    n = len(base)
+    system = np.zeros((2 * n, 4))
+    system[:n, 0], system[:n, 1], system[:n, 2] = base[:, 0], base[:, 1], 1.0
+    system[n:, 0], system[n:, 1], system[n:, 3] = base[:, 1], -base[:, 0], 1.0
+    if np.linalg.matrix_rank(system) < 4:
+        raise ValueError("cp2tform needs at least 2 distinct template points")
+    a, b, c, d = np.linalg.lstsq(system, np.concatenate([points[:, 0], points[:, 1]]), rcond=None)[0]
+    return np.array([[a, b, c], [-b, a, d], [0.0, 0.0, 1.0]])
 
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
-        raise ValueError(f"need two (N, 2) point sets with N >= 2, got {src.shape} and {dst.shape}")
-    if not (np.isfinite(src).all() and np.isfinite(dst).all()):
+
+def cp2tform_similarity(input_points: np.ndarray, base_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Matlab's `cp2tform(input_points, base_points, 'similarity')` (findSimilarity), float64:
+    (forward, inverse), 3x3 matrices acting on column vectors (x, y, 1); forward maps input -> base
+    (tformfwd), inverse base -> input (tforminv, what imtransform samples with).
+
+    As Matlab: the least-squares fit runs from the base points to the input points (residual in the
+    input's coordinates), once as it is and once with the base points' x negated (the reflective
+    alternative, un-reflected afterwards); the one whose forward map leaves the smaller residual at the
+    base points wins, the plain one on a tie. Matlab's `norm` of the (N, 2) residual matrix is its
+    largest singular value, used here too. (cp2tform also recentres points lying more than 1000 spans
+    from the origin; pixel coordinates never do.)"""
+    points = np.asarray(input_points, dtype=np.float64)
+    base = np.asarray(base_points, dtype=np.float64)
+    if points.shape != base.shape or points.ndim != 2 or points.shape[1] != 2 or len(points) < 3:
+        raise ValueError(f"need two (N, 2) point sets with N >= 3, got {points.shape} and {base.shape}")
+    if not (np.isfinite(points).all() and np.isfinite(base).all()):
         raise ValueError("landmarks contain NaN or infinity")
-    estimated = SimilarityTransform.from_estimate(src, dst)
-    if not estimated:
-        raise ValueError(f"no similarity transform for landmarks {src.tolist()}: {estimated}")
-    return np.asarray(estimated.params, dtype=np.float64)
+    flip = np.diag([-1.0, 1.0, 1.0])
+    candidates = []
+    for reflect in (False, True):
+        inverse = _fit_base_to_input(base @ flip[:2, :2] if reflect else base, points)
+        if reflect:
+            inverse = inverse @ flip  # un-reflect: the fit took (-x, y)
+        scale = math.sqrt(abs(np.linalg.det(inverse[:2, :2])))
+        if not scale > 1e-9:
+            raise ValueError(f"the landmarks {points.tolist()} coincide: no similarity onto the template")
+        forward = np.linalg.inv(inverse)
+        forward[2] = (0.0, 0.0, 1.0)
+        residual = points @ forward[:2, :2].T + forward[:2, 2] - base
+        candidates.append((np.linalg.norm(residual, 2), forward, inverse))
+    (norm_plain, *plain), (norm_reflected, *reflected) = candidates
+    return tuple(plain if norm_plain <= norm_reflected else reflected)
+
+
+def similarity_transform(input_points: np.ndarray, base_points: np.ndarray) -> np.ndarray:
+    """The 3x3 matrix (float64, column vectors) of `cp2tform(input_points, base_points, 'similarity')`,
+    mapping the input points (image landmarks) towards the base points (template); see
+    `cp2tform_similarity`. NOT the least-squares fit from input to base: cp2tform fits base -> input."""
+    return cp2tform_similarity(input_points, base_points)[0]
+
+
+def crop_to_image(landmarks: np.ndarray, output_size: Sequence[int] = (112, 96)) -> np.ndarray:
+    """The 3x3 matrix (float64) that takes a crop position in Matlab coordinates (X, Y) = (column + 1,
+    row + 1) to the image position (1-based (x, y)) that `imtransform` samples there, for 1-based
+    `landmarks`: tforminv of `cp2tform(landmarks, template(output_size), 'similarity')`."""
+    return cp2tform_similarity(landmarks, template(output_size))[1]
 
 
 def align_face(image: np.ndarray, landmarks: np.ndarray, output_size: Sequence[int] = (112, 96)) -> np.ndarray:
-    """Warp `image` (H, W, 3) or (H, W) uint8 so that its 5 `landmarks` (x, y) land on the template.
-    Bilinear, zero outside the image (Matlab `imtransform` with fill 0). Returns uint8 (rows, cols, 3)."""
+    """Warp `image` (H, W, 3) or (H, W) uint8 so that its 5 `landmarks` (x, y), Matlab 1-based, land on
+    the template, as `face_align_demo.m` does: crop pixel (row r, column c), both from 0, is the image
+    bilinearly sampled at crop_to_image(X = c + 1, Y = r + 1), a 1-based position. Zero outside the
+    image (Matlab `imtransform` with fill 0; within one pixel of the border, bilinear against zero padding).
+    Returns uint8 (rows, cols, 3)."""
     rows, cols = (int(v) for v in output_size)
-    to_template = similarity_transform(landmarks, template((rows, cols)))
-    to_source = np.linalg.inv(to_template)
+    to_image = crop_to_image(landmarks, (rows, cols))
 
     pixels = np.asarray(image)
     if pixels.ndim == 2:
@@ -85,10 +139,11 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, output_size: Sequence[i
         raise ValueError(f"image must be (H, W, 3) or (H, W), got {pixels.shape}")
     height, width = pixels.shape[:2]
 
-    # Source position of every output pixel, then grid_sample's normalised coordinates: with
-    # align_corners=False, -1 and +1 are the outer edges of the border pixels, so index i -> (2i + 1)/n - 1.
-    ys, xs = np.mgrid[0:rows, 0:cols].astype(np.float64)
-    source = to_source[:2, :2] @ np.stack([xs.ravel(), ys.ravel()]) + to_source[:2, 2:]
+    # 1-based crop coordinates of every output pixel -> 1-based image position -> array index (minus 1)
+    # -> grid_sample's normalised coordinates: with align_corners=False, -1 and +1 are the outer edges of
+    # the border pixels, so index i -> (2i + 1)/n - 1.
+    ys, xs = np.mgrid[1:rows + 1, 1:cols + 1].astype(np.float64)
+    source = to_image[:2, :2] @ np.stack([xs.ravel(), ys.ravel()]) + to_image[:2, 2:] - 1.0
     grid = np.stack([(2 * source[0] + 1) / width - 1, (2 * source[1] + 1) / height - 1], axis=-1)
     grid_tensor = torch.from_numpy(grid.reshape(1, rows, cols, 2)).float()
     source_tensor = torch.from_numpy(pixels.astype(np.float32)).permute(2, 0, 1)[None]
@@ -121,16 +176,42 @@ def _to_rgb_array(img) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def read_rgb(path: str | Path, max_side: int | None = None) -> tuple[np.ndarray, tuple[float, float]]:
+# Pillow refuses to open an image of more than 2 * Image.MAX_IMAGE_PIXELS pixels (178,956,970 by default) as
+# a possible decompression bomb; read_rgb's `max_pixels` moves that limit for one call.
+PILLOW_MAX_PIXELS = 2 * 89_478_485
+_PIXEL_LIMIT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: float | None):
+    """Pillow's decompression-bomb limit set to `max_pixels` (inf: none) while the block runs; None leaves it."""
+    if max_pixels is None:
+        yield
+        return
+    from PIL import Image
+
+    with _PIXEL_LIMIT_LOCK:  # a module global of Pillow's: one reader at a time changes it
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None if math.isinf(max_pixels) else max_pixels / 2  # Pillow refuses > 2x this
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def read_rgb(path: str | Path, max_side: int | None = None,
+             max_pixels: float | None = None) -> tuple[np.ndarray, tuple[float, float]]:
     """Decode `path` to uint8 RGB (H, W, 3), upright per its EXIF orientation. When `max_side` is given and
     the image is larger, it is reduced (JPEG DCT scaling, then an area-averaging box filter) so that its
     longer side is `max_side`. Returns (pixels, (sx, sy)), the original size over the returned size:
-    a point at index p of the result is at (p + 0.5) * s - 0.5 in the original.
-    Raises ImageLoadError naming the file for empty, truncated or non-image files."""
+    a point at 1-based position p of the result is at (p - 0.5) * s + 0.5 in the original (`to_original`).
+    Raises ImageLoadError naming the file for empty, truncated or non-image files, and for images over
+    the decompression-bomb limit: Pillow's (178,956,970 pixels) or `max_pixels` (inf: none).
+    """
     from PIL import Image, ImageOps
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pixel_limit(max_pixels):
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 width, height = img.size
@@ -154,6 +235,8 @@ def read_rgb(path: str | Path, max_side: int | None = None) -> tuple[np.ndarray,
         reason = str(exc) or type(exc).__name__
         if isinstance(exc, Image.UnidentifiedImageError):
             reason = "not an image file (or an unsupported format)"
+        elif isinstance(exc, Image.DecompressionBombError):
+            reason += " (for a genuine photo this large, raise the limit: preprocess.py --max_megapixels)"
         raise ImageLoadError(f"cannot decode image {path}: {reason}") from exc
     if pixels.ndim != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ImageLoadError(f"cannot decode image {path}: empty image")
@@ -166,13 +249,14 @@ def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
 
 
 def to_original(points: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
-    """Landmarks on a reduced image (read_rgb's scale) -> the same landmarks on the original image."""
-    return (np.asarray(points, dtype=np.float64) + 0.5) * np.asarray(scale) - 0.5
+    """Landmarks (1-based, as everywhere here) on a reduced image (read_rgb's scale) -> the same landmarks
+    on the original image. Pixel p covers [p - 0.5, p + 0.5]: edges scale, centres do not."""
+    return (np.asarray(points, dtype=np.float64) - 0.5) * np.asarray(scale) + 0.5
 
 
 def to_reduced(points: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
-    """Landmarks on the original image -> on the reduced image that read_rgb returned with `scale`."""
-    return (np.asarray(points, dtype=np.float64) + 0.5) / np.asarray(scale) - 0.5
+    """Landmarks (1-based) on the original image -> on the reduced image that read_rgb returned with `scale`."""
+    return (np.asarray(points, dtype=np.float64) - 0.5) / np.asarray(scale) + 0.5
 
 
 # ---------------------------------------------------------------------------------------------- detection
@@ -206,8 +290,9 @@ class FaceDetector:
             self.mtcnn.to(memory_format=torch.channels_last)
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray | None]:
-        """Per image (uint8 (H, W, 3) RGB), the 5 landmarks (5, 2) float64 (x, y) of the face nearest the
-        image centre, or None when no face is found. Images of different sizes are grouped by size."""
+        """Per image (uint8 (H, W, 3) RGB), the 5 landmarks (5, 2) float64 (x, y), Matlab 1-based (see the
+        module docstring), of the face nearest the image centre, or None when no face is found. Images of
+        different sizes are grouped by size."""
         results: list[np.ndarray | None] = [None] * len(images)
         by_size: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):
@@ -233,7 +318,8 @@ class FaceDetector:
         with torch.inference_mode():
             faces = detect_faces(pixels, self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet, self.min_face_size,
                                  self.thresholds, self.factor, channels_last=self.device.type == "cpu")
-        centre = np.array([(width - 1) / 2.0, (height - 1) / 2.0])
+        # face_detect_demo.m: size(img) / 2 against the box centres, both in MTCNN's 1-based numbers.
+        centre = np.array([width / 2.0, height / 2.0])
         found: list[np.ndarray | None] = []
         for boxes, points in faces:
             if not len(boxes):

@@ -6,8 +6,10 @@ box with its own `interpolate(..., mode="area")` call, a Python loop of thousand
 (the slowest part on a GPU), and resamples the whole batch once per pyramid level; here the pyramid and
 all boxes are gathered from one integral image per batch (`AreaSampler`).
 
-Coordinates follow facenet (and the Matlab MTCNN it ports): boxes are (x1, y1, x2, y2) with inclusive,
-1-based-style widths `x2 - x1 + 1` in the regressions; landmarks come back as 0-based pixel positions.
+Coordinates follow facenet, which keeps the Matlab MTCNN's numbers (`detect_face.m`, as SphereFace ran it):
+boxes are (x1, y1, x2, y2) in Matlab's 1-based pixel coordinates with inclusive widths `x2 - x1 + 1` (a
+box crops the 1-based rows y1..y2, Python's `y1 - 1:y2`), and the landmarks, `w * p + x1 - 1` as in Matlab,
+are 1-based too: the numbers SphereFace's `lfw_landmark.txt` holds and `align.align_face` expects.
 """
 from __future__ import annotations
 

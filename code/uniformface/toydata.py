@@ -32,14 +32,16 @@ from .pairs import write_pairs
 IMAGE_SIZE = 250  # CASIA-WebFace and LFW images are 250x250 (SPEC §7)
 
 # Where the five MTCNN landmarks (left eye, right eye, nose tip, left and right mouth corner; x, y) of an
-# unposed toy face sit in the 250x250 frame: eye distance 42 px and the eyes a little above the centre,
+# unposed toy face sit in the 250x250 frame (the generator's drawing coordinates: array indices, from 0): eye distance 42 px and the eyes a little above the centre,
 # as in LFW's own crops. The eyes of every source photograph are mapped exactly onto these; its nose and
 # mouth land near them, where that face has them (`_Source.landmarks`).
 CANONICAL_LANDMARKS = np.array([[104.0, 112.0], [146.0, 112.0], [125.0, 137.0], [108.5, 160.0], [141.5, 160.0]])
 EYE_DISTANCE = 42.0
 
 # The five landmarks facenet-pytorch's MTCNN (official SphereFace settings) finds on each source photograph,
-# measured once and fixed here so that generation needs no detector.
+# measured once and fixed here so that generation needs no detector. MTCNN's numbers are Matlab's 1-based
+# pixel coordinates (see `align`): the feature at x is at array index x - 1. The true landmarks the generator
+# reports are in that convention too (`_Source.truth`).
 SOURCE_LANDMARKS = {
     "astronaut": [[204.4, 100.4], [247.5, 103.7], [225.0, 127.7], [202.5, 139.4], [245.8, 142.2]],
     "grace_hopper": [[222.7, 192.6], [309.4, 187.0], [268.2, 237.9], [232.4, 277.5], [306.9, 273.3]],
@@ -106,7 +108,8 @@ class _Source:
     """A photograph resampled so that its eyes sit on CANONICAL_LANDMARKS' (250x250, float32 0..1)."""
     name: str
     rgb: np.ndarray
-    landmarks: np.ndarray  # its own five landmarks in the canonical frame
+    landmarks: np.ndarray  # its own five landmarks in the canonical frame, as drawing coordinates
+    truth: np.ndarray      # the same features' array positions in the canonical frame (MTCNN's numbers - 1)
 
 
 def _source_photographs() -> dict[str, np.ndarray]:
@@ -138,7 +141,8 @@ def _sources() -> tuple[_Source, ...]:
         sy = to_source[1, 0] * xs + to_source[1, 1] * ys + to_source[1, 2]
         rgb = np.stack([map_coordinates(pixels[:, :, c], [sy, sx], order=1, mode="nearest") for c in range(3)], -1)
         landmarks = measured @ to_canonical[:, :2].T + to_canonical[:, 2]
-        out.append(_Source(name, rgb.astype(np.float32), landmarks))
+        truth = (measured - 1.0) @ to_canonical[:, :2].T + to_canonical[:, 2]
+        out.append(_Source(name, rgb.astype(np.float32), landmarks, truth))
     return tuple(out)
 
 
@@ -192,6 +196,7 @@ class Identity:
     structure: int               # index into the LFW faces, or -1
     rgba: np.ndarray = field(repr=False, default=None)  # float32 (S, S, 4): colour 0..1 and head mask
     landmarks: np.ndarray = field(repr=False, default=None)  # (5, 2) after the shape displacement
+    truth: np.ndarray = field(repr=False, default=None)      # (5, 2) true feature positions (array indices)
 
 
 def _coords(size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -483,7 +488,9 @@ def make_identity(name: str, rng: np.random.Generator, settings: ToySettings, st
     warped = np.stack([map_coordinates(rgba[:, :, c], [ys - dy, xs - dx], order=1, mode="nearest")
                        for c in range(4)], -1)
     landmarks = _displace_points(lm, anchors, offsets)
-    return Identity(name, source, anchors, offsets, structure, np.clip(warped, 0, 1).astype(np.float32), landmarks)
+    truth = _displace_points(sources[source].truth, anchors, offsets)
+    return Identity(name, source, anchors, offsets, structure, np.clip(warped, 0, 1).astype(np.float32), landmarks,
+                    truth)
 
 
 # --------------------------------------------------------------------------------------------- one image
@@ -552,7 +559,8 @@ def _sample(image: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 
 
 def render_image(identity: Identity, rng: np.random.Generator, settings: ToySettings) -> tuple[np.ndarray, np.ndarray]:
-    """One photograph of `identity`: uint8 (250, 250, 3) RGB before JPEG coding, and its 5 landmarks."""
+    """One photograph of `identity`: uint8 (250, 250, 3) RGB before JPEG coding, and its 5 true landmarks
+    in MTCNN's (Matlab's 1-based) convention, as the detector and `align.align_face` use them."""
     pose = _pose_homography(rng, settings)
     # Expression: small per-image displacements of the mouth corners, mouth and brows.
     ed = EYE_DISTANCE
@@ -567,6 +575,7 @@ def render_image(identity: Identity, rng: np.random.Generator, settings: ToySett
     dx, dy = _displacement(qx, qy, anchors.astype(np.float32), offsets.astype(np.float32))
     face = _sample(identity.rgba, qx - dx, qy - dy)
     landmarks = _homography_points(pose, _displace_points(lm, anchors, offsets))
+    truth = _homography_points(pose, _displace_points(identity.truth, anchors, offsets)) + 1.0
 
     # Light falls on the face from one side: a gain that ramps across it.
     direction = rng.normal(size=2)
@@ -591,7 +600,7 @@ def render_image(identity: Identity, rng: np.random.Generator, settings: ToySett
         from scipy.ndimage import gaussian_filter
         image = gaussian_filter(image, (sigma, sigma, 0))
     image = image + rng.uniform(*settings.noise_sigma) * rng.standard_normal(image.shape, dtype=np.float32)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), landmarks
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), truth
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:

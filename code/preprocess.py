@@ -6,10 +6,16 @@
 
 Outputs keep the input's relative path and file name; the format follows the extension (.jpg/.jpeg: JPEG
 at quality 95, .png: lossless PNG, ...). A face the detector misses is skipped (training sets) or aligned
-with the mean landmarks of the same-size images (test sets; `--fallback auto` decides by LFW-style names).
-Broken, faceless and fallback files are listed in OUTPUT_DIR/preprocess_report.tsv, the landmarks used in
-OUTPUT_DIR/landmarks.txt. The exit status is 0 even when some files are broken or faceless; a rerun
-skips the outputs that exist (whatever their size: use a new folder for another --output_size).
+with the mean landmarks of the same-size images (test sets). `--fallback auto` decides by the names: mean
+when more than half of the image files are named <dir>/<dir>_NNNN.<ext> as in LFW, skip otherwise; the
+choice and its counts are printed first. Broken, faceless and fallback files are listed in
+OUTPUT_DIR/preprocess_report.tsv, the landmarks used in OUTPUT_DIR/landmarks.txt; a rerun after a kill
+completes both exactly as an uninterrupted run would have written them. Identity folders reached through a
+symbolic link are aligned too (a link that loops is reported as not_followed). Images over
+--max_megapixels (default: Pillow's decompression-bomb limit, 178.96 megapixels) are reported broken;
+raise it for genuine large photos. The exit status is 0 even when some files are broken or faceless (1
+when the detector failed on every image); a rerun skips the outputs that exist (whatever their size: use a
+new folder for another --output_size). Errors are one line (`--debug`: with the traceback).
 """
 import argparse
 import os
@@ -18,11 +24,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from uniformface.align import DETECTION_MAX_SIDE, MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS  # noqa: E402
-from uniformface.preprocessing import Options, parse_output_size, preprocess  # noqa: E402
+from uniformface.align import (DETECTION_MAX_SIDE, MIN_FACE_SIZE, PILLOW_MAX_PIXELS, SCALE_FACTOR,  # noqa: E402
+                               THRESHOLDS)
+from uniformface.cli import add_debug_flag, resolve_device, run_script  # noqa: E402
+from uniformface.preprocessing import (DETECTOR_FAILED, SMALLEST_MIN_FACE_SIZE, Options,  # noqa: E402
+                                       parse_output_size, preprocess, validate_options)
 
 
 def main(argv=None) -> int:
+    return run_script(_main, argv)
+
+
+def _main(argv) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, help="input tree DATASET/<identity>/<file>")
     parser.add_argument("--output_dir", required=True, help="output tree (mirrors the input's relative paths)")
@@ -36,27 +49,35 @@ def main(argv=None) -> int:
                         help="lfw_landmark.txt-style file (path, x1 y1 ... x5 y5, tab separated): no detector")
     parser.add_argument("--fallback", choices=("auto", "mean", "skip"), default="auto",
                         help="missed faces: mean = align with the mean landmarks of same-size images (test sets), "
-                             "skip (training sets), auto = mean when every file is named <dir>/<dir>_NNNN.<ext>")
-    parser.add_argument("--min_face_size", type=int, default=MIN_FACE_SIZE)
+                             "skip (training sets), auto = mean when more than half of the image files are named "
+                             "<dir>/<dir>_NNNN.<ext> (the choice is printed)")
+    parser.add_argument("--min_face_size", type=int, default=MIN_FACE_SIZE,
+                        help=f"smallest face to find, in pixels (at least {SMALLEST_MIN_FACE_SIZE}, the P-net's "
+                             "window; default %(default)s)")
     parser.add_argument("--thresholds", type=float, nargs=3, default=list(THRESHOLDS), metavar=("P", "R", "O"))
     parser.add_argument("--factor", type=float, default=SCALE_FACTOR, help="MTCNN pyramid scale factor")
     parser.add_argument("--max_side", type=int, default=DETECTION_MAX_SIDE,
-                        help="larger images are reduced to this longer side before detection and warping")
+                        help="larger images are reduced to this longer side before detection and warping (0: never)")
     parser.add_argument("--threads", type=int, default=None,
                         help="PyTorch threads for the detector (default: PyTorch's choice; 1 is best on a busy machine)")
+    parser.add_argument("--max_megapixels", type=float, default=PILLOW_MAX_PIXELS / 1e6,
+                        help="larger images are reported broken as possible decompression bombs (default: "
+                             "Pillow's limit, %(default).2f); raise it for genuine large photos, inf for no limit")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a preprocess_report.tsv or landmarks.txt in OUTPUT_DIR that this tool did not "
+                             "write (aligned outputs that exist are never replaced)")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
 
     try:
         output_size = parse_output_size(args.output_size)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.device.startswith("cuda"):
-        import torch
-        if not torch.cuda.is_available():
-            parser.error(f"--device {args.device}: CUDA is not available in this PyTorch")
-    if args.batch_size is not None and args.batch_size < 1:
-        parser.error("--batch_size must be at least 1")
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.landmarks is not None and not Path(args.landmarks).is_file():
         parser.error(f"--landmarks {args.landmarks}: no such file")
 
@@ -67,14 +88,22 @@ def main(argv=None) -> int:
                       device=args.device, batch_size=args.batch_size, workers=max(0, args.workers),
                       landmarks=Path(args.landmarks) if args.landmarks else None, fallback=args.fallback,
                       min_face_size=args.min_face_size, thresholds=tuple(args.thresholds), factor=args.factor,
-                      max_side=args.max_side, progress=not args.no_progress)
+                      max_side=args.max_side, progress=not args.no_progress,
+                      max_pixels=None if args.max_megapixels == PILLOW_MAX_PIXELS / 1e6 else args.max_megapixels * 1e6,
+                      overwrite=args.overwrite, announce=print)
     try:
-        summary = preprocess(options)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"preprocess: error: {exc}", file=sys.stderr)
-        return 2
+        validate_options(options)
+    except ValueError as exc:
+        parser.error(str(exc))
+    summary = preprocess(options)
     print(summary.detection_rate_line("landmark-file coverage" if args.landmarks else "detection rate"))
     print(f"{summary.line()} (report: {summary.report_path})")
+    if summary.detector_failures and not summary.detection_attempts:
+        first = next(detail for _, status, detail in summary.rows
+                     if status == "broken" and detail.startswith(DETECTOR_FAILED))
+        print(f"error: the face detector failed on all {summary.detector_failures} decoded images (first: {first}); "
+              "check --min_face_size, --thresholds and --factor", file=sys.stderr)
+        return 1
     return 0
 
 

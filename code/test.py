@@ -10,7 +10,8 @@ thresholds, TAR at FAR 1e-3 / 1e-2, ROC AUC, EER, the mean minimum class-center 
 `--bin`: the insightface protocol on each set, one row per set, stored under "bin" in the same JSON
 (earlier LFW results in it are kept). Their 112x112 crops are centre-cropped to 112x96 for a 112x96 model.
 `--baseline raw` scores raw pixels, `--baseline untrained` the same network at its initialisation:
-the floors a trained model must clear.
+the floors a trained model must clear. A results file (or ROC figure) at the output path that test.py
+did not write is never replaced without `--overwrite`. Errors are one line (`--debug`: with the traceback).
 """
 import argparse
 import sys
@@ -20,11 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from uniformface.evaluate import evaluate_model_on_bins, evaluate_model_on_pairs, run_config  # noqa: E402
+from uniformface.cli import add_debug_flag, resolve_device, run_script  # noqa: E402
+from uniformface.evaluate import configured_dataset, evaluate_model_on_bins, evaluate_model_on_pairs  # noqa: E402
 from uniformface.report import RESULTS_FILE, bin_table, lfw_summary  # noqa: E402
 
 
 def main(argv=None) -> int:
+    return run_script(_main, argv)
+
+
+def _main(argv) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_path", help="weights written by train.py ({model_name}_{emb_dim}.pt)")
     parser.add_argument("--dataset", help="aligned test images (default: the run's dataset.test)")
@@ -39,6 +45,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no_progress", action="store_true")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a --json file or ROC figure that is not a results file of test.py")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
 
     model_path = Path(args.model_path) if args.model_path else None
@@ -46,21 +55,18 @@ def main(argv=None) -> int:
         parser.error("--model_path is required (except with --baseline raw)")
     if args.bin and len({Path(b).stem for b in args.bin}) != len(args.bin):
         parser.error("--bin: two files share a set name (the name is the file name without .bin)")
-    cfg = run_config(model_path) if model_path else {}
-    dataset = args.dataset or cfg.get("dataset", {}).get("test") or "data/processed/lfw"
-    pairs_path = args.pairs_path or cfg.get("dataset", {}).get("pairs") or "data/pairs.txt"
+    device = str(resolve_device(args.device))
     out = Path(args.json) if args.json else (model_path.parent / RESULTS_FILE if not args.baseline else None)
     common = dict(baseline=args.baseline, seed=args.seed, batch_size=args.batch_size, num_workers=args.workers,
-                  device=args.device, progress=not args.no_progress)
-    try:
-        if args.bin:
-            label, results = evaluate_model_on_bins(model_path, args.bin, out, **common)
-        else:
-            label, lfw = evaluate_model_on_pairs(model_path, dataset, pairs_path, out, protocol=args.protocol,
-                                                 allow_missing=args.allow_missing, **common)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+                  device=device, progress=not args.no_progress, overwrite=args.overwrite)
+    if args.bin:
+        label, results = evaluate_model_on_bins(model_path, args.bin, out, **common)
+    else:
+        # The run's config.yaml is read only for what the command line leaves open.
+        dataset = args.dataset or (model_path and configured_dataset(model_path, "test")) or "data/processed/lfw"
+        pairs_path = args.pairs_path or (model_path and configured_dataset(model_path, "pairs")) or "data/pairs.txt"
+        label, lfw = evaluate_model_on_pairs(model_path, dataset, pairs_path, out, protocol=args.protocol,
+                                             allow_missing=args.allow_missing, **common)
 
     if args.bin:
         for name, result in results.items():

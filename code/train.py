@@ -4,7 +4,12 @@
     torchrun --nproc_per_node 4 code/train.py --config code/config.yaml --logdir log
 
 The run folder (`--logdir/<run_name>`) keeps the resolved config.yaml, checkpoint.pt, metrics.jsonl,
-TensorBoard events and the final `{model_name}_{emb_dim}.pt`.
+TensorBoard events and the final `{model_name}_{emb_dim}.pt`. It is locked while the run writes to it:
+a second train.py (or ablate.py) into it is refused at once, naming the process that holds it.
+
+Exit status: 0 done; 2 a config error (nothing was touched); 1 any other expected failure (a diverged
+run, unreadable data, a busy or read-only folder, a full disk, a missing GPU, a refused checkpoint), each
+as one line `error: ...` naming the file, key or device and the fix (`--debug` adds the traceback).
 """
 import argparse
 import os
@@ -13,11 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from uniformface.cli import EXPECTED, add_debug_flag, run_script  # noqa: E402
 from uniformface.config import ConfigError, load_config, run_name  # noqa: E402
-from uniformface.trainer import STATE_FILE, TrainingDiverged, train  # noqa: E402
+from uniformface.trainer import STATE_FILE, TrainingError, check_device, lock_folder, train  # noqa: E402
 
 
 def main(argv=None) -> int:
+    return run_script(_main, argv, EXPECTED + (TrainingError,))
+
+
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(Path(__file__).with_name("config.yaml")), help="YAML config")
     parser.add_argument("--logdir", default="log", help="folder that receives the run folder")
@@ -26,6 +36,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted for nested, value parsed as YAML); repeatable")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     try:
@@ -36,18 +47,23 @@ def main(argv=None) -> int:
             if not saved.is_file():
                 raise ConfigError(f"--resume: {saved} not found (is --logdir/--run_name the run's folder?)")
             cfg = load_config(saved, args.overrides)  # resume reads the run's own config back
-        elif (run_dir / STATE_FILE).exists():
-            raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or --run_name for a new one")
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if rank0:
-        print(f"run folder: {run_dir}")
+    check_device(cfg.resolved_device())  # before the run folder is made
+    # Rank 0 locks the folder first, so that a run already in it is named before anything else is said.
+    lock = lock_folder(run_dir) if rank0 else None
     try:
-        weights = train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
-    except (TrainingDiverged, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        if not args.resume and (run_dir / STATE_FILE).exists():
+            print(f"error: {run_dir} already holds a run; pass --resume to continue it or --run_name for a new one",
+                  file=sys.stderr)
+            return 2
+        if rank0:
+            print(f"run folder: {run_dir}")
+        weights = train(cfg, run_dir, resume=args.resume, progress=not args.no_progress, lock=lock)
+    finally:
+        if lock is not None:
+            lock.release()
     if rank0:
         print(f"final weights: {weights}")
     return 0

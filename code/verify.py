@@ -6,7 +6,8 @@ Both photos are aligned like the training data (MTCNN, most central face, Sphere
 with the flip of the model's evaluation protocol, and compared by cosine. The decision uses the rule
 test.py stored in lfw_results.json beside the model (`verify_rule`: for the sphereface protocol the LFW
 feature mean, subtracted before the cosine, and the evaluation.m threshold fitted on all LFW pairs), or
-`--threshold T` (same person iff cosine > T). A photo without a face is an error naming it.
+`--threshold T` (same person iff cosine > T). A photo without a face is an error naming it. Errors are
+one line (`--debug`: with the traceback).
 """
 import argparse
 import sys
@@ -16,12 +17,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from uniformface.align import FaceDetector, ImageLoadError  # noqa: E402
+from uniformface.align import FaceDetector  # noqa: E402
+from uniformface.cli import add_debug_flag, resolve_device, run_script  # noqa: E402
 from uniformface.compare import Rule, align_photos, face_features, load_rule, pair_cosine  # noqa: E402
 from uniformface.evaluate import load_backbone  # noqa: E402
 
 
 def main(argv=None) -> int:
+    return run_script(_main, argv)
+
+
+def _main(argv) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("photos", nargs=2, metavar="PHOTO", help="two photos (any size; faces are found and aligned)")
     parser.add_argument("--model_path", required=True, help="weights written by train.py")
@@ -30,25 +36,23 @@ def main(argv=None) -> int:
     parser.add_argument("--results",
                         help="results file holding verify_rule (default: lfw_results.json beside the model)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
 
     model_path = Path(args.model_path)
     results = Path(args.results) if args.results else model_path.parent / "lfw_results.json"
-    try:
-        model, spec, _ = load_backbone(model_path, args.device)
-        if results.is_file():
-            rule = load_rule(results)
-        elif args.threshold is None:
-            raise FileNotFoundError(f"{results} not found: run test.py --model_path {model_path} first "
-                                    "(it stores the LFW threshold), or pass --threshold")
-        else:
-            rule = Rule("sphereface", None, None, "no results file: plain [f, f_flip], no mean subtracted")
-        faces = align_photos(args.photos, spec["input_size"], FaceDetector(device=args.device))
-        features = face_features(model, faces, rule.protocol, args.device)
-        score = pair_cosine(features[0], features[1], rule.feature_mean)
-    except (FileNotFoundError, ValueError, ImageLoadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    device = str(resolve_device(args.device))
+    model, spec, _ = load_backbone(model_path, device)
+    if results.is_file():
+        rule = load_rule(results)
+    elif args.threshold is None:
+        raise FileNotFoundError(f"{results} not found: run test.py --model_path {model_path} first "
+                                "(it stores the LFW threshold), or pass --threshold")
+    else:
+        rule = Rule("sphereface", None, None, "no results file: plain [f, f_flip], no mean subtracted")
+    faces = align_photos(args.photos, spec["input_size"], FaceDetector(device=device))
+    features = face_features(model, faces, rule.protocol, device)
+    score = pair_cosine(features[0], features[1], rule.feature_mean)
 
     threshold = args.threshold if args.threshold is not None else rule.threshold
     origin = "--threshold" if args.threshold is not None else rule.source

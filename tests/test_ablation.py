@@ -1,5 +1,6 @@
 """ablate.py (issue 7, item 1): a grid of settings trained and tested, the earlier port's tables, resumable."""
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -142,11 +143,10 @@ def test_interrupted_setting_resumes_from_its_checkpoint(tmp_path, data, steps):
     logdir = tmp_path / "ablation"
     argv = ["--config", TOY, "--logdir", str(logdir), "--grid", "alpha=1", "beta=0,0.001", *data]
     steps["interrupt_at"] = 6 + 4  # the second setting, after its checkpoint at iteration 3
-    with pytest.raises(KeyboardInterrupt):
-        ablate.main(argv)
+    assert ablate.main(argv) == 130  # Ctrl-C: one line, status 130
     first, second = logdir / "alpha=1_beta=0", logdir / "alpha=1_beta=0.001"
     done_stamp = (first / "lfw_results.json").stat().st_mtime_ns
-    assert torch.load(second / "checkpoint.pt", weights_only=False)["iteration"] == 3
+    assert torch.load(second / "checkpoint.pt", weights_only=True)["iteration"] == 3
     assert not (second / "sphereface4_32.pt").exists()
 
     steps.update(count=0, interrupt_at=None)
@@ -185,7 +185,38 @@ def test_other_settings_in_the_folder_are_refused(tmp_path, data, steps, capsys)
     logdir = tmp_path / "ablation"
     argv = ["--config", TOY, "--logdir", str(logdir), "--grid", "alpha=1", *data]
     steps["interrupt_at"] = 5
-    with pytest.raises(KeyboardInterrupt):
-        ablate.main(argv)
+    assert ablate.main(argv) == 130
     assert ablate.main(argv + ["--set", "lr=0.01"]) == 2
     assert "lr: 0.05 in the folder, 0.01 asked" in capsys.readouterr().err
+
+
+def test_a_second_ablation_or_a_train_py_into_its_folders_is_refused_at_once(tmp_path, data, steps, capsys,
+                                                                              monkeypatch):
+    """Issue 12, item 5: the grid's LOGDIR and its settings' folders are locked while it runs."""
+    import signal
+    import socket
+
+    import train as train_cli
+    from test_checkpoint import hold_lock
+
+    logdir = tmp_path / "ablation"
+    argv = ["--config", TOY, "--logdir", str(logdir), "--grid", "alpha=1", *data]
+    holder = hold_lock(logdir)
+    try:
+        assert ablate.main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert f"{logdir} is in use by process {holder.pid} on host {socket.gethostname()}" in err
+        assert steps["count"] == 0
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+    def train_py_meanwhile(self, images, labels):  # what a train.py into the setting's folder meets mid-grid
+        status = train_cli.main(["--config", TOY, "--logdir", str(logdir), "--run_name", "alpha=1", "--no_progress"])
+        raise KeyboardInterrupt(f"train.py returned {status}")
+
+    monkeypatch.setattr(trainer.Trainer, "step", train_py_meanwhile)
+    assert ablate.main(argv) == 130
+    err = capsys.readouterr().err
+    assert f"error: {logdir / 'alpha=1'} is in use by process {os.getpid()}" in err

@@ -128,3 +128,12 @@ def test_shared_small_lfw_bin():
         expected = np.asarray(Image.open(io.BytesIO(bytes(np.asarray(raw).tobytes()))).convert("RGB"))
         assert image.dtype == np.uint8 and image.shape == expected.shape == (112, 112, 3)
         np.testing.assert_array_equal(image, expected)
+
+
+def test_a_refused_global_is_also_a_value_error(tmp_path):
+    """Issue 12, case 10: test.py --bin printed a traceback for a refused .bin (an UnpicklingError only)."""
+    path = tmp_path / "evil.bin"
+    path.write_bytes(next(_payloads(tmp_path / "pwned"))[1])
+    with pytest.raises(ValueError, match="refused to unpickle global 'os.system'"):
+        read_bin(path)
+    assert not (tmp_path / "pwned").exists()

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from uniformface.centers import ClassCenters, WeightCenters, mean_min_distance
+from uniformface.centers import ClassCenters, WeightCenters, mean_min_angle, mean_min_distance
 from uniformface.heads import CosFace
 from uniformface.losses import uniform_loss
 
@@ -66,18 +66,34 @@ def test_loss_centers_match_the_reading_of_the_paper(scope):
     torch.testing.assert_close(sort_rows(got), sort_rows(expected), rtol=1e-12, atol=1e-12)
 
 
-def test_normalize_projects_onto_the_unit_sphere():
-    centers = seeded_centers("all", normalize=True)
+@pytest.mark.parametrize("scope", ["all", "batch"])
+def test_sphere_reading_averages_unit_features_and_projects_the_centers(scope):
+    """normalize=True: c~_j from the unit features x / |x|, then every center divided by its norm."""
+    centers = seeded_centers(scope, normalize=True)
     features, labels = batch()
     got = centers.loss_centers(features, labels)
-    expected = loop_loss_centers(centers.centers, centers.initialized.tolist(), features, labels, "all")
-    expected = expected / expected.norm(dim=1, keepdim=True)
+    unit_features = torch.stack([f / math.sqrt(sum(v * v for v in f.tolist())) for f in features])
+    expected = loop_loss_centers(centers.centers, centers.initialized.tolist(), unit_features, labels, scope)
+    expected = torch.stack([c / math.sqrt(sum(v * v for v in c.tolist())) for c in expected])
     torch.testing.assert_close(sort_rows(got), sort_rows(expected), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.norm(dim=1), torch.ones(len(got), dtype=torch.float64))
 
 
+def test_sphere_reading_gradient_is_tangential_to_the_features():
+    """On the sphere, L_u cannot ask for longer features: its gradient on each x is orthogonal to x."""
+    centers = seeded_centers("all", normalize=True)
+    features, labels = batch()
+    features.requires_grad_()
+    (grad,) = torch.autograd.grad(uniform_loss(centers.loss_centers(features, labels)), features)
+    assert grad.abs().max() > 1e-6
+    cosine = (grad * features).sum(1) / (grad.norm(dim=1) * features.norm(dim=1))
+    assert cosine.abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("scope", ["all", "batch"])
-def test_gradcheck_of_the_moved_center_path(scope):
-    centers = seeded_centers(scope)
+def test_gradcheck_of_the_moved_center_path(scope, normalize):
+    centers = seeded_centers(scope, normalize=normalize)
     features, labels = batch()
     features.requires_grad_()
     assert torch.autograd.gradcheck(lambda x: uniform_loss(centers.loss_centers(x, labels)), (features,))
@@ -117,6 +133,16 @@ def test_update_is_eq7_with_first_appearance_init(rate, device):
     assert centers.initialized.tolist() == expected_init
     assert centers.initialized[[1, 6]].all() and not centers.initialized[4]
     assert torch.count_nonzero(centers.centers[4]) == 0
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5])
+def test_sphere_reading_update_is_eq7_on_unit_features(rate):
+    centers = seeded_centers(normalize=True)
+    features, labels = batch()
+    unit_features = torch.stack([f / math.sqrt(sum(v * v for v in f.tolist())) for f in features])
+    expected, _ = loop_update(centers.centers, centers.initialized.tolist(), unit_features, labels, rate)
+    centers.update(features, labels, rate)
+    torch.testing.assert_close(centers.centers, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_fresh_centers_start_from_the_first_batch_mean():
@@ -228,6 +254,17 @@ def test_mean_min_distance(chunk):
         mean_min_distance(points[:1])
 
 
+def test_mean_min_angle():
+    torch.manual_seed(2)
+    points = torch.randn(11, 5) * 3
+    unit = [[v / math.sqrt(sum(w * w for w in p)) for v in p] for p in points.double().tolist()]
+    expected = sum(min(math.degrees(math.acos(max(-1.0, min(1.0, sum(x * y for x, y in zip(a, b))))))
+                       for j, b in enumerate(unit) if j != i) for i, a in enumerate(unit)) / len(unit)
+    for chunk in (None, 3):
+        assert mean_min_angle(points, chunk_size=chunk) == pytest.approx(expected, rel=1e-9)
+    assert mean_min_angle(torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])) == pytest.approx(90.0)
+
+
 # ------------------------------------------------------------------------------------------ distributed
 WORLD = 2
 SPLIT = [5, 4]  # unequal on purpose: ranks may drop different numbers of broken images
@@ -293,3 +330,54 @@ def test_distributed_equals_one_process_with_the_global_batch(tmp_path):
         assert torch.equal(r_state["initialized"], state["initialized"])
         torch.testing.assert_close(r_weight_grad, weight_grad, rtol=1e-10, atol=1e-14)
         torch.testing.assert_close(r_weight, weight, rtol=1e-12, atol=1e-14)
+
+
+# Uniform loss alone (no cross-entropy to hide an error behind a 1e4 times larger gradient), for every
+# reading: the features themselves are the inputs, so that the gathered global batch is bit-identical to
+# the one a single process sees.
+READINGS = [(normalize, scope, reduction) for normalize in (True, False) for scope in ("all", "batch")
+            for reduction in ("center", "pairs")]
+
+
+def _uniform_only(features, labels, normalize, scope, reduction):
+    """(feature gradient, centers after Eq. 7) of one step of the uniform loss alone."""
+    centers = seeded_centers(scope, normalize=normalize)
+    features = features.clone().requires_grad_()
+    loss = uniform_loss(centers.loss_centers(features, labels), reduction=reduction)
+    (grad,) = torch.autograd.grad(loss, features)
+    centers.update(features.detach(), labels, 0.5)
+    return grad, centers.centers.clone()
+
+
+def _uniform_only_worker(rank, init_file, out_dir):
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        x, labels = _global_inputs()
+        features = torch.tanh(x[:, :D]) * 3
+        rows = slice(sum(SPLIT[:rank]), sum(SPLIT[:rank + 1]))
+        results = [_uniform_only(features[rows], labels[rows], *reading) for reading in READINGS]
+        torch.save(results, f"{out_dir}/uniform_rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo's connections down while the other still reads from them
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_uniform_loss_alone_equals_one_process(tmp_path):
+    """Every rank computes the same L_u from the gathered global batch, so all_gather's backward hands
+    each rank WORLD times dL_u/dx for its own rows; DDP's mean over ranks of the parameter gradients
+    divides that factor out again. So rank r's feature gradient / WORLD must be the single process's
+    gradient for those rows, and the centers must be bit-identical."""
+    mp.spawn(_uniform_only_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    x, labels = _global_inputs()
+    features = torch.tanh(x[:, :D]) * 3
+    for index, reading in enumerate(READINGS):
+        grad, centers = _uniform_only(features, labels, *reading)
+        assert grad.abs().max() > 1e-4, reading  # the loss does reach the features
+        for rank in range(WORLD):
+            rank_grad, rank_centers = torch.load(tmp_path / f"uniform_rank{rank}.pt")[index]
+            rows = slice(sum(SPLIT[:rank]), sum(SPLIT[:rank + 1]))
+            torch.testing.assert_close(rank_grad / WORLD, grad[rows], rtol=1e-10, atol=1e-14, msg=str(reading))
+            assert torch.equal(rank_centers, centers), reading

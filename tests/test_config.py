@@ -20,7 +20,8 @@ def test_paper_config_holds_spec_numbers():
     cfg = load_config(ROOT / "code" / "config.yaml")
     assert (cfg.model_name, cfg.emb_dim, cfg.input_size) == ("sphereface20", 512, [112, 96])
     assert (cfg.lr, cfg.momentum, cfg.weight_decay) == (0.1, 0.9, 5e-4)
-    assert (cfg.milestones, cfg.max_iters, cfg.batch_size, cfg.lr_gamma) == ([16000, 24000], 28000, 256, 0.1)
+    # The official run: 256 images on each of 2 GPUs, gradients averaged -> a global batch of 512.
+    assert (cfg.milestones, cfg.max_iters, cfg.batch_size, cfg.lr_gamma) == ([16000, 24000], 28000, 2 * 256, 0.1)
     assert cfg.loss.name == "sphereface" and cfg.loss.m == 4
     assert (cfg.loss.base, cfg.loss.gamma, cfg.loss.power, cfg.loss.lambda_min) == (1000, 0.12, 1, 5)
     assert cfg.alpha == 1.0 and cfg.flip
@@ -81,4 +82,54 @@ def test_train_cli_rejects_typo_before_any_work(tmp_path):
                            "--set", "bach_size=8"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown key 'bach_size'" in proc.stderr and "batch_size" in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def float_keys(cls=Config, prefix=""):
+    """Every float-typed key of the config (nested, optional ones included), from the dataclasses."""
+    import dataclasses
+    import typing
+
+    keys = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys += float_keys(hint, f"{prefix}{f.name}.")
+        elif hint is float or float in typing.get_args(hint):
+            keys.append(prefix + f.name)
+    return keys
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_every_float_key_must_be_finite(value):
+    """Issue 12, item 3: YAML reads .nan and .inf as floats, which passed every `< 0` check."""
+    keys = float_keys()
+    assert {"lr", "momentum", "weight_decay", "alpha", "beta", "loss.m", "loss.s", "lr_gamma"} <= set(keys)
+    for key in keys:
+        with pytest.raises(ConfigError, match=rf"key '{key}' must be a finite number, got -?(nan|inf)"):
+            load_config(None, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["lr=0"], r"'lr' must be > 0"), (["lr=1e39"], r"'lr' must be > 0 and < 1.7e38"),
+    (["momentum=1"], r"'momentum' must be in \[0, 1\)"), (["momentum=-0.1"], r"'momentum' must be in \[0, 1\)"),
+    (["lr_gamma=0"], r"'lr_gamma' must be in \(0, 1\]"), (["weight_decay=-1e-4"], r"'weight_decay' must be >= 0"),
+    (["loss.m=2.5"], r"'loss.m' must be a positive integer for A-Softmax"),
+    (["loss.name=cosface", "loss.m=1"], r"'loss.m' must be in \[0, 1\) for CosFace"),
+    (["loss.name=arcface", "loss.m=2"], r"'loss.m' must be an angle in \[0, pi/2\) for ArcFace"),
+    (["loss.name=arcface", "loss.s=0"], r"'loss.s' must be > 0"), (["loss.lambda_min=-1"], r"'loss.lambda_min' must be >= 0"),
+    (["device=gpu"], r"key 'device' is 'gpu'; choose auto, cpu, cuda, cuda:N or mps"),
+])
+def test_numbers_out_of_range_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+    load_config(None, ["lr=0.01", "momentum=0", "loss.name=arcface", "loss.m=0.5", "device=cuda:1"])  # in range
+
+
+def test_train_cli_refuses_a_nan_learning_rate_before_any_work(tmp_path, capsys):
+    import train as train_cli
+
+    status = train_cli.main(["--config", str(ROOT / "code" / "configs" / "toy.yaml"), "--logdir", str(tmp_path),
+                             "--set", "lr=.nan"])
+    assert status == 2 and "key 'lr' must be a finite number, got nan" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())

@@ -77,3 +77,82 @@ def test_sampler_ranks_split_the_global_batch_and_resume_continues():
     assert [next(resumed) for _ in range(5)] == first[9:14]
     with pytest.raises(ValueError, match="not divisible"):
         GlobalBatchSampler(n, 9, seed=0, world_size=2)
+
+
+def bomb_png(width=20000, height=20000):
+    """A PNG header announcing 400 megapixels (PIL refuses above ~179): no pixel data needed to open it."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+def test_sizes_are_checked_from_headers_and_bad_images_skipped_by_name(tmp_path):
+    """Issue 12, item 9: every file's header, before training; unreadable and wrong-sized ones are skipped
+    by name (a decompression bomb among them: it used to escape decode_image as a loader traceback)."""
+    from uniformface.data import ReportingView, check_images, collate_report_broken
+
+    root = make_tree(tmp_path / "t", {"a": 3, "b": 3})
+    odd = root / "b" / "002.jpg"
+    Image.fromarray(np.zeros((112, 112, 3), np.uint8)).save(odd)
+    (root / "a" / "001.jpg").write_bytes(bomb_png())
+    (root / "b" / "000.jpg").write_bytes(b"garbage")
+    ds = ImageFolderTrainSet(root)
+    with pytest.raises(ValueError, match="cannot decode image .*001.jpg"):
+        ds.load(1)
+    sizes, unreadable = ds.header_sizes()
+    assert sizes.tolist() == [[112, 96], [-1, -1], [112, 96], [-1, -1], [112, 96], [112, 112]]
+    assert sorted(unreadable) == [1, 3] and "cannot read its header" in unreadable[3]
+    check = check_images(ds, [112, 96], root)
+    assert len(check.unreadable) == 2 and check.wrong_size == [f"{odd}: 112x112"]
+    lines = check.lines(root)
+    assert lines[0].startswith(f"warning: 2 of the 6 training images in {root} cannot be read and are skipped: "
+                               f"{root / 'a' / '001.jpg'}: cannot read its header")
+    assert lines[1] == (f"warning: 1 of the 6 training images in {root} have another size than input_size and are "
+                        f"skipped: {odd}: 112x112")
+    images, labels, problems = collate_report_broken([ReportingView(ds)[i] for i in range(6)])
+    assert images.shape == (3, 3, 112, 96) and labels.tolist() == [0, 0, 1]
+    assert problems[2] == f"{odd}: 112x112, not the input_size 112x96"
+    assert ds[5] == (None, 1)  # the plain item is still (image or None, label)
+
+
+def test_no_readable_or_no_right_sized_image_is_an_error_naming_the_folder(tmp_path):
+    from uniformface.data import check_images
+
+    root = make_tree(tmp_path / "t", {"a": 2, "b": 2})
+    for path in root.glob("*/*.jpg"):
+        path.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=rf"training set {root}: none of its 4 image files can be read \(4 unreadable, "
+                                         r"e\.g\. .*000\.jpg: cannot read its header"):
+        check_images(ImageFolderTrainSet(root), [112, 96], root)
+    square = make_tree(tmp_path / "sq", {"a": 2, "b": 2}, size=(112, 112))
+    with pytest.raises(ValueError, match=r"are 112x112 but input_size is \[112, 96\]; "
+                                         r"set --set input_size=\[112,112\]"):
+        check_images(ImageFolderTrainSet(square), [112, 96], square)
+
+
+def test_recordio_image_of_another_size_is_skipped_by_name_when_met(tmp_path):
+    """A .rec has no cheap per-image header: its first images set the check, later ones are checked as met."""
+    from uniformface.data import ReportingView, check_images
+    from uniformface.recordio import write_record_file
+
+    def jpeg(height, width):
+        import io
+
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((height, width, 3), 90, np.uint8)).save(buffer, format="JPEG")
+        return buffer.getvalue()
+
+    rec = tmp_path / "train.rec"
+    write_record_file(rec, tmp_path / "train.idx", [(jpeg(112, 96), 0), (jpeg(112, 96), 0), (jpeg(112, 112), 1),
+                                                    (jpeg(112, 96), 1)])
+    ds = open_train_set(rec)
+    check = check_images(ds, [112, 96], rec)
+    assert not check.header_checked and ds.expected_size == (112, 96)
+    image, label, problem = ReportingView(ds)[2]
+    assert image is None and label == 1 and problem == f"{rec} record 3: 112x112, not the input_size 112x96"
+    assert ReportingView(ds)[3][2] is None

@@ -31,7 +31,7 @@ def run_train(tree, logdir, nproc):
                    f"--master_port={free_port()}", str(ROOT / "code/train.py"), *args]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return torch.load(logdir / "r" / "checkpoint.pt", weights_only=False)
+    return torch.load(logdir / "r" / "checkpoint.pt", weights_only=True)
 
 
 @pytest.mark.slow

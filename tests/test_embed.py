@@ -48,7 +48,7 @@ def test_folder_embeddings_and_names(setup, tmp_path, capsys):
     common = ["--model_path", str(model_path), "--dataset", str(folder), "--workers", "0", "--no_progress",
               "--batch_size", "3"]
     assert embed_main(common + ["--output", str(output)]) == 0
-    names = (tmp_path / "out" / "faces.txt").read_text().splitlines()
+    names = (tmp_path / "out" / "faces.names.txt").read_text().splitlines()
     expected_names = sorted(str(p.relative_to(folder).as_posix()) for p in folder.rglob("*")
                             if p.is_file() and p.suffix in (".jpg", ".png") and not p.name.startswith("."))
     assert names == expected_names and len(names) == 7 and "extra/deeper/wide.png" in names
@@ -84,3 +84,75 @@ def test_errors_name_the_file(setup, tmp_path, capsys):
         list_images(tmp_path / "empty")
     with pytest.raises(SystemExit):
         embed_main(args[:5] + ["embeddings.csv"])
+
+
+def test_names_go_beside_the_npy_and_nothing_is_clobbered(setup, tmp_path, capsys):
+    """Issue 12, case 8: `--output X.npy` wrote the names to X.txt, replacing whatever was there (a pairs.txt)."""
+    model, model_path, folder = setup
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("1\t1\nA\t1\t2\nA\t1\tB\t1\n")
+    common = ["--model_path", str(model_path), "--dataset", str(folder), "--workers", "0", "--no_progress"]
+    assert embed_main(common + ["--output", str(tmp_path / "pairs.npy")]) == 0
+    assert pairs.read_text() == "1\t1\nA\t1\t2\nA\t1\tB\t1\n"
+    listing = tmp_path / "pairs.names.txt"
+    assert listing.read_text().splitlines() == list_images(folder)
+    capsys.readouterr()
+
+    before = (tmp_path / "pairs.npy").read_bytes()
+    listing.write_text("someone else's notes\n")
+    assert embed_main(common + ["--output", str(tmp_path / "pairs.npy")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pairs.npy already exists" in err and "--overwrite" in err
+    (tmp_path / "pairs.npy").unlink()                  # the names file alone also blocks
+    assert embed_main(common + ["--output", str(tmp_path / "pairs.npy")]) == 1
+    assert "pairs.names.txt already exists" in capsys.readouterr().err
+    assert listing.read_text() == "someone else's notes\n" and not (tmp_path / "pairs.npy").exists()
+    assert embed_main(common + ["--output", str(tmp_path / "pairs.npy"), "--overwrite"]) == 0
+    assert (tmp_path / "pairs.npy").read_bytes() == before and listing.read_text().splitlines() == list_images(folder)
+
+
+def test_hostile_inputs_end_in_one_line(setup, tmp_path, capsys):
+    """Issue 12, case 10: each ends in `error: ...` naming the file or device, exit 1, no traceback."""
+    model, model_path, folder = setup
+    out = tmp_path / "o.npy"
+    common = ["--dataset", str(folder), "--no_progress", "--workers", "0"]
+    jpeg = tmp_path / "photo.pt"                      # a JPEG renamed .pt: torch suggests weights_only=False
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(jpeg, format="JPEG")
+    mismatched = tmp_path / "mismatch.pt"              # the spec says 32-d, the tensors are 16-d
+    payload = torch.load(model_path, weights_only=True)
+    payload["spec"]["emb_dim"] = 32
+    torch.save(payload, mismatched)
+    cases = [(["--model_path", str(jpeg), "--output", str(out)], [str(jpeg), "not a weights file"]),
+             (["--model_path", str(mismatched), "--output", str(out)], [str(mismatched), "fc5", "emb_dim 32"]),
+             (["--model_path", str(model_path), "--output", str(out), "--device", "gpu"], ["--device 'gpu'"]),
+             (["--model_path", str(tmp_path), "--output", str(out)], [f"{tmp_path} is a folder"])]
+    if not torch.cuda.is_available():
+        cases.append((["--model_path", str(model_path), "--output", str(out), "--device", "cuda"],
+                      ["--device cuda: no CUDA GPU", "--device cpu"]))
+    for args, words in cases:
+        assert embed_main(common + args) == 1, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        assert "weights_only=False" not in err
+        for word in words:
+            assert word in err, (word, err)
+    assert not out.exists()
+    assert embed_main(common + ["--model_path", str(jpeg), "--output", str(out), "--debug"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_read_only_output_folder_and_a_worker_error(setup, tmp_path, capsys):
+    from hostile import read_only_folder
+
+    model, model_path, folder = setup
+    common = ["--model_path", str(model_path), "--dataset", str(folder), "--no_progress"]
+    with read_only_folder(tmp_path / "ro") as ro:
+        assert embed_main(common + ["--workers", "0", "--output", str(ro / "e.npy")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {ro / 'e.npy'}: ") and err.count("\n") == 1 and "permissions" in err, err
+    # A broken image read by a loader worker: torch re-raises it with the worker's traceback as its message.
+    (folder / "0000001" / "zz_broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
+    assert embed_main(common + ["--workers", "1", "--output", str(tmp_path / "w.npy")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot decode image") and "zz_broken.jpg" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "worker" not in err

@@ -159,6 +159,10 @@ def test_center_distance_of_head_weights_in_weight_mode():
     stats = center_stats({"head": {"weight": torch.tensor(weight), "iteration": torch.tensor(3)}})
     assert stats["centers_from"] == "head weights" and stats["n_centers"] == 7
     assert abs(stats["mean_min_center_distance"] - expected) < 1e-9
+    unit = weight / np.linalg.norm(weight, axis=1, keepdims=True)
+    expected_angle = np.mean([min(np.degrees(np.arccos(np.clip(unit[i] @ unit[j], -1, 1))) for j in range(7) if j != i)
+                              for i in range(7)])
+    assert abs(stats["mean_min_center_angle"] - expected_angle) < 1e-9
     # feature centers win over head weights when both exist (center_mode: feature exports both)
     stats = center_stats({"head": {"weight": torch.tensor(weight)}, "centers": torch.tensor(weight[:3] * 2),
                           "centers_initialized": torch.tensor([True, True, True])})
@@ -299,3 +303,93 @@ def test_shared_small_lfw_bin(tmp_path):
     np.testing.assert_allclose(result["fold_accuracies"], insightface_reference(reference, issame))
     if issame.all() or not issame.any():  # the shared sample holds same pairs only: no ROC to draw
         assert result["auc"] is None and "only" in result["roc_note"]
+
+
+# ------------------------------------------------------------------------------- hostile inputs (issue 12)
+
+def one_line_error(capsys, *words):
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, (word, err)
+    return err
+
+
+def test_broken_config_refused_bin_and_devices_are_one_line_errors(tmp_path, lfw_tree, capsys):
+    root, pairs_path = lfw_tree
+    _, model_path = saved_model(tmp_path)
+    test_script = load_script("test")
+    config = model_path.parent / "config.yaml"
+    config.write_text("model_name: sphereface4\ndataset: {test: [unclosed\n")
+    assert test_script.main(["--model_path", str(model_path), "--no_progress"]) == 1
+    one_line_error(capsys, f"{config}:", "not valid YAML", "--dataset and --pairs_path")
+    config.write_text("- a list\n- not a mapping\n")
+    assert test_script.main(["--model_path", str(model_path), "--no_progress"]) == 1
+    one_line_error(capsys, str(config), "expected a mapping")
+    # --dataset and --pairs_path leave nothing to read from it
+    explicit = ["--model_path", str(model_path), "--dataset", str(root), "--pairs_path", str(pairs_path),
+                "--no_progress", "--workers", "0"]
+    assert test_script.main(explicit + ["--json", str(tmp_path / "r.json")]) == 0
+    capsys.readouterr()
+
+    evil = tmp_path / "evil.bin"
+    evil.write_bytes(b"cos\nsystem\n(S'touch " + str(tmp_path / "pwned").encode() + b"'\ntR.")
+    assert test_script.main(["--model_path", str(model_path), "--bin", str(evil), "--no_progress"]) == 1
+    one_line_error(capsys, str(evil), "refused to unpickle global 'os.system'")
+    assert not (tmp_path / "pwned").exists()
+
+    assert test_script.main(explicit + ["--device", "tpu:0"]) == 1
+    one_line_error(capsys, "--device 'tpu:0'", "use cpu")
+    if not torch.cuda.is_available():
+        assert test_script.main(explicit + ["--device", "cuda"]) == 1
+        one_line_error(capsys, "--device cuda", "--device cpu")
+
+
+def test_results_file_test_py_did_not_write_is_kept(tmp_path, lfw_tree, capsys):
+    """Issue 12, case 8: --json onto someone else's file replaced it (a broken JSON with a mere warning)."""
+    from hostile import read_only_folder
+
+    root, pairs_path = lfw_tree
+    _, model_path = saved_model(tmp_path)
+    test_script = load_script("test")
+    common = ["--model_path", str(model_path), "--dataset", str(root), "--pairs_path", str(pairs_path),
+              "--no_progress", "--workers", "0"]
+    for content in ('{"name": "a notebook\'s settings"}', "not json at all", "[1, 2]"):
+        foreign = tmp_path / "settings.json"
+        foreign.write_text(content)
+        assert test_script.main(common + ["--json", str(foreign)]) == 1
+        one_line_error(capsys, f"{foreign} exists and is not a results file of test.py", "--overwrite")
+        assert foreign.read_text() == content and not (tmp_path / "settings_roc.png").exists()
+    (tmp_path / "r_roc.png").write_bytes(b"someone's figure")  # a figure with no results file of ours beside it
+    assert test_script.main(common + ["--json", str(tmp_path / "r.json")]) == 1
+    one_line_error(capsys, "r_roc.png exists", "--overwrite")
+    assert (tmp_path / "r_roc.png").read_bytes() == b"someone's figure" and not (tmp_path / "r.json").exists()
+    assert test_script.main(common + ["--json", str(foreign), "--overwrite"]) == 0
+    assert "accuracy_mean" in json.loads(foreign.read_text())
+    assert test_script.main(common + ["--json", str(foreign)]) == 0     # now ours: updated in place
+    capsys.readouterr()
+    with read_only_folder(tmp_path / "ro") as ro:
+        assert test_script.main(common + ["--json", str(ro / "r.json")]) == 1
+    one_line_error(capsys, str(ro / "r.json"), "permissions")
+
+
+def test_weights_that_are_not_weights(tmp_path, lfw_tree, capsys):
+    root, pairs_path = lfw_tree
+    _, model_path = saved_model(tmp_path)
+    test_script = load_script("test")
+    jpeg = tmp_path / "photo.pt"
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(jpeg, format="JPEG")
+    truncated = tmp_path / "cut.pt"
+    truncated.write_bytes(model_path.read_bytes()[:4000])
+    payload = torch.load(model_path, weights_only=True)
+    payload["spec"]["input_size"] = [112, 112]
+    torch.save(payload, tmp_path / "wide.pt")
+    common = ["--dataset", str(root), "--pairs_path", str(pairs_path), "--no_progress", "--workers", "0",
+              "--json", str(tmp_path / "r.json")]
+    for path, words in ((jpeg, ["not a weights file"]), (truncated, ["not a weights file"]),
+                        (tmp_path / "wide.pt", ["do not fit the spec", "input 112x112", "fc5.weight"])):
+        # --baseline untrained reads only the spec: a file that is not weights fails there too
+        for baseline in ([], ["--baseline", "untrained"]) if path != tmp_path / "wide.pt" else ([],):
+            assert test_script.main(["--model_path", str(path), *common, *baseline]) == 1
+            err = one_line_error(capsys, str(path), *words)
+            assert "weights_only=False" not in err

@@ -56,3 +56,50 @@ def test_a_graph_off_by_a_tenth_of_a_percent_fails_the_check(tmp_path, weights):
 def test_missing_model_is_a_clear_error(tmp_path, capsys):
     assert export.main(["--model_path", str(tmp_path / "none.pt")]) == 1
     assert f"model file not found: {tmp_path / 'none.pt'}" in capsys.readouterr().err
+
+
+def test_an_existing_output_is_kept_without_overwrite(weights, tmp_path, capsys):
+    """Issue 12, case 8: export.py replaced any file at --output."""
+    path, _ = weights
+    target = tmp_path / "deploy.onnx"
+    target.write_bytes(b"someone else's graph")
+    assert export.main(["--model_path", str(path), "--output", str(target), "--no_check"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{target} already exists" in err and "--overwrite" in err
+    assert target.read_bytes() == b"someone else's graph"
+    assert export.main(["--model_path", str(path), "--output", str(target), "--no_check", "--overwrite"]) == 0
+    assert onnx.load(target).graph.input[0].name == "images"
+
+
+def test_hostile_inputs_end_in_one_line(weights, tmp_path, capsys):
+    """Issue 12, case 10: a JPEG renamed .pt, weights that do not fit their spec, a pickle that would run
+    code, a read-only output folder: one line naming the file, exit 1, no traceback."""
+    from hostile import read_only_folder
+    from PIL import Image
+
+    path, model = weights
+    jpeg = tmp_path / "photo.pt"
+    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(jpeg, format="JPEG")
+    payload = torch.load(path, weights_only=True)
+    payload["spec"]["model_name"] = "sphereface20"
+    torch.save(payload, tmp_path / "wrong_spec.pt")
+
+    class RunsCode:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    torch.save({"spec": payload["spec"], "model": RunsCode()}, tmp_path / "evil.pt")
+    with read_only_folder(tmp_path / "ro") as ro:
+        cases = [([str(jpeg)], [str(jpeg), "not a weights file"]),
+                 ([str(tmp_path / "wrong_spec.pt")], ["wrong_spec.pt", "do not fit the spec", "sphereface20"]),
+                 ([str(tmp_path / "evil.pt")], ["evil.pt", "not a weights file", "print"]),
+                 ([str(path), "--output", str(ro / "m.onnx")], [str(ro / "m.onnx"), "permissions"])]
+        for args, words in cases:
+            assert export.main(["--model_path", *args, "--no_check"]) == 1
+            captured = capsys.readouterr()
+            assert "this must never run" not in captured.out
+            err = captured.err
+            assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+            assert "weights_only=False" not in err
+            for word in words:
+                assert word in err, (word, err)

@@ -123,3 +123,23 @@ def test_damaged_results_name_the_file(tmp_path):
     (folder / "lfw_results.json").write_text('{"protocol": "sphereface"}')
     with pytest.raises(ValueError, match=r"holds neither LFW results"):
         gather_markdown([load_run(folder)])
+
+
+def test_an_existing_output_and_a_broken_config_are_one_line_errors(tmp_path, capsys):
+    """Issue 12: --output replaced any file there; a broken config.yaml beside the results was a traceback."""
+    a, _ = make_run(tmp_path / "a", 0.0, 0.0, [594] * 10, 0.15)
+    gather = load_script()
+    notes = tmp_path / "notes.md"
+    notes.write_text("my notes\n")
+    assert gather.main([str(a), "--output", str(notes)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and f"{notes} already exists" in err and "--overwrite" in err
+    assert notes.read_text() == "my notes\n"
+    assert gather.main([str(a), "--output", str(notes), "--overwrite"]) == 0
+    assert "LFW accuracy" in notes.read_text()
+    capsys.readouterr()
+    config = tmp_path / "a" / "config.yaml"
+    config.write_text("alpha: [1.0\n")
+    assert gather.main([str(a)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {config}:") and "not valid YAML" in err and err.count("\n") == 1, err

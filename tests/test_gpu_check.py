@@ -25,8 +25,8 @@ def test_quick_run_on_cpu_fills_the_summary(tmp_path, capsys):
     for row in result["rows"]:
         assert isinstance(row["value"], float) and math.isfinite(row["value"]) and row["value"] > 0, row
     rate = result["train"]["bf16"]["images_per_s"]
-    hours = 28000 * 256 / rate / 3600  # the paper setting's 28k iterations of 256 images
-    assert f"28k iterations x 256: {hours:.2f} h" in result["rows"][0]["note"]
+    hours = 28000 * 512 / rate / 3600  # the paper setting's 28k iterations of 512 images (2 GPUs x 256)
+    assert f"28k iterations x 512: {hours:.2f} h" in result["rows"][0]["note"]
     assert math.isfinite(result["train"]["bf16"]["loss"])
     assert result["mtcnn"]["found"] == 2  # the photos are turned and re-lit astronaut portraits
     ratio = result["mtcnn"]["images_per_s"] / result["mtcnn"]["facenet_images_per_s"]

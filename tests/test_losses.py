@@ -7,8 +7,9 @@ import torch
 from uniformface.losses import regularface_loss, uniform_loss
 
 
-def uniform_reference(centers):
-    """Eq. 6 without lambda: 1/(M(M-1)) sum over ordered pairs j1 != j2 of 1/(|c_j1 - c_j2| + 1)."""
+def uniform_reference(centers, reduction="pairs"):
+    """Eq. 6 without lambda: 1/(M(M-1)) sum over ordered pairs j1 != j2 of 1/(|c_j1 - c_j2| + 1);
+    reduction "center": sum over j1 of the mean over j2 != j1 of the same."""
     c = centers.double().tolist()
     m = len(c)
     total = 0.0
@@ -16,6 +17,9 @@ def uniform_reference(centers):
         for j2 in range(m):
             if j1 != j2:
                 total += 1.0 / (math.dist(c[j1], c[j2]) + 1.0)
+    if reduction == "center":
+        return sum(sum(1.0 / (math.dist(c[j1], c[j2]) + 1.0) for j2 in range(m) if j2 != j1) / (m - 1)
+                   for j1 in range(m))
     return total / (m * (m - 1))
 
 
@@ -31,6 +35,49 @@ def uniform_gradient_reference(centers):
                 dist = diff.norm().item()
                 grad[i] += -2.0 * diff / (dist * (dist + 1.0) ** 2)
     return grad / (m * (m - 1))
+
+
+def test_center_reduction_is_each_centers_mean_potential_summed():
+    torch.manual_seed(3)
+    cpu_centers = torch.randn(7, 5, dtype=torch.float64)
+    centers = cpu_centers.clone().requires_grad_()
+    loss = uniform_loss(centers, chunk_size=3, reduction="center")
+    assert loss.item() == pytest.approx(uniform_reference(cpu_centers, "center"), rel=1e-12)
+    loss.backward()
+    # M times Eq. 6 as printed, so its gradient is M times the printed one's.
+    torch.testing.assert_close(centers.grad, 7 * uniform_gradient_reference(cpu_centers), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="reduction"):
+        uniform_loss(centers, reduction="mean")
+
+
+def spread_on_the_sphere(m, reduction, steps=2, step_size=0.5, dim=16):
+    """Gain in the mean nearest-neighbour angle (degrees) of M crowded unit centers after a few steps of
+    gradient descent on L_u, each followed by the projection back onto the sphere."""
+    generator = torch.Generator().manual_seed(m)
+    pole = torch.zeros(dim)
+    pole[0] = 2.0
+    points = torch.nn.functional.normalize(torch.randn(m, dim, generator=generator) + pole, dim=1)
+
+    def mean_nearest_angle(p):
+        cosine = p @ p.T
+        cosine.fill_diagonal_(-2.0)
+        return math.degrees(torch.acos(cosine.max(1).values.clamp(-1, 1)).mean().item())
+
+    before = mean_nearest_angle(points)
+    for _ in range(steps):
+        points.requires_grad_()
+        (grad,) = torch.autograd.grad(uniform_loss(points, reduction=reduction), points)
+        points = torch.nn.functional.normalize(points.detach() - step_size * grad, dim=1)
+    return mean_nearest_angle(points) - before
+
+
+@pytest.mark.slow
+def test_the_center_reduction_spreads_centers_at_any_scale_where_the_printed_one_goes_inert():
+    """The synthetic check behind the default (README, "The uniform loss's reading"): the per-center
+    reduction moves 100 and 10,000 centers apart alike; Eq. 6 as printed fades like 1/M."""
+    gain_small, gain_large = spread_on_the_sphere(100, "center"), spread_on_the_sphere(10_000, "center")
+    assert gain_small > 1.0 and gain_large > 0.5 * gain_small
+    assert spread_on_the_sphere(10_000, "pairs") < 1e-3 * gain_large
 
 
 @pytest.mark.parametrize("m,chunk", [(2, None), (5, 1), (9, 4), (9, 9), (17, None)])

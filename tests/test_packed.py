@@ -93,7 +93,7 @@ def test_training_on_the_packed_set_matches_the_folder(tmp_path, aligned_tree):
                      "emb_dim=32", "batch_size=8", "num_workers=0", "max_iters=2", "checkpoint_every=2",
                      "log_every=1", "warmup_iters=0", "lr=0.05", "device=cpu", "deterministic=true", "flip=true"]
         train(load_config(ROOT / "code" / "configs" / "toy.yaml", overrides), tmp_path / name, progress=False)
-        return torch.load(tmp_path / name / "checkpoint.pt", weights_only=False)
+        return torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)
 
     from_folder, from_packed = run(aligned_tree, "folder"), run(packed, "packed")
     assert from_packed["iteration"] == 2 and from_packed["classes"] == from_folder["classes"]

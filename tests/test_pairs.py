@@ -122,3 +122,19 @@ def test_unique_and_missing_images(tmp_path):
         (tmp_path / present).write_bytes(b"x")
     (tmp_path / "c" / "c_0003.jpg").mkdir(parents=True)          # a folder is not an image
     assert missing_images(pairs, tmp_path) == ["a/a_0001.jpg", "c/c_0003.jpg"]
+
+
+def test_utf8_with_or_without_a_byte_order_mark_and_other_encodings_name_the_file(tmp_path):
+    """Issue 12, case 11: a BOM (Windows editors) was read as part of the header; Latin-1 failed naming no file."""
+    path = tmp_path / "pairs.txt"
+    text = "1\t1\nJosé_María\t1\t2\nJosé_María\t1\tB\t3\n"
+    expected = [Pair("José_María/José_María_0001.jpg", "José_María/José_María_0002.jpg", True, 0),
+                Pair("José_María/José_María_0001.jpg", "B/B_0003.jpg", False, 0)]
+    path.write_bytes(text.encode("utf-8"))
+    assert read_pairs(path) == expected
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert read_pairs(path) == expected
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError) as error:
+        read_pairs(path)
+    assert str(error.value) == (f"{path}:2: not UTF-8 text (byte 0xe9 at offset 7): save the file as UTF-8")

@@ -1,5 +1,6 @@
 """The preprocessing command (SPEC §2, §7) on small trees of real image files: broken files, odd modes,
 faceless images, fallback, reruns and landmark-file mode."""
+import io
 import re
 from pathlib import Path
 
@@ -244,13 +245,13 @@ def test_malformed_landmark_file_is_an_error_naming_the_line(tmp_path, capsys):
     (tmp_path / "marks.txt").write_text("A/A_0001.jpg\t1\t2\t3\t4\t5\t6\t7\t8\t9\t10\nA/A_0002.jpg\t1\t2\tthree\n")
     code, _, stderr = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "out", "--workers", 0,
                               "--landmarks", tmp_path / "marks.txt")
-    assert code == 2 and "marks.txt, line 2" in stderr
+    assert code == 1 and "marks.txt, line 2" in stderr
 
 
 def test_output_inside_the_dataset_is_refused(tmp_path, capsys):
     save(faceless(), tmp_path / "set" / "A" / "A_0001.jpg")
     code, _, stderr = run_cli(capsys, "--dataset", tmp_path / "set", "--output_dir", tmp_path / "set" / "out")
-    assert code == 2 and "inside" in stderr
+    assert code == 1 and "inside" in stderr
 
 
 def test_lfw_naming_decides_the_automatic_fallback():
@@ -271,3 +272,240 @@ def test_official_lfw_landmark_file_parses():
     points = np.stack(list(parsed.values()))
     assert points.shape[1:] == (5, 2) and (points >= 0).all() and (points <= 250).all()
     assert np.mean(points[:, 0, 0] < points[:, 1, 0]) > 0.99  # x1 y1 x2 y2 ...: left eye before right eye
+
+
+def test_landmark_file_crops_are_cp2tform_and_imtransform_of_the_decoded_jpeg(tmp_path, capsys, monkeypatch):
+    """Issue 11 (b): `--landmarks` on real JPEGs gives the crop of Matlab's cp2tform + imtransform (the
+    float64 transcription in test_align, 1-based sampling) of the decoded photo, up to JPEG rounding: the
+    output is a quality-95 JPEG, so it is compared with the reference crop put through the same encoder.
+    One image carries the numbers of the LFW row where the two fitting directions disagree most."""
+    from test_align import WORST_ROW, reference_warp
+
+    source = tmp_path / "lfw"
+    photos = {"Eileen_Collins/Eileen_Collins_0001.jpg": astronaut_view(),
+              "Eileen_Collins/Eileen_Collins_0002.jpg": astronaut_view(angle=-10, scale=1.2)}
+    given = {"Eileen_Collins/Eileen_Collins_0001.jpg": [103.4, 103.4, 146.5, 106.7, 124, 130.7, 101.5, 142.4, 144.8, 145.2],
+             "Eileen_Collins/Eileen_Collins_0002.jpg": WORST_ROW[1]}
+    for name, pixels in photos.items():
+        save(pixels, source / name, quality=90)
+    (tmp_path / "marks.txt").write_text("".join(f"{n}\t" + "\t".join(f"{v:g}" for v in p) + "\n" for n, p in given.items()))
+    monkeypatch.setattr(preprocessing, "FaceDetector", None)  # no detector in this mode
+
+    def through_jpeg(pixels):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=preprocessing.JPEG_QUALITY)
+        return np.asarray(Image.open(buffer)).astype(float)
+
+    for size in [(112, 96), (112, 112)]:
+        out = tmp_path / f"aligned{size[1]}"
+        code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", out, "--workers", 0,
+                                  "--landmarks", tmp_path / "marks.txt", "--output_size", f"{size[0]}x{size[1]}")
+        assert code == 0 and counts(stdout)["aligned"] == 2
+        for name, numbers in given.items():
+            decoded = load_rgb(source / name)
+            points = np.array(numbers, float).reshape(5, 2)
+            expected = reference_warp(decoded, points, size)
+            got = np.asarray(Image.open(out / name)).astype(float)
+            assert got.shape == (*size, 3)
+            error = np.abs(got - through_jpeg(np.rint(expected).astype(np.uint8)))
+            assert error.max() <= 2 and error.mean() < 0.01, (name, size, error.max(), error.mean())
+            # the bound can fail: the same crop half a pixel off is far outside it
+            off = np.abs(got - through_jpeg(np.rint(reference_warp(decoded, points + 0.5, size)).astype(np.uint8)))
+            assert off.max() > 20 and off.mean() > 1, (name, size)
+    # and the landmarks file written by this run holds the given numbers (1-based, as SphereFace's)
+    logged = read_landmark_file(out / LANDMARKS_NAME)
+    for name, numbers in given.items():
+        np.testing.assert_allclose(logged[name].ravel(), numbers, atol=1e-9)
+
+
+def test_a_written_landmarks_file_replays_the_same_crops(tmp_path, capsys):
+    """OUT/landmarks.txt (detected landmarks, SphereFace's format and 1-based convention) fed back with
+    `--landmarks` gives the same crops as the detector run, including on a reduced large image."""
+    source = tmp_path / "set"
+    save(astronaut_view(), source / "A" / "1.png")
+    save(astronaut_view(angle=8, scale=1.1), source / "A" / "2.png")
+    big = Image.fromarray(astronaut_view(angle=-6, size=250)).resize((1900, 1900), Image.Resampling.BICUBIC)
+    save(big, source / "B" / "1.png")
+    first, second = tmp_path / "detected", tmp_path / "replayed"
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", first, "--workers", 0)
+    assert code == 0 and counts(stdout)["aligned"] == 3
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", second, "--workers", 0,
+                              "--landmarks", first / LANDMARKS_NAME)
+    assert code == 0 and counts(stdout)["aligned"] == 3
+    for name in ("A/1.png", "A/2.png", "B/1.png"):
+        a = np.asarray(Image.open(first / name)).astype(int)
+        b = np.asarray(Image.open(second / name)).astype(int)
+        assert np.abs(a - b).max() <= 1 and np.mean(a != b) < 0.01, name
+    assert (second / LANDMARKS_NAME).read_text() == (first / LANDMARKS_NAME).read_text()
+
+
+# ------------------------------------------------------------------------------- hostile inputs (issue 12)
+
+def test_symlinked_identity_folders_are_aligned_and_a_loop_is_reported(tmp_path, capsys):
+    """Case 6: an identity folder reached through a symlink was skipped silently (train.py follows it)."""
+    source, elsewhere, out = tmp_path / "set", tmp_path / "elsewhere", tmp_path / "out"
+    save(astronaut_view(), source / "A" / "1.png")
+    save(astronaut_view(angle=8), elsewhere / "B" / "1.png")
+    (source / "B").symlink_to(elsewhere / "B", target_is_directory=True)      # an identity kept elsewhere
+    (source / "A" / "again").symlink_to(source, target_is_directory=True)   # a loop back to the root
+    out.mkdir()
+    (source / "C").symlink_to(out, target_is_directory=True)                # into the output folder
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", out, "--workers", 0)
+    assert code == 0 and counts(stdout)["aligned"] == 2 and "symlinked folders not followed 2" in stdout
+    assert image_files(out) == ["A/1.png", "B/1.png"] and not (out / "B").is_symlink()
+    assert report(out) == {"A/again": "not_followed", "C": "not_followed"}
+    detail = {line.split("\t")[0]: line.split("\t")[2] for line in (out / REPORT_NAME).read_text().splitlines()}
+    assert "loop" in detail["A/again"] and "--output_dir" in detail["C"]
+
+
+KILLED_RUN = """
+import os, signal, sys
+sys.path.insert(0, {code!r})
+from uniformface import preprocessing
+real, calls = preprocessing.write_atomic, [0]
+def write_then_die(image, destination):  # SIGKILL: no cleanup, no flush, as a real kill
+    calls[0] += 1
+    if calls[0] == {kill_at} and {before}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(image, destination)
+    if calls[0] == {kill_at}:
+        os.kill(os.getpid(), signal.SIGKILL)
+preprocessing.write_atomic = write_then_die
+import preprocess
+sys.exit(preprocess.main({argv!r}))
+"""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A test set and what an uninterrupted run makes of it: three faces (outputs 1-3, in the detection
+    pass), then three fallbacks (outputs 4-6): two of one size (the size mean), one of a size no face has
+    (the size-relative mean); a broken file and a non-image."""
+    root = tmp_path_factory.mktemp("kill")
+    source = root / "lfw"
+    for i, view in enumerate([astronaut_view(), astronaut_view(angle=-10, scale=1.2), astronaut_view(shift=(15, 10))]):
+        save(view, source / "Eileen_Collins" / f"Eileen_Collins_{i + 1:04d}.png")
+    save(faceless(1), source / "Blank_Wall" / "Blank_Wall_0001.png")
+    save(faceless(2), source / "Blank_Wall" / "Blank_Wall_0002.png")
+    save(faceless(3, size=300), source / "Blank_Wall" / "Blank_Wall_0003.png")
+    save(faceless(4), source / "Broken" / "Broken_0001.png").write_bytes(b"\x89PNG cut")
+    (source / "Broken" / "notes.txt").write_text("not an image")
+    args = ["--dataset", str(source), "--workers", "0", "--batch_size", "1", "--no_progress"]
+    assert cli.main(args + ["--output_dir", str(root / "whole")]) == 0
+    whole = root / "whole"
+    assert report(whole) == {"Blank_Wall/Blank_Wall_0001.png": "fallback", "Blank_Wall/Blank_Wall_0002.png": "fallback",
+                             "Blank_Wall/Blank_Wall_0003.png": "fallback", "Broken/Broken_0001.png": "broken",
+                             "Broken/notes.txt": "ignored"}
+    assert "size-relative" in (whole / REPORT_NAME).read_text()
+    assert len(read_landmark_file(whole / LANDMARKS_NAME)) == 3
+    return args, {p.relative_to(whole).as_posix(): p.read_bytes() for p in whole.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("kill_at, before", [(2, False), (5, True)], ids=["detection-phase", "fallback-phase"])
+def test_a_killed_run_and_its_rerun_report_what_an_uninterrupted_run_does(tmp_path, capsys, uninterrupted,
+                                                                          kill_at, before):
+    """Case 7: SIGKILL just after the 2nd output is renamed into place (detection pass), or just before the
+    5th is (fallback phase: one fallback done), then a rerun: preprocess_report.tsv, landmarks.txt and
+    every output are byte for byte those of an uninterrupted run."""
+    import subprocess
+    import sys
+
+    args, expected = uninterrupted
+    out = tmp_path / "killed"
+    script = KILLED_RUN.format(code=str(Path(preprocessing.__file__).parents[1]), kill_at=kill_at, before=before,
+                               argv=args + ["--output_dir", str(out)])
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert len(written) == kill_at - before and not (out / REPORT_NAME).exists()
+    assert sum(name.startswith("Blank_Wall") for name in written) == max(0, kill_at - before - 3)
+
+    code, stdout, _ = run_cli(capsys, *args, "--output_dir", out)
+    assert code == 0 and counts(stdout)["already_done"] == kill_at - before
+    got = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert got[name] == expected[name], name
+
+
+def test_fallback_auto_is_printed_and_one_stray_name_does_not_switch_it(tmp_path, capsys, monkeypatch):
+    """Case 11: one file not named as LFW's switched a whole test set to skipping, and silently."""
+    source, out = tmp_path / "lfw", tmp_path / "out"
+    save(astronaut_view(), source / "Eileen_Collins" / "Eileen_Collins_0001.png")
+    save(astronaut_view(angle=5), source / "Eileen_Collins" / "Eileen_Collins_0002.png")
+    save(faceless(), source / "Blank_Wall" / "Blank_Wall_0001.png")
+    save(astronaut_view(scale=1.1), source / "Eileen_Collins" / "IMG_1234.png")   # the stray name
+    marks = tmp_path / "marks.txt"
+    marks.write_text("".join(f"Eileen_Collins/{name}\t90\t100\t150\t100\t120\t135\t95\t160\t145\t160\n"
+                             for name in ("Eileen_Collins_0001.png", "Eileen_Collins_0002.png", "IMG_1234.png")))
+    monkeypatch.setattr(preprocessing, "FaceDetector", None)  # landmark-file mode: no detector
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", out, "--workers", 0, "--landmarks", marks)
+    assert code == 0
+    first = stdout.splitlines()[0]
+    assert first.startswith("fallback: mean (--fallback auto: 3 of 4 image files are named <dir>/<dir>_NNNN.<ext>")
+    assert "more than half" in first and "not so named: Eileen_Collins/IMG_1234.png" in first
+    assert report(out) == {"Blank_Wall/Blank_Wall_0001.png": "fallback"}
+    # a training set's names: skip, and said so
+    code, stdout, _ = run_cli(capsys, "--dataset", source / "Eileen_Collins", "--output_dir", tmp_path / "t",
+                              "--workers", 0, "--landmarks", marks, "--fallback", "skip")
+    assert stdout.splitlines()[0] == "fallback: skip (--fallback skip)"
+
+
+def test_min_face_size_and_other_detector_options_are_validated(tmp_path, capsys):
+    """Case 11: --min_face_size 0 divided by zero in every image, which was then reported broken, and exit 0."""
+    save(astronaut_view(), tmp_path / "set" / "A" / "1.png")
+    for option, value, words in [("--min_face_size", "0", "at least 12"), ("--factor", "1.5", "(0, 1)"),
+                                 ("--max_megapixels", "-1", "positive"), ("--device", "gpu", "not a device name")]:
+        with pytest.raises(SystemExit) as exit_status:
+            run_cli(capsys, "--dataset", tmp_path / "set", "--output_dir", tmp_path / "out", option, value)
+        assert exit_status.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{option} " in err and words in err, err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="--min_face_size 0"):
+        preprocessing.preprocess(preprocessing.Options(dataset=tmp_path / "set", output_dir=tmp_path / "o",
+                                                       min_face_size=0, workers=0, progress=False))
+
+
+def test_a_large_genuine_photo_needs_and_gets_a_higher_decompression_bomb_limit(tmp_path, capsys):
+    """Case 11: a ~181-megapixel photo (a face in a large grey frame) was reported broken with no way to
+    allow it. Its JPEG is cheap to write and, reduced in the DCT, to read."""
+    source = tmp_path / "set"
+    frame = Image.new("L", (13500, 13400), 120)
+    frame.paste(Image.fromarray(data.astronaut()).convert("L").resize((2048, 2048), Image.Resampling.BILINEAR),
+                (5700, 5700))
+    (source / "A").mkdir(parents=True)
+    frame.save(source / "A" / "big.jpg", quality=80)
+    del frame
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "out", "--workers", 0)
+    assert code == 0 and counts(stdout)["broken"] == 1
+    detail = (tmp_path / "out" / REPORT_NAME).read_text()
+    assert "180900000 pixels" in detail and "--max_megapixels" in detail
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "out2", "--workers", 0,
+                              "--max_megapixels", "200")
+    assert code == 0 and counts(stdout)["aligned"] == 1 and (tmp_path / "out2" / "A" / "big.jpg").is_file()
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's own limit is back as it was
+
+
+def test_files_in_the_output_folder_this_tool_did_not_write_are_kept(tmp_path, capsys, monkeypatch):
+    """Case 8: a preprocess_report.tsv or landmarks.txt that is not ours is not replaced without --overwrite;
+    a read-only output folder is one line."""
+    from hostile import read_only_folder
+
+    source, out = tmp_path / "set", tmp_path / "out"
+    save(faceless(), source / "A" / "A_0001.png")
+    (tmp_path / "marks.txt").write_text("A/A_0001.png\t90\t100\t150\t100\t120\t135\t95\t160\t145\t160\n")
+    monkeypatch.setattr(preprocessing, "FaceDetector", None)
+    args = ["--dataset", source, "--output_dir", out, "--workers", 0, "--landmarks", tmp_path / "marks.txt"]
+    out.mkdir()
+    for name, content in ((REPORT_NAME, "my notes\n"), (LANDMARKS_NAME, "shopping list\nmilk\n")):
+        (out / name).write_text(content)
+        code, _, err = run_cli(capsys, *args)
+        assert code == 1 and err.count("\n") == 1 and f"{out / name}" in err and "--overwrite" in err, err
+        assert (out / name).read_text() == content and not (out / "A" / "A_0001.png").exists()
+        code, stdout, _ = run_cli(capsys, *args, "--overwrite")
+        assert code == 0 and counts(stdout)["aligned"] == 1
+        (out / "A" / "A_0001.png").unlink()
+    with read_only_folder(tmp_path / "ro") as ro:
+        code, _, err = run_cli(capsys, *args[:2], "--output_dir", ro, *args[4:])
+    assert code == 1 and err.startswith("error: ") and str(ro) in err and "Traceback" not in err, err

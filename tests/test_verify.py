@@ -147,3 +147,31 @@ def test_load_rule_variants(tmp_path):
     path.write_text("{")
     with pytest.raises(ValueError, match=r"r.json:1: not valid JSON"):
         load_rule(path)
+
+
+def test_hostile_inputs_end_in_one_line(photos, model_path, tmp_path, capsys):
+    """Issue 12, case 10: a JPEG renamed .pt (torch suggests weights_only=False), weights that do not fit
+    their spec, an unknown or absent device, a results file that is JSON but not ours: one line, exit 1."""
+    jpeg = tmp_path / "photo.pt"
+    jpeg.write_bytes((photos / "astronaut.jpg").read_bytes())
+    payload = torch.load(model_path, weights_only=True)
+    del payload["model"]["fc5.weight"]
+    torch.save(payload, tmp_path / "partial.pt")
+    (tmp_path / "list.json").write_text("[0.3]")
+    pair = [str(photos / "astronaut.jpg"), str(photos / "same.jpg")]
+    cases = [(["--model_path", str(jpeg), "--threshold", "0.3"], [str(jpeg), "not a weights file"]),
+             (["--model_path", str(tmp_path / "partial.pt"), "--threshold", "0.3"],
+              ["partial.pt", "do not fit the spec", "fc5.weight"]),
+             (["--model_path", str(model_path), "--threshold", "0.3", "--device", "cuda:x"], ["--device 'cuda:x'"]),
+             (["--model_path", str(model_path), "--results", str(tmp_path / "list.json")],
+              ["list.json", "not a results file"])]
+    if not torch.cuda.is_available():
+        cases.append((["--model_path", str(model_path), "--threshold", "0.3", "--device", "cuda"],
+                      ["--device cuda: no CUDA GPU"]))
+    for args, words in cases:
+        assert verify_main(pair + args) == 1, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        assert "weights_only=False" not in err
+        for word in words:
+            assert word in err, (word, err)

@@ -34,8 +34,9 @@ for _module in ("numpy.core", "numpy._core"):
     _ALLOWED_GLOBALS[(f"{_module}.numeric", "_frombuffer")] = _numeric._frombuffer          # protocol 5
 
 
-class RefusedGlobal(pickle.UnpicklingError):
-    """The pickle asked for a global outside the numpy allow-list."""
+class RefusedGlobal(pickle.UnpicklingError, ValueError):
+    """The pickle asked for a global outside the numpy allow-list. Also a ValueError: a file that cannot
+    be used, reported by the scripts as one line naming it, like every other unusable input."""
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

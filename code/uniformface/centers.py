@@ -6,6 +6,14 @@ and move by Eq. 7 after each optimizer step,
 The loss sees, for the classes in the batch, c~_j = c_j - delta_j(x) = (c_j + sum_{i in j} x_i) / (1 + n_j),
 differentiable in the features x; the other initialised centers are constants.
 
+Two readings of "feature space" (config key `normalize_centers`):
+- sphere (True, the default): x above is the L2-normalised feature x / |x|, and every center is projected
+  onto the unit sphere before Eq. 6, so distances lie in [0, 2] and the loss's gradient on a feature is
+  tangential: it turns the classes' directions apart ("like charges on the surface of the hypersphere",
+  the paper's abstract), which is what face verification's cosine score sees.
+- raw (False): raw features and raw centers. With A-Softmax's unnormalised features (|x| ~ 10) the
+  gradient points mostly along x itself (it asks for longer features) and is ~1e-4 of the cross-entropy's.
+
 `WeightCenters` is the earlier port's variant, kept for comparison: the head's class weights are the
 centers (the gradient of the uniform loss flows into them) and Eq. 7 drags them toward the features.
 
@@ -90,8 +98,8 @@ class ClassCenters(nn.Module):
     (C,) bool, both in the state_dict.
 
     scope "all": every initialised center enters Eq. 6 (the paper's "all class centers"); "batch":
-    only the batch's classes (the earlier port's default). normalize=True projects the centers onto
-    the unit sphere before the distances (an option; Eq. 6 itself uses raw features)."""
+    only the batch's classes (the earlier port's default). normalize=True: centers of L2-normalised
+    features, projected onto the unit sphere before Eq. 6 (the module docstring's "sphere" reading)."""
 
     def __init__(self, num_classes: int, dim: int, scope: str = "all", normalize: bool = False):
         super().__init__()
@@ -113,7 +121,7 @@ class ClassCenters(nn.Module):
         the gradient of a single process that ran the whole global batch."""
         features, labels = global_batch(features, labels, differentiable=True)
         dtype = torch.promote_types(features.dtype, self.centers.dtype)
-        classes, sums, counts = class_sums(features.to(dtype), labels)
+        classes, sums, counts = class_sums(self._points(features.to(dtype)), labels)
         _check_labels(classes, self.num_classes, "ClassCenters.loss_centers")
         stored = self.centers[classes].to(dtype)
         seen_before = self.initialized[classes].unsqueeze(1)
@@ -126,6 +134,10 @@ class ClassCenters(nn.Module):
         centers = torch.cat(parts)
         return F.normalize(centers, dim=1) if self.normalize else centers
 
+    def _points(self, features: torch.Tensor) -> torch.Tensor:
+        """What the centers average: the unit-normalised features (sphere reading) or the raw ones."""
+        return F.normalize(features, dim=1) if self.normalize else features
+
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor, rate: float) -> None:
         """Eq. 7 after the optimizer step, on the global batch: c_j <- c_j - rate * sum_i [y_i = j]
@@ -133,7 +145,7 @@ class ClassCenters(nn.Module):
         (whatever the rate, so rate 0 still initialises)."""
         rate = _check_rate(rate, "ClassCenters.update")
         features, labels = global_batch(features.detach(), labels, differentiable=False)
-        classes, sums, counts = class_sums(features.to(self.centers.dtype), labels)
+        classes, sums, counts = class_sums(self._points(features.to(self.centers.dtype)), labels)
         _check_labels(classes, self.num_classes, "ClassCenters.update")
         if not bool(torch.isfinite(sums).all()):
             raise ValueError("ClassCenters.update: features contain NaN or inf; the centers were left unchanged")
@@ -233,3 +245,21 @@ def mean_min_distance(centers: torch.Tensor, chunk_size: int | None = None) -> t
             distances.diagonal(offset=start).fill_(float("inf"))
             nearest[start:stop] = distances.argmin(1)
     return (points - points[nearest]).norm(dim=1).mean()
+
+
+@torch.no_grad()
+def mean_min_angle(directions: torch.Tensor, chunk_size: int | None = None) -> float:
+    """Mean over rows of the angle, in degrees, to the nearest other row, after unit normalisation: how
+    far apart the classes' directions are (the quantity the uniform loss should raise on the sphere)."""
+    if directions.dim() != 2 or len(directions) < 2:
+        raise ValueError(f"mean_min_angle: need (M >= 2, d) rows, got shape {tuple(directions.shape)}")
+    unit = F.normalize(directions.double(), dim=1)
+    m = len(unit)
+    chunk = default_chunk_size(m) if chunk_size is None else int(chunk_size)
+    nearest = torch.empty(m, dtype=torch.float64, device=unit.device)
+    for start in range(0, m, chunk):
+        stop = min(start + chunk, m)
+        cosine = unit[start:stop] @ unit.T
+        cosine.diagonal(offset=start).fill_(-2.0)
+        nearest[start:stop] = cosine.max(1).values
+    return float(torch.rad2deg(torch.acos(nearest.clamp(-1.0, 1.0))).mean())

@@ -1,11 +1,26 @@
 """Atomic writes (temp file in the same folder + os.replace) so an interrupted run never leaves a
-half-written checkpoint, config or result behind."""
+half-written checkpoint, config or result behind; the safe reading of a run's `checkpoint.pt`; the lock
+that keeps two runs out of one run folder.
+
+Nothing here unpickles code: `checkpoint.pt` and the weights file hold tensors and plain values only and
+are read with `torch.load(..., weights_only=True)`, which refuses any other global (README, "Security").
+"""
 from __future__ import annotations
 
+import errno
+import fcntl
+import json
 import os
+import pickle
+import re
+import shutil
+import socket
+import sys
 import tempfile
+import time
+import weakref
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -67,3 +82,193 @@ def load_weights(path: str | Path) -> dict:
     if not isinstance(payload, dict) or "model" not in payload or "spec" not in payload:
         raise ValueError(f"{path}: not a weights file written by train.py (expected keys 'spec' and 'model')")
     return payload
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (refused, unreadable, not one train.py wrote); names the file."""
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU, its failures as one-line `CheckpointError`s
+    naming the file. weights_only's unpickler builds tensors and plain containers only and refuses every
+    other global before anything is called, so a file made to run code is refused without running it."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = _GLOBAL.search(str(exc))
+        if found:
+            raise CheckpointError(
+                f"{path}: refused: this {what} asks to unpickle '{found[1]}', not only tensors and plain values "
+                f"(train.py never writes that; the file comes from elsewhere, or from a version before "
+                f"weights_only checkpoints, and could run code); nothing in it was run. Delete it, or train "
+                f"into another folder") from None
+        raise CheckpointError(f"{path}: not a {what} PyTorch can read ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{path}: damaged or not a {what} PyTorch can read "
+                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def keep_previous(path: str | Path, previous: str | Path) -> bool:
+    """Make `previous` a copy of `path` (a hard link where the file system has them), atomically, so that
+    `path` itself exists at every moment. Returns False when there is no `path`."""
+    path, previous = Path(path), Path(previous)
+    if not path.is_file():
+        return False
+    fd, tmp = tempfile.mkstemp(dir=previous.parent, prefix=f".{previous.name}.", suffix=PARTIAL_SUFFIX)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(path, tmp)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, previous)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def remove_stale_partials(folder: str | Path, names: Iterable[str]) -> list[Path]:
+    """Delete the temporaries that a killed `atomic_write` of one of `names` left in `folder` (call it only
+    while holding the folder's lock: a live writer's temporary looks the same). Returns what was removed."""
+    folder, removed = Path(folder), []
+    if not folder.is_dir():
+        return removed
+    for name in names:
+        for leftover in folder.glob(f".{glob_escape(name)}.*{PARTIAL_SUFFIX}"):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return sorted(removed)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+LOCK_FILE = ".lock"
+_HELD: "weakref.WeakSet[FolderLock]" = weakref.WeakSet()
+
+
+def _forget_locks_in_child() -> None:
+    """A forked child (a DataLoader worker) shares the parent's lock; it closes its copy at once, so that a
+    killed run's orphaned workers, which outlive it by seconds, do not keep its folder locked. Closing a
+    copy releases nothing: the lock goes only with its last descriptor (or an explicit unlock)."""
+    for lock in list(_HELD):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+
+class FolderBusy(RuntimeError):
+    """Another live process holds the folder's lock; the message names it (process id, host)."""
+
+
+class FolderLock:
+    """An exclusive `flock` on `folder/.lock`, held while a run writes into the folder. The kernel drops
+    it when the holder exits, however it exits, so the lock of a killed run never blocks the next one
+    (the file stays; its text, the last holder, is only information). The holder's process id, host,
+    start time and command are written into the file so that a refused run can name it."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_FILE
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> "FolderLock":
+        """Take the lock or raise `FolderBusy` at once (no waiting); an OSError (read-only folder, ...)
+        propagates with the lock file's name."""
+        if self._fd is not None:
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_text(fd)
+            os.close(fd)
+            raise FolderBusy(f"{self.folder} is in use by {holder} (lock file {self.path}); wait for that run "
+                             "to end, or use another folder") from None
+        except OSError as exc:  # a file system without flock (ENOLCK): go on unlocked, and say so
+            print(f"warning: cannot lock {self.path} ({exc.strerror}); a second run into this folder would "
+                  "not be noticed", file=sys.stderr)
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        self._fd = fd
+        _HELD.add(self)
+        return self
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        _HELD.discard(self)
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def __del__(self):
+        try:
+            self.release()
+        except OSError:
+            pass
+
+
+def _holder_text(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace") or "{}")
+    except ValueError:
+        info = {}
+    if not isinstance(info, dict) or "pid" not in info:
+        return "another process (it has not written its name yet)"
+    since = f", since {info['started']}" if info.get("started") else ""
+    command = f": {info['command']}" if info.get("command") else ""
+    return f"process {info['pid']} on host {info.get('host', '?')}{since}{command}"
+
+
+def folder_holder(folder: str | Path) -> str | None:
+    """Who holds `folder`'s lock now (as FolderBusy names it), or None when nobody does."""
+    path = Path(folder) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder_text(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None

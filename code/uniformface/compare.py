@@ -44,13 +44,23 @@ def load_rule(results_path: str | Path) -> Rule:
         results = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}): not a results file of test.py") from None
+    if not isinstance(results, dict):
+        raise ValueError(f"{path}: a JSON {type(results).__name__}, not a results file of test.py "
+                         "(rerun test.py --model_path on the model, or pass --threshold)")
     rule = results.get("verify_rule")
     if isinstance(rule, dict):
         for key in ("protocol", "cosine_threshold"):
             if key not in rule:
                 raise ValueError(f"{path}: verify_rule lacks {key!r}")
-        mean = None if rule.get("feature_mean") is None else np.asarray(rule["feature_mean"], np.float64)
-        return Rule(rule["protocol"], mean, float(rule["cosine_threshold"]),
+        try:
+            mean = None if rule.get("feature_mean") is None else np.asarray(rule["feature_mean"], np.float64)
+            threshold = float(rule["cosine_threshold"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: verify_rule holds a value that is not a number ({exc}): rerun test.py "
+                             "--model_path on the model, or pass --threshold") from None
+        return Rule(rule["protocol"], mean, threshold,
                     f"{path} (threshold fitted on its {rule.get('fitted_on_pairs', '?')} pairs)")
     if results.get("protocol") == "insightface" and results.get("thresholds"):
         distance = float(np.mean(results["thresholds"]))

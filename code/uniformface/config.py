@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -62,6 +63,7 @@ class LossConfig:
     gamma: float = 0.12
     power: float = 1.0
     lambda_min: float = 5.0
+    gradient: str = "official"  # A-Softmax backward: official (Caffe layer's Backward_cpu) | autograd
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Config:
     model_name: str = "sphereface20"
     emb_dim: int = 512
     input_size: list[int] = field(default_factory=lambda: [112, 96])
-    batch_size: int = 256  # global: split over ranks under torchrun
+    batch_size: int = 512  # global, split over ranks under torchrun (the official 2 GPUs x 256)
     num_workers: int = 4
     lr: float = 0.1
     momentum: float = 0.9
@@ -92,7 +94,8 @@ class Config:
     beta: float = 0.5  # center update rate (paper's α, Eq. 7); 0.5 = center loss's value
     compute_in_batch: bool = False  # True: only the batch's class centers enter the loss
     center_mode: str = "feature"  # feature (paper) | weight (earlier port: head weights as centers)
-    normalize_centers: bool = False
+    normalize_centers: bool = True  # centers of unit features, on the unit sphere in Eq. 6 (False: raw features)
+    uniform_reduction: str = "pairs"  # pairs: Eq. 6 as printed | center: force per center independent of M
     regularface: float = 0.0  # weight of RegularFace's exclusive regulariser
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True
@@ -110,7 +113,9 @@ class Config:
 _CHOICES = {
     "model_name": ("sphereface4", "sphereface10", "sphereface20", "sphereface36", "sphereface64", "uniformface"),
     "loss.name": ("sphereface", "cosface", "arcface"),
+    "loss.gradient": ("official", "autograd"),
     "center_mode": ("feature", "weight"),
+    "uniform_reduction": ("center", "pairs"),
 }
 
 
@@ -158,6 +163,9 @@ def _type_name(annotation: Any) -> str:
 
 def validate(cfg: Config, where: str = "config") -> Config:
     """Checks that go beyond types; run before any data is touched."""
+    for dotted, value in _float_keys(cfg):  # first: YAML reads .nan and .inf, which pass any comparison below
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: key '{dotted}' must be a finite number, got {value}")
     for dotted, allowed in _CHOICES.items():
         value = get_key(cfg, dotted)
         if value not in allowed:
@@ -176,7 +184,51 @@ def validate(cfg: Config, where: str = "config") -> Config:
             raise ConfigError(f"{where}: key '{key}' must be >= 0, got {getattr(cfg, key)}")
     if cfg.beta > 1:
         raise ConfigError(f"{where}: key 'beta' (center update rate) must be in [0, 1], got {cfg.beta}")
+    _validate_ranges(cfg, where)
     return cfg
+
+
+def _float_keys(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every float-typed field, nested sections included (keys added later too)."""
+    out = []
+    hints = typing.get_type_hints(type(node))
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _float_keys(value, f"{prefix}{f.name}.")
+        elif _type_matches(1.0, hints[f.name]) and isinstance(value, float):
+            out.append((prefix + f.name, value))
+    return out
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def _validate_ranges(cfg: Config, where: str) -> None:
+    """The ranges in which each number means something (beyond the checks in `validate`)."""
+
+    def need(dotted: str, ok: bool, rule: str) -> None:
+        if not ok:
+            raise ConfigError(f"{where}: key '{dotted}' must be {rule}, got {get_key(cfg, dotted)}")
+
+    # SGD passes lr (x2 for biases) to PyTorch as a float32 scalar: beyond that range it fails with a traceback
+    need("lr", 0 < cfg.lr < 1.7e38, "> 0 and < 1.7e38 (float32 range)")
+    need("momentum", 0 <= cfg.momentum < 1, "in [0, 1)")
+    need("lr_gamma", 0 < cfg.lr_gamma <= 1, "in (0, 1] (the lr is multiplied by it at each milestone)")
+    loss = cfg.loss
+    for key in ("base", "gamma", "power", "lambda_min"):
+        need(f"loss.{key}", getattr(loss, key) >= 0, ">= 0")
+    if loss.s is not None:
+        need("loss.s", loss.s > 0, "> 0 (the feature scale), or null for the head's default")
+    if loss.m is not None:
+        if loss.name == "sphereface":
+            need("loss.m", loss.m >= 1 and float(loss.m).is_integer(), "a positive integer for A-Softmax (paper: 4)")
+        elif loss.name == "cosface":
+            need("loss.m", 0 <= loss.m < 1, "in [0, 1) for CosFace (paper: 0.35)")
+        elif loss.name == "arcface":
+            need("loss.m", 0 <= loss.m < math.pi / 2, "an angle in [0, pi/2) for ArcFace (paper: 0.5)")
+    if not isinstance(cfg.device, str) or not _DEVICE.match(cfg.device):
+        raise ConfigError(f"{where}: key 'device' is {cfg.device!r}; choose auto, cpu, cuda, cuda:N or mps")
 
 
 def get_key(cfg: Any, dotted: str) -> Any:
@@ -253,4 +305,5 @@ def save_config(cfg: Config, path: str | Path) -> None:
 def run_name(cfg: Config) -> str:
     """Run folder name derived from the settings users compare (as the earlier port's train.py did)."""
     return (f"seed{cfg.seed}_{cfg.model_name}_{cfg.loss.name}_emb{cfg.emb_dim}"
-            f"_alpha{cfg.alpha:g}_beta{cfg.beta:g}_{'batch' if cfg.compute_in_batch else 'all'}_{cfg.center_mode}")
+            f"_alpha{cfg.alpha:g}_beta{cfg.beta:g}_{'batch' if cfg.compute_in_batch else 'all'}_{cfg.center_mode}"
+            + ("" if cfg.normalize_centers else "_raw") + ("" if cfg.uniform_reduction == "pairs" else f"_{cfg.uniform_reduction}"))

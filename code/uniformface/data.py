@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -27,9 +29,22 @@ def decode_image(source: str | Path | bytes, name: str | None = None) -> torch.T
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as img:
             pixels = np.array(img.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot decode image {name or source}: {exc}") from exc
     return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+
+def header_size(path: str | Path) -> tuple[int, int] | str:
+    """(height, width) read from an image file's header, without decoding its pixels (tens of
+    microseconds a file), or the reason it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return f"cannot read its header ({exc})"
+    return height, width
 
 
 def mix_seed(*values: int) -> int:
@@ -93,12 +108,17 @@ def scan_image_folder(root: str | Path, exclude: Sequence[str] = (), min_images_
 class TrainSet(Dataset):
     """What every training set shares: `classes` (sorted names; label = position), items keyed by
     (epoch, index) so that the random horizontal flip is a function of (seed, epoch, index) (a plain
-    int index means epoch 0), and an undecodable image yields `(None, label)`, which
-    `collate_skip_broken` drops and counts. Subclasses give `label(index)` and `load(index)`."""
+    int index means epoch 0), and an unusable image yields `(None, label)`, which
+    `collate_skip_broken` drops and counts. Unusable: undecodable, listed in `skip` (index -> reason,
+    from `check_images`), or not of `expected_size` (height, width) when that is set.
+    Subclasses give `label(index)`, `load(index)` and `describe(index)`, and `header_sizes()` where the
+    sizes can be had without decoding."""
 
     classes: list[str]
     flip: bool = False
     seed: int = 0
+    expected_size: tuple[int, int] | None = None
+    skip: dict[int, str] = {}
 
     @property
     def num_classes(self) -> int:
@@ -111,16 +131,49 @@ class TrainSet(Dataset):
         """uint8 (3, H, W) RGB; raises ValueError when the image cannot be decoded."""
         raise NotImplementedError
 
-    def __getitem__(self, key):
+    def describe(self, index: int) -> str:
+        """The item's name in messages (its file, or container and record)."""
+        return f"item {index}"
+
+    def header_sizes(self) -> tuple[np.ndarray, dict[int, str]] | None:
+        """(sizes (N, 2) int64 (height, width), -1 where unreadable; {index: why unreadable}) without
+        decoding any image, or None when this kind of set cannot tell sizes that cheaply."""
+        return None
+
+    def item(self, key) -> tuple[torch.Tensor | None, int, str | None]:
+        """(image or None, label, None or why the image is unusable, naming it)."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
         label = self.label(index)
+        if index in self.skip:
+            return None, label, f"{self.describe(index)}: {self.skip[index]}"
         try:
             image = self.load(index)
-        except ValueError:
-            return None, label
+        except ValueError as exc:
+            return None, label, str(exc)
+        if self.expected_size is not None and tuple(image.shape[1:]) != tuple(self.expected_size):
+            return None, label, (f"{self.describe(index)}: {image.shape[1]}x{image.shape[2]}, not the "
+                                 f"input_size {self.expected_size[0]}x{self.expected_size[1]}")
         if self.flip and mix_seed(self.seed, epoch, index) & 1:
             image = image.flip(-1)
+        return image, label, None
+
+    def __getitem__(self, key):
+        image, label, _ = self.item(key)
         return image, label
+
+
+class ReportingView(Dataset):
+    """`dataset.item(key)` as the item (image or None, label, problem or None): for `collate_report_broken`,
+    so that the training loop can name what it skipped."""
+
+    def __init__(self, dataset: TrainSet):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        return self.dataset.item(key)
 
 
 class ImageFolderTrainSet(TrainSet):
@@ -142,16 +195,123 @@ class ImageFolderTrainSet(TrainSet):
     def load(self, index: int) -> torch.Tensor:
         return decode_image(self.samples[index].path)
 
+    def describe(self, index: int) -> str:
+        return str(self.samples[index].path)
+
+    def header_sizes(self) -> tuple[np.ndarray, dict[int, str]]:
+        """Every file's header read (8 threads: on a cold or network disk the time is the reads)."""
+        paths = [s.path for s in self.samples]
+        chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = [r for chunk in pool.map(lambda c: [header_size(p) for p in c], chunks) for r in chunk]
+        sizes = np.full((len(paths), 2), -1, dtype=np.int64)
+        unreadable = {}
+        for index, result in enumerate(results):
+            if isinstance(result, str):
+                unreadable[index] = result
+            else:
+                sizes[index] = result
+        return sizes, unreadable
+
+
+def _stack(good: list) -> tuple[torch.Tensor, torch.Tensor]:
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+    return torch.stack([img for img, _ in good]), torch.tensor([lab for _, lab in good], dtype=torch.long)
+
 
 def collate_skip_broken(batch):
     """Stack (image, label) items, dropping undecodable ones; returns (images, labels, n_broken)."""
     good = [(img, lab) for img, lab in batch if img is not None]
-    n_broken = len(batch) - len(good)
-    if not good:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), n_broken
-    images = torch.stack([img for img, _ in good])
-    labels = torch.tensor([lab for _, lab in good], dtype=torch.long)
-    return images, labels, n_broken
+    return (*_stack(good), len(batch) - len(good))
+
+
+def collate_report_broken(batch):
+    """Stack the (image, label, problem) items of a `ReportingView`, dropping unusable ones; returns
+    (images, labels, [problem of each dropped item])."""
+    good = [(img, lab) for img, lab, _ in batch if img is not None]
+    return (*_stack(good), [problem for img, _, problem in batch if img is None])
+
+
+@dataclass
+class ImageCheck:
+    """What `check_images` found, for the console."""
+    total: int
+    header_checked: bool                     # False: sizes only from a few decoded images (RecordIO)
+    unreadable: list[str] = field(default_factory=list)  # "name: why", in index order
+    wrong_size: list[str] = field(default_factory=list)  # "name: HxW"
+    notes: list[str] = field(default_factory=list)       # e.g. images a packed set left out
+
+    def lines(self, source: str | Path, first: int = 3) -> list[str]:
+        out = []
+        for what, items in (("cannot be read", self.unreadable),
+                            ("have another size than input_size", self.wrong_size)):
+            if items:
+                shown = "; ".join(items[:first]) + ("; ..." if len(items) > first else "")
+                out.append(f"warning: {len(items)} of the {self.total} training images in {source} {what} and are "
+                           f"skipped: {shown}")
+        return out + [f"note: {note}" for note in self.notes]
+
+
+def check_images(dataset: TrainSet, input_size: Sequence[int], source: str | Path) -> ImageCheck:
+    """Before training: every image's size (from file headers or a packed set's metadata; for RecordIO,
+    the first decodable images, later ones when met). Unreadable and wrong-sized images go into
+    `dataset.skip` (skipped by name when met, never decoded), and `dataset.expected_size` is set so that
+    an image whose decoded size differs is skipped by name too. Raises ValueError naming `source` when
+    no image is usable: none readable, or none of input_size (then the message gives the fix)."""
+    height, width = (int(v) for v in input_size)
+    dataset.expected_size = (height, width)
+    found = dataset.header_sizes()
+    check = ImageCheck(len(dataset), found is not None)
+    check.notes += getattr(dataset, "check_notes", lambda: [])()
+    if found is None:
+        sizes = _first_decoded_sizes(dataset)
+        if not sizes:
+            return check  # nothing decodable among the first few: the training loop notices an empty epoch
+        common = Counter(sizes).most_common(1)[0][0]
+        if common != (height, width):
+            raise ValueError(_size_message(source, common, (height, width)))
+        return check
+    sizes, unreadable = found
+    readable = sizes[:, 0] >= 0
+    right = readable & (sizes[:, 0] == height) & (sizes[:, 1] == width)
+    if not readable.any():
+        shown = "; ".join(f"{dataset.describe(i)}: {why}" for i, why in list(unreadable.items())[:3])
+        raise ValueError(f"training set {source}: none of its {len(dataset)} image files can be read "
+                         f"({len(unreadable)} unreadable, e.g. {shown}); point dataset.train at aligned faces")
+    if not right.any():
+        pairs = Counter(map(tuple, sizes[readable].tolist())).most_common(1)[0][0]
+        raise ValueError(_size_message(source, pairs, (height, width)))
+    skip = {}
+    for index, why in unreadable.items():
+        skip[index] = why
+        check.unreadable.append(f"{dataset.describe(index)}: {why}")
+    for index in np.flatnonzero(readable & ~right):
+        h, w = sizes[index]
+        skip[int(index)] = f"{h}x{w}, not the input_size {height}x{width}"
+        check.wrong_size.append(f"{dataset.describe(int(index))}: {h}x{w}")
+    dataset.skip = skip
+    return check
+
+
+def _first_decoded_sizes(dataset: TrainSet, count: int = 8) -> list[tuple[int, int]]:
+    """(height, width) of the first `count` decodable images among the first 64."""
+    sizes = []
+    for index in range(min(len(dataset), 64)):
+        try:
+            image = dataset.load(index)
+        except ValueError:
+            continue
+        sizes.append(tuple(int(v) for v in image.shape[1:]))
+        if len(sizes) == count:
+            break
+    return sizes
+
+
+def _size_message(source, found: tuple[int, int], wanted: tuple[int, int]) -> str:
+    (height, width), (rows, cols) = found, wanted
+    return (f"training images in {source} are {height}x{width} but input_size is [{rows}, {cols}]; set "
+            f"--set input_size=[{height},{width}] or align with preprocess.py --output_size {rows}x{cols}")
 
 
 def open_train_set(path: str | Path, **kwargs) -> Dataset:

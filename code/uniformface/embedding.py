@@ -70,7 +70,13 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int):
         path = self.root / self.paths[index]
-        return fit_to_input(decode_image(path), self.input_size, str(path)), index
+        try:
+            image = decode_image(path)
+        except ValueError:
+            raise
+        except Exception as exc:  # e.g. PIL's DecompressionBombError: still one error naming the file
+            raise ValueError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from None
+        return fit_to_input(image, self.input_size, str(path)), index
 
 
 class EncodedImages(Dataset):
@@ -149,25 +155,44 @@ def embed_folder(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path
     return combine(f, f_flip, mode), names
 
 
+NAMES_SUFFIX = ".names.txt"
+
+
 def names_path(output: str | Path) -> Path:
-    """The file names' list beside the embeddings: `emb.npy` -> `emb.txt`."""
-    return Path(output).with_suffix(".txt")
+    """The file names' list beside the embeddings: `emb.npy` -> `emb.names.txt` (a name no other input or
+    output of the project takes: `emb.txt` could be anyone's)."""
+    output = Path(output)
+    return output.with_name(output.name.removesuffix(".npy") + NAMES_SUFFIX)
 
 
-def save_embeddings(output: str | Path, embeddings: np.ndarray, names: Sequence[str]) -> Path:
-    """`output` (.npy, float32 (N, D), row i = names[i]) and the names one per line (UTF-8) in the sibling
-    `.txt`, both written atomically. Returns the names file."""
-    from .checkpoint import atomic_write_bytes, atomic_write_text
+def check_outputs(output: str | Path, overwrite: bool = False) -> Path:
+    """Before the embeddings are computed: `output` is a .npy name, neither it nor its names file exists
+    (unless `overwrite`), and its folder can be written. Returns the names file."""
+    from .cli import ensure_writable, refuse_overwrite
 
     output = Path(output)
     if output.suffix != ".npy":
         raise ValueError(f"--output {output}: expected a .npy file name")
+    listing = names_path(output)
+    for path in (output, listing):
+        refuse_overwrite(path, overwrite)
+    ensure_writable(output)
+    return listing
+
+
+def save_embeddings(output: str | Path, embeddings: np.ndarray, names: Sequence[str], overwrite: bool = False) -> Path:
+    """`output` (.npy, float32 (N, D), row i = names[i]) and the names one per line (UTF-8) in
+    `names_path(output)`, both written atomically; an existing file of either name is refused unless
+    `overwrite`. Returns the names file."""
+    from .checkpoint import atomic_write_bytes, atomic_write_text
+
+    output = Path(output)
+    listing = check_outputs(output, overwrite)
     if len(embeddings) != len(names):
         raise ValueError(f"{len(embeddings)} embeddings for {len(names)} names")
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(embeddings, np.float32), allow_pickle=False)
     atomic_write_bytes(output, buffer.getvalue())
-    listing = names_path(output)
     atomic_write_text(listing, "".join(f"{n}\n" for n in names))
     return listing
 
@@ -176,7 +201,11 @@ def load_embeddings(output: str | Path) -> tuple[np.ndarray, list[str]]:
     """Read back what `save_embeddings` wrote."""
     output = Path(output)
     embeddings = np.load(output, allow_pickle=False)
-    names = names_path(output).read_text(encoding="utf-8").splitlines()
+    listing = names_path(output)
+    if not listing.is_file() and output.with_suffix(".txt").is_file():
+        raise FileNotFoundError(f"{listing} not found; {output.with_suffix('.txt')} may be the names list of an "
+                                f"older embed.py: rename it to {listing.name} if it is")
+    names = listing.read_text(encoding="utf-8").splitlines()
     if len(names) != len(embeddings):
         raise ValueError(f"{output}: {len(embeddings)} rows but {names_path(output)} lists {len(names)} names")
     return embeddings, names

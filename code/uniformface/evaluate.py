@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,12 +24,79 @@ from .verification import (combine_flip, cosine, insightface_threshold, kfold_ac
 BIN_FOLDS = 10  # insightface verification.py: nrof_folds=10
 
 
-def load_backbone(model_path: str | Path, device: str = "cpu") -> tuple[nn.Module, dict, dict]:
-    """Rebuild the network from the spec stored in the weights file (not from its name)."""
-    payload = load_weights(model_path)
+def read_weights(model_path: str | Path) -> dict:
+    """The weights file train.py wrote (`{model_name}_{emb_dim}.pt`), read with weights_only=True: nothing
+    in it can run code. A file that cannot be read as one (another format such as a JPEG renamed .pt, a
+    damaged copy, a pickle that asks for a Python function) is a one-line ValueError naming it and never
+    advising weights_only=False; a folder, a missing or unreadable file is an OSError naming it."""
+    path = Path(model_path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.pt") if p.name != "checkpoint.pt")
+        hint = f" (here: {', '.join(found[:3])})" if found else ""
+        raise ValueError(f"--model_path {path} is a folder: give the weights file train.py wrote in it, "
+                         f"{{model_name}}_{{emb_dim}}.pt{hint}")
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    with open(path, "rb"):  # a permission problem is reported as such, not as a damaged file
+        pass
+    try:
+        payload = load_weights(path)
+    except Exception as exc:
+        if isinstance(exc, ValueError) and str(path) in str(exc) and "\n" not in str(exc):
+            raise  # load_weights' own message
+        raise ValueError(f"{path}: not a weights file written by train.py ({_load_failure(exc)}); pass the "
+                         "{model_name}_{emb_dim}.pt of a run folder (nothing in it may run code)") from None
+    spec = payload.get("spec")
+    problems = []
+    if not isinstance(spec, dict):
+        problems.append(f"'spec' is a {type(spec).__name__}, not a mapping")
+    else:
+        if not isinstance(spec.get("model_name"), str):
+            problems.append("spec.model_name is missing or not a name")
+        if not isinstance(spec.get("emb_dim"), int) or isinstance(spec.get("emb_dim"), bool) or spec["emb_dim"] < 1:
+            problems.append("spec.emb_dim is missing or not a positive integer")
+        size = spec.get("input_size")
+        if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
+            problems.append("spec.input_size is missing or not [rows, cols]")
+    if not isinstance(payload.get("model"), dict):
+        problems.append("'model' is not a mapping of tensors")
+    if problems:
+        raise ValueError(f"{path}: not a weights file written by train.py: {'; '.join(problems)}")
+    return payload
+
+
+def _load_failure(exc: BaseException) -> str:
+    """torch.load's reason in a few words, without its advice to load with weights_only=False."""
+    advice = ("weights_only", "Weights only load failed", "Check the documentation", "Please file an issue")
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line and not any(word in line for word in advice):
+            return f"{type(exc).__name__}: {line[:160]}"
+    if "WeightsUnpickler error:" in str(exc):
+        return f"{type(exc).__name__}: {str(exc).split('WeightsUnpickler error:', 1)[1].strip()[:160]}"
+    return type(exc).__name__ if not str(exc) or "weights_only" in str(exc) else f"{type(exc).__name__}: {exc}"
+
+
+def load_backbone(model_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict, dict]:
+    """Rebuild the network from the spec stored in the weights file (not from its name). Weights that do not
+    fit that spec (an edited file, a spec from another run) are a ValueError naming the file and the first
+    mismatch."""
+    payload = read_weights(model_path)
     spec = payload["spec"]
-    model = build_model(spec["model_name"], spec["emb_dim"], tuple(spec["input_size"]))
-    model.load_state_dict(payload["model"])
+    rows, cols = spec["input_size"]
+    described = f"{spec['model_name']}, emb_dim {spec['emb_dim']}, input {rows}x{cols}"
+    try:
+        model = build_model(spec["model_name"], spec["emb_dim"], tuple(spec["input_size"]))
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ValueError(f"{model_path}: its spec ({described}) names no network this version builds: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    try:
+        model.load_state_dict(payload["model"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
+        raise ValueError(f"{model_path}: the weights do not fit the spec stored with them ({described}): "
+                         f"{lines[0][:200]}{' ...' if len(lines) > 1 else ''} (the file was changed after "
+                         "train.py wrote it: use the file of the run folder)") from None
     return model.to(device).eval(), spec, payload
 
 
@@ -57,9 +123,9 @@ def evaluate_pairs(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Pa
     pairs: list[Pair] = read_pairs(pairs_path)
     missing = missing_images(pairs, root)
     if missing and not allow_missing:
-        shown = "\n  ".join(str(m) for m in missing[:20])
-        more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
-        raise FileNotFoundError(f"{len(missing)} image(s) of {pairs_path} missing under {root}:\n  {shown}{more}\n"
+        shown = ", ".join(str(m) for m in missing[:10])
+        shown += f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise FileNotFoundError(f"{len(missing)} image(s) of {pairs_path} missing under {root}: {shown} "
                                 "(pass --allow_missing to count their pairs as wrong)")
     missing_set = set(missing)
     present = [p for p in unique_images(pairs) if p not in missing_set]
@@ -161,8 +227,9 @@ def decision_rule(left: np.ndarray, right: np.ndarray, is_same: np.ndarray, prot
 def center_stats(payload: dict) -> dict:
     """The earlier port's second table: the mean over classes of the distance to the nearest other class
     center. Feature-space centers when the run kept them (center_mode: feature), else the head's class
-    weights (center_mode: weight, the earlier port's centers). Empty when fewer than two exist."""
-    from .centers import mean_min_distance
+    weights (center_mode: weight, the earlier port's centers). Empty when fewer than two exist. Also the
+    mean angle to the nearest other center, which is what the uniform loss on the sphere acts on."""
+    from .centers import mean_min_angle, mean_min_distance
 
     if "centers" in payload:
         centers, source = payload["centers"], "feature centers"
@@ -174,8 +241,8 @@ def center_stats(payload: dict) -> dict:
         return {}
     if centers.dim() != 2 or len(centers) < 2:
         return {}
-    return {"mean_min_center_distance": float(mean_min_distance(centers)), "centers_from": source,
-            "n_centers": int(len(centers))}
+    return {"mean_min_center_distance": float(mean_min_distance(centers)),
+            "mean_min_center_angle": mean_min_angle(centers), "centers_from": source, "n_centers": int(len(centers))}
 
 
 def merge_results(previous: dict | None, lfw: dict | None = None, bins: dict | None = None) -> dict:
@@ -194,9 +261,37 @@ def merge_results(previous: dict | None, lfw: dict | None = None, bins: dict | N
 
 
 def run_config(model_path: str | Path) -> dict:
-    """The resolved config that train.py keeps beside the weights, as a plain dict ({} when absent)."""
+    """The resolved config that train.py keeps beside the weights, as a plain dict ({} when absent).
+    A file there that is not a YAML mapping is a ValueError naming it (and its line)."""
     saved = Path(model_path).parent / "config.yaml"
-    return (yaml_load(saved.read_text()) or {}) if saved.is_file() else {}
+    if not saved.is_file():
+        return {}
+    fix = "fix it, or pass --dataset and --pairs_path"
+    try:
+        cfg = yaml_load(saved.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{saved}: not UTF-8 text (byte {exc.start}); {fix}") from None
+    except Exception as exc:  # yaml.YAMLError and its marks
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{saved}:{mark.line + 1}" if mark is not None else str(saved)
+        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{where}: not valid YAML ({reason}); {fix}") from None
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{saved}: expected a mapping of config keys, found a {type(cfg).__name__}; {fix}")
+    return cfg
+
+
+def configured_dataset(model_path: str | Path, key: str) -> str | None:
+    """`dataset.<key>` (test, pairs) of the run's config.yaml, or None when unset."""
+    dataset = run_config(model_path).get("dataset")
+    value = dataset.get(key) if isinstance(dataset, dict) else None
+    if (dataset is not None and not isinstance(dataset, dict)) or (value is not None and not isinstance(value, str)):
+        saved = Path(model_path).parent / "config.yaml"
+        raise ValueError(f"{saved}: key dataset.{key} is not a path; fix it, or pass "
+                         f"{'--dataset' if key == 'test' else '--pairs_path'}")
+    return value
 
 
 def roc_path(results_path: str | Path) -> Path:
@@ -211,7 +306,7 @@ def load_embedder(model_path: str | Path | None, baseline: str | None = None, se
     if baseline == "raw":
         return raw_pixel_embedder, "raw pixels", None, {}
     if baseline == "untrained":
-        spec = load_weights(model_path)["spec"]
+        spec = read_weights(model_path)["spec"]
         torch.manual_seed(seed)
         model = build_model(spec["model_name"], spec["emb_dim"], tuple(spec["input_size"])).to(device).eval()
         return model, f"{spec['model_name']} untrained", tuple(spec["input_size"]), {}
@@ -219,25 +314,59 @@ def load_embedder(model_path: str | Path | None, baseline: str | None = None, se
     return model, f"{spec['model_name']}_{spec['emb_dim']}", tuple(spec["input_size"]), center_stats(payload)
 
 
-def read_results(path: str | Path | None) -> dict | None:
-    """An earlier results file to merge into; a broken one is reported and replaced, not fatal."""
-    if path is None or not Path(path).is_file():
+# A results file test.py wrote holds at least one of these keys; anything else at its path is not ours to replace.
+RESULT_KEYS = ("accuracy_mean", "fold_accuracies", "bin", "evaluated", "verify_rule")
+
+
+def read_results(path: str | Path | None, overwrite: bool = False) -> dict | None:
+    """The earlier results file to merge into, or None when there is none (or `overwrite`). A file at `path`
+    that test.py did not write (not JSON, or JSON without its keys) is never replaced unless `overwrite`:
+    FileExistsError naming it."""
+    if path is None or not (Path(path).exists() or Path(path).is_symlink()):
         return None
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder: --json takes a file name")
     try:
-        previous = json.loads(Path(path).read_text())
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        problem = None if isinstance(previous, dict) and any(k in previous for k in RESULT_KEYS) else \
+            "JSON without the keys test.py writes"
     except json.JSONDecodeError as exc:
-        print(f"warning: {path}:{exc.lineno}: not valid JSON ({exc.msg}); it is replaced", file=sys.stderr)
+        previous, problem = None, f"line {exc.lineno}: not valid JSON ({exc.msg})"
+    except UnicodeDecodeError as exc:
+        previous, problem = None, f"not UTF-8 text (byte {exc.start})"
+    if problem is None:
+        return previous
+    if overwrite:
         return None
-    return previous if isinstance(previous, dict) else None
+    raise FileExistsError(f"{path} exists and is not a results file of test.py ({problem}): pass --overwrite "
+                          "to replace it, or --json another file")
+
+
+def prepare_results(results_path: str | Path | None, overwrite: bool = False, roc: bool = True) -> None:
+    """Before an evaluation: the results file (and its ROC figure) may be written now, and replacing them
+    loses nothing that test.py did not write; else the error comes at once, not after the features."""
+    from .cli import ensure_writable
+
+    if results_path is None:
+        return
+    ensure_writable(results_path)
+    previous = read_results(results_path, overwrite)
+    figure = roc_path(results_path)
+    if roc and previous is None and not overwrite and (figure.exists() or figure.is_symlink()):
+        raise FileExistsError(f"{figure} exists and no results file of test.py is beside it: pass --overwrite to "
+                              "replace it, or --json another file")
 
 
 def evaluate_model_on_pairs(model_path: str | Path | None, dataset: str | Path, pairs_path: str | Path,
                   results_path: str | Path | None, protocol: str = "sphereface", allow_missing: bool = False,
-                  baseline: str | None = None, seed: int = 0, **common) -> tuple[str, dict]:
+                  baseline: str | None = None, seed: int = 0, overwrite: bool = False, **common) -> tuple[str, dict]:
     """What `test.py` does for LFW: evaluate the model (or a baseline) on `pairs_path`, save the ROC figure
     beside `results_path` and merge the results into it (earlier `.bin` results kept). `common`: batch_size,
-    num_workers, device, progress. Returns (label, the LFW results)."""
+    num_workers, device, progress. Returns (label, the LFW results). A file at `results_path` that test.py
+    did not write is refused before anything is computed, unless `overwrite`."""
     embed, label, input_size, extra = load_embedder(model_path, baseline, seed, common.get("device", "cpu"))
+    prepare_results(results_path, overwrite)
     lfw = evaluate_pairs(embed, dataset, pairs_path, protocol=protocol, allow_missing=allow_missing,
                          input_size=input_size, roc_png=roc_path(results_path) if results_path else None, label=label,
                          **common)
@@ -245,17 +374,20 @@ def evaluate_model_on_pairs(model_path: str | Path | None, dataset: str | Path, 
                pairs_path=str(pairs_path), evaluated=label)
     lfw["verify_rule"] = lfw.pop("verify_rule")  # its long feature mean last, after what people read
     if results_path is not None:
-        atomic_write_text(results_path, json.dumps(merge_results(read_results(results_path), lfw=lfw), indent=2))
+        merged = merge_results(read_results(results_path, overwrite), lfw=lfw)
+        atomic_write_text(results_path, json.dumps(merged, indent=2))
     return label, lfw
 
 
 def evaluate_model_on_bins(model_path: str | Path | None, bin_paths: Sequence[str | Path], results_path: str | Path | None,
-                 baseline: str | None = None, seed: int = 0, **common) -> tuple[str, dict]:
+                 baseline: str | None = None, seed: int = 0, overwrite: bool = False, **common) -> tuple[str, dict]:
     """What `test.py --bin` does: the insightface protocol on each `.bin` set, merged into `results_path`
     under "bin" (earlier LFW results kept). Returns (label, {set name: results})."""
     embed, label, input_size, _ = load_embedder(model_path, baseline, seed, common.get("device", "cpu"))
+    prepare_results(results_path, overwrite, roc=False)
     results = {Path(path).stem: evaluate_bin(embed, path, input_size, label=label, **common) for path in bin_paths}
     if results_path is not None:
-        merged = merge_results(read_results(results_path), bins={k: dict(v, evaluated=label) for k, v in results.items()})
+        bins = {k: dict(v, evaluated=label) for k, v in results.items()}
+        merged = merge_results(read_results(results_path, overwrite), bins=bins)
         atomic_write_text(results_path, json.dumps(merged, indent=2))
     return label, results

@@ -65,7 +65,7 @@ class PackedTrainSet(TrainSet):
         if actual != expected:
             raise ValueError(f"{images_path}: {'missing' if actual is None else f'{actual} bytes'}, expected "
                              f"{expected} for shape {list(self.shape)} in {meta_path}")
-        labels = np.load(self.root / LABELS_FILE)
+        labels = np.load(self.root / LABELS_FILE, allow_pickle=False)  # plain int64: never unpickled
         names = list(meta["classes"])
         if labels.shape != (self.shape[0],) or (labels.size and not 0 <= labels.min() <= labels.max() < len(names)):
             raise ValueError(f"{self.root / LABELS_FILE}: expected {self.shape[0]} labels in [0, {len(names)}), "
@@ -82,6 +82,16 @@ class PackedTrainSet(TrainSet):
 
     def describe(self, index: int) -> str:
         return f"{self.root} row {int(self.rows[index])}"
+
+    def header_sizes(self) -> tuple[np.ndarray, dict[int, str]]:
+        """Every row has the shape meta.json gives (pack() checked each image's size)."""
+        return np.tile(np.asarray(self.shape[2:], dtype=np.int64), (len(self), 1)), {}
+
+    def check_notes(self) -> list[str]:
+        if not self.skipped:
+            return []
+        return [f"{len(self.skipped)} images of the source were left out when {self.root} was packed (unreadable or "
+                f"of another size; listed under 'skipped' in {self.root / META_FILE})"]
 
     def __getstate__(self):
         return {**self.__dict__, "_images": None, "_pid": None}

@@ -8,6 +8,14 @@ those misses are kept aside and finished after the pass, when the means are know
 and broken file is listed in `OUT/preprocess_report.tsv`; the landmarks used for every aligned image go
 to `OUT/landmarks.txt` (the `lfw_landmark.txt` format, so `--landmarks OUT/landmarks.txt` replays them).
 A rerun skips outputs that exist; each output is written to a temporary file and renamed into place.
+
+After a kill, the rerun's report and landmarks.txt are those of an uninterrupted run: an image's
+landmarks line (or its fallback row, in `OUT/.preprocess_journal.tsv`) is written before its output is
+renamed into place, so an output never exists without its record; the means behind the fallbacks are
+summed exactly (integer units of the landmarks file's last decimal), whatever order the images came in.
+Identity folders reached through a symbolic link are aligned like the others (train.py follows them
+too), under the link's name; a link that leads back into its own chain of folders (a loop) or into
+the output folder is not followed, and is reported.
 """
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -29,6 +37,12 @@ from .data import IMAGE_EXTENSIONS
 
 REPORT_NAME = "preprocess_report.tsv"
 LANDMARKS_NAME = "landmarks.txt"
+REPORT_HEADER = ["path", "status", "detail"]
+DETECTOR_FAILED = "face detector failed"
+# A run's fallback rows as they happen (a killed run's report is never written); removed when a run completes.
+JOURNAL_NAME = ".preprocess_journal.tsv"
+# Below the P-net's 12 px window MTCNN's pyramid enlarges every image by 12 / min_face_size.
+SMALLEST_MIN_FACE_SIZE = 12
 JPEG_QUALITY = 95
 LFW_NAME = re.compile(r"^(?P<identity>[^/]+)/(?P=identity)_\d{4}\.[A-Za-z]+$")
 # Misses waiting for the mean landmarks keep their pixels up to this many bytes; beyond, they are decoded again.
@@ -50,6 +64,9 @@ class Options:
     factor: float = 0.85
     max_side: int = DETECTION_MAX_SIDE
     progress: bool = True
+    max_pixels: float | None = None    # decompression-bomb limit (inf: none); None: Pillow's, 178,956,970
+    overwrite: bool = False            # replace a report / landmarks file there that this tool did not write
+    announce: Callable[[str], None] | None = None   # where the fallback decision is told (preprocess.py: print)
 
 
 @dataclass
@@ -61,6 +78,9 @@ class Summary:
     already_done: int = 0
     ignored: int = 0          # files without an image extension
     missing_files: int = 0    # landmark-file lines naming a file that is not in the dataset
+    links_not_followed: int = 0   # symlinked folders that loop or lead into the output folder
+    detector_failures: int = 0    # decoded images the face detector failed on (reported as broken)
+    fallback_note: str = ""       # the fallback mode and why (auto's decision)
     detection_attempts: int = 0   # decoded images that needed landmarks
     detected: int = 0             # ... and got them (from the detector or the landmark file)
     report_path: Path | None = None
@@ -70,7 +90,8 @@ class Summary:
         return (f"aligned {self.aligned}, fallback {self.fallback}, skipped-no-face {self.no_face}, "
                 f"broken {self.broken}, already-done {self.already_done}"
                 + (f", ignored {self.ignored}" if self.ignored else "")
-                + (f", landmark lines without a file {self.missing_files}" if self.missing_files else ""))
+                + (f", landmark lines without a file {self.missing_files}" if self.missing_files else "")
+                + (f", symlinked folders not followed {self.links_not_followed}" if self.links_not_followed else ""))
 
     def detection_rate_line(self, label: str = "detection rate") -> str:
         if not self.detection_attempts:
@@ -81,29 +102,80 @@ class Summary:
 
 # ------------------------------------------------------------------------------------------------ inputs
 
-def scan_tree(root: Path) -> tuple[list[str], list[str]]:
+def scan_tree(root: Path, skipped: list[tuple[str, str]] | None = None,
+              avoid: Path | None = None) -> tuple[list[str], list[str]]:
     """Relative POSIX paths of the image files under `root` (sorted, hidden entries skipped), and of the
-    other files (reported as ignored)."""
+    other files (reported as ignored). Folders reached through a symbolic link are walked like the others
+    (as train.py's scan does), except a link that leads back to a folder on its own path from `root` (a
+    loop) or to `avoid` (the output folder) or inside it: those go to `skipped` as (relative path, reason),
+    as do folders that cannot be listed."""
     images, others = [], []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        relative_folder = os.path.relpath(folder, root)
-        for name in sorted(files):
-            if name.startswith("."):
+    skipped = [] if skipped is None else skipped
+    avoid_real = os.path.realpath(avoid) if avoid is not None else None
+
+    def walk(folder: str, relative: str, chain: dict[str, str]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as exc:
+            skipped.append((relative or ".", f"folder cannot be listed: {exc.strerror or exc}"))
+            return
+        folders = []
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            relative = name if relative_folder == "." else f"{relative_folder}/{name}".replace(os.sep, "/")
-            (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(relative)
+            path = entry.name if not relative else f"{relative}/{entry.name}"
+            try:
+                is_folder = entry.is_dir()  # follows links; a dangling link is a file (reported when read)
+            except OSError:
+                is_folder = False
+            if is_folder:
+                folders.append((entry, path))
+            else:
+                (images if entry.name.lower().endswith(IMAGE_EXTENSIONS) else others).append(path)
+        for entry, path in folders:
+            real = os.path.realpath(entry.path)
+            if real in chain:
+                skipped.append((path, f"symbolic link to {chain[real] or 'the dataset root'}, one of the folders "
+                                      "that contain it: a loop, not followed"))
+            elif avoid_real is not None and (real == avoid_real or real.startswith(avoid_real + os.sep)):
+                skipped.append((path, "symbolic link into --output_dir: not followed"))
+            else:
+                walk(entry.path, path, {**chain, real: path})
+
+    walk(str(root), "", {os.path.realpath(root): ""})
     return images, others
 
 
 def looks_like_test_set(relative_paths: Sequence[str]) -> bool:
-    """LFW naming, `<identity>/<identity>_NNNN.<ext>` for every file: a verification set."""
-    return bool(relative_paths) and all(LFW_NAME.match(p) for p in relative_paths)
+    """LFW naming, `<identity>/<identity>_NNNN.<ext>`, for most (more than half) of the files: a
+    verification set. One stray file does not change the verdict for a whole set."""
+    matching = sum(1 for p in relative_paths if LFW_NAME.match(p))
+    return matching * 2 > len(relative_paths)
+
+
+def choose_fallback(option: str, images: Sequence[str]) -> tuple[bool, str]:
+    """(align missed faces with the mean landmarks?, the line that says so and why). `auto` decides by
+    the names: mean when more than half of the image files are named as LFW's (a test set, where every
+    pair must keep its images), skip otherwise (a training set, where a face the detector missed is as
+    likely to be no face at all)."""
+    if option not in ("auto", "mean", "skip"):
+        raise ValueError(f"fallback must be auto, mean or skip, got {option!r}")
+    if option != "auto":
+        return option == "mean", f"fallback: {option} (--fallback {option})"
+    strays = [p for p in images if not LFW_NAME.match(p)]
+    named = len(images) - len(strays)
+    mean = looks_like_test_set(images)
+    shown = (f"; not so named: {', '.join(strays[:3])}{' ...' if len(strays) > 3 else ''}"
+             if mean and strays else "")
+    return mean, (f"fallback: {'mean' if mean else 'skip'} (--fallback auto: {named} of {len(images)} image files "
+                  f"are named <dir>/<dir>_NNNN.<ext> as in LFW; mean when more than half are{shown}; "
+                  f"--fallback {'skip' if mean else 'mean'} to {'skip' if mean else 'align'} missed faces instead)")
 
 
 def read_landmark_file(path: Path, strict: bool = True) -> dict[str, np.ndarray]:
     """SphereFace's `lfw_landmark.txt`: per line a relative path, then x1 y1 ... x5 y5, tab separated
-    (left eye, right eye, nose, left and right mouth corners, as the template).
+    (left eye, right eye, nose, left and right mouth corners, as the template), in Matlab's 1-based pixel
+    coordinates, the convention of the detector and of `align.align_face` too (see `align`).
     Returns {relative path: (5, 2) float64}. A malformed line raises ValueError naming file and line;
     with strict=False it is skipped (our own file, whose last line a killed run may have cut)."""
     points: dict[str, np.ndarray] = {}
@@ -152,7 +224,7 @@ def locate_faces(detector: FaceDetector, items: list[dict]) -> list[np.ndarray |
             try:
                 found.append(detector.detect(item["pixels"]))
             except Exception as exc:
-                item["error"] = f"face detector failed: {type(exc).__name__}: {exc}"
+                item["error"] = f"{DETECTOR_FAILED}: {type(exc).__name__}: {exc}"
                 found.append(None)
         return found
 
@@ -180,8 +252,9 @@ class _ChunkSet(Dataset):
     CPU each DataLoader worker runs its own single-threaded MTCNN on its own batch: MTCNN is many small
     operations, which share out across processes far better than across the threads of one."""
 
-    def __init__(self, root: Path, chunks: Sequence[Sequence[str]], max_side: int, detector_options: dict | None):
-        self.root, self.chunks, self.max_side = root, chunks, max_side
+    def __init__(self, root: Path, chunks: Sequence[Sequence[str]], max_side: int, detector_options: dict | None,
+                 max_pixels: float | None = None):
+        self.root, self.chunks, self.max_side, self.max_pixels = root, chunks, max_side, max_pixels
         self.detector_options = detector_options
         self.detector: FaceDetector | None = None  # built in the process that uses it
 
@@ -192,7 +265,7 @@ class _ChunkSet(Dataset):
         items = []
         for relative in self.chunks[index]:
             try:
-                pixels, scale = read_rgb(self.root / relative, self.max_side)
+                pixels, scale = read_rgb(self.root / relative, self.max_side, self.max_pixels)
                 items.append({"path": relative, "pixels": pixels, "scale": scale, "error": None})
             except ImageLoadError as exc:
                 items.append({"path": relative, "pixels": None, "scale": None, "error": str(exc)})
@@ -218,33 +291,45 @@ def write_atomic(image: np.ndarray, destination: Path) -> None:
                  durable=False)
 
 
-def _format_points(points: np.ndarray, separator: str = "\t") -> str:
-    return separator.join(f"{v:.2f}" for v in np.asarray(points, dtype=np.float64).ravel())
+def _format_points(points: np.ndarray, separator: str = "\t", decimals: int = 2) -> str:
+    return separator.join(f"{v:.{decimals}f}" for v in np.asarray(points, dtype=np.float64).ravel())
+
+
+# landmarks.txt: 1e-4 px, so that `--landmarks OUT/landmarks.txt` replays the same crops (to rounding)
+LANDMARK_DECIMALS = 4
 
 
 class _SizeMeans:
-    """Running sums of landmarks per original image size, and of size-relative landmarks over all sizes."""
+    """Sums of landmarks per original image size, in integer units of landmarks.txt's last decimal: the
+    means are exact and independent of the order the images came in, so that a rerun, which reads the
+    earlier runs' landmarks back from landmarks.txt, falls back exactly as an uninterrupted run does."""
+
+    UNIT = 10 ** LANDMARK_DECIMALS
 
     def __init__(self):
         self.sums: dict[tuple[int, int], list] = {}
-        self.relative_sum = np.zeros((5, 2))
-        self.count = 0
+
+    @property
+    def count(self) -> int:
+        return sum(count for _, count in self.sums.values())
 
     def add(self, points: np.ndarray, size: tuple[int, int]) -> None:
-        entry = self.sums.setdefault(size, [np.zeros((5, 2)), 0])
-        entry[0] += points
+        entry = self.sums.setdefault(tuple(size), [np.zeros((5, 2), np.int64), 0])
+        entry[0] += np.rint(np.asarray(points, dtype=np.float64) * self.UNIT).astype(np.int64)
         entry[1] += 1
-        self.relative_sum += (points + 0.5) / np.asarray(size, dtype=np.float64)
-        self.count += 1
 
     def mean_for(self, size: tuple[int, int]) -> tuple[np.ndarray | None, str]:
         if size in self.sums:
             total, count = self.sums[size]
-            return total / count, f"mean landmarks of {count} images of size {size[0]}x{size[1]}"
-        if self.count:
-            points = self.relative_sum / self.count * np.asarray(size, dtype=np.float64) - 0.5
+            return total / (count * self.UNIT), f"mean landmarks of {count} images of size {size[0]}x{size[1]}"
+        count = self.count
+        if count:
+            relative = np.zeros((5, 2))
+            for other, (total, n) in sorted(self.sums.items()):  # 1-based -> fraction of the size, summed
+                relative += (total / self.UNIT - 0.5 * n) / np.asarray(other, dtype=np.float64)
+            points = relative / count * np.asarray(size, dtype=np.float64) + 0.5
             return points, (f"no other {size[0]}x{size[1]} image had landmarks; size-relative mean landmarks "
-                            f"of {self.count} images")
+                            f"of {count} images")
         return None, "no image had landmarks to borrow"
 
 
@@ -263,20 +348,24 @@ class _Run:
         self.detector_options: dict = {}                      # for the loader workers' own detectors
         self.previous_landmarks: dict[str, np.ndarray] = {}   # OUT/landmarks.txt of earlier runs
         self.todo: list[str] = []
+        self.done: set[str] = set()                           # images whose output an earlier run wrote
         self.fallback_mean = False
         self.miss_reason = "no face found"
 
     def report(self, path: str, status: str, detail: str) -> None:
         self.summary.rows.append((path, status, detail))
 
-    def save(self, item: dict, points_reduced: np.ndarray) -> bool:
-        """Align and write one image; False (and a report line) when the landmarks cannot be used."""
+    def save(self, item: dict, points_reduced: np.ndarray, record: Callable[[], object]) -> bool:
+        """Align and write one image; False (and a report line) when the landmarks cannot be used.
+        `record()` logs the image (its landmarks line or fallback row) before the output is renamed into
+        place: after a kill, an output never exists without its record."""
         try:
             face = align_face(item["pixels"], points_reduced, self.options.output_size)
         except ValueError as exc:
             self.summary.broken += 1
             self.report(item["path"], "broken", f"alignment failed: {exc}")
             return False
+        record()
         write_atomic(face, self.options.output_dir / item["path"])
         return True
 
@@ -297,10 +386,10 @@ class _Run:
                 self.report(item["path"], "no_face", self.miss_reason + "; skipped")
             return
         self.summary.detected += 1
-        if self.save(item, points_reduced):
-            original = to_original(points_reduced, item["scale"])
+        original = to_original(points_reduced, item["scale"])
+        line = f"{item['path']}\t{_format_points(original, decimals=LANDMARK_DECIMALS)}\n"
+        if self.save(item, points_reduced, lambda: landmarks_log.write(line)):
             self.means.add(original, original_size)
-            landmarks_log.write(f"{item['path']}\t{_format_points(original)}\n")
             self.new_landmarks[item["path"]] = original
             self.summary.aligned += 1
 
@@ -319,17 +408,21 @@ class _Run:
         for item in items:
             if item["error"] is not None:  # undecodable, or the detector failed on it
                 self.summary.broken += 1
+                self.summary.detector_failures += item["error"].startswith(DETECTOR_FAILED)
                 self.report(item["path"], "broken", item["error"])
             else:
                 self.handle(item, item["points"], landmarks_log)
 
-    def finish_misses(self) -> None:
-        """Fallback: align each missed face with the mean landmarks of its size (SPEC §7)."""
+    def finish_misses(self, journal) -> None:
+        """Fallback: align each missed face with the mean landmarks of its size (SPEC §7). Each fallback's
+        report row goes to the journal (line-buffered) before its output is renamed into place."""
         self.add_previous_landmarks()
+        writer = csv.writer(journal, delimiter="\t", lineterminator="\n")
         for miss in self.misses:
             if miss["pixels"] is None:
                 try:
-                    miss["pixels"], miss["scale"] = read_rgb(self.options.dataset / miss["path"], self.options.max_side)
+                    miss["pixels"], miss["scale"] = read_rgb(self.options.dataset / miss["path"], self.options.max_side,
+                                                             self.options.max_pixels)
                 except ImageLoadError as exc:  # changed on disk since the first read
                     self.summary.broken += 1
                     self.report(miss["path"], "broken", str(exc))
@@ -339,17 +432,18 @@ class _Run:
                 self.summary.no_face += 1
                 self.report(miss["path"], "no_face", f"{self.miss_reason}; {how}; skipped")
                 continue
-            if self.save(miss, to_reduced(mean, miss["scale"])):
+            row = (miss["path"], "fallback", f"{self.miss_reason}; aligned with the {how}: {_format_points(mean, ' ')}")
+            if self.save(miss, to_reduced(mean, miss["scale"]), lambda: writer.writerow(row)):
                 self.summary.fallback += 1
-                self.report(miss["path"], "fallback",
-                            f"{self.miss_reason}; aligned with the {how}: {_format_points(mean, ' ')}")
+                self.report(*row)
 
     def add_previous_landmarks(self) -> None:
-        """A rerun's means also count the images aligned by earlier runs (from OUT/landmarks.txt)."""
+        """A rerun's means also count the images aligned by earlier runs (from OUT/landmarks.txt), those
+        whose outputs exist: the images an uninterrupted run would have counted."""
         if not self.misses:
             return
-        for relative, points in self.previous_landmarks.items():
-            if relative in self.new_landmarks:
+        for relative, points in sorted(self.previous_landmarks.items()):
+            if relative in self.new_landmarks or relative not in self.done:
                 continue
             size = image_size(self.options.dataset / relative)
             if size is not None:
@@ -359,20 +453,28 @@ class _Run:
         from tqdm import tqdm
 
         options = self.options
+        validate_options(options)
         dataset, output_dir = options.dataset.resolve(), options.output_dir.resolve()
         if not dataset.is_dir():
             raise FileNotFoundError(f"--dataset {options.dataset} is not a folder")
         if output_dir == dataset or dataset in output_dir.parents:
             raise ValueError(f"--output_dir {options.output_dir} must not be inside --dataset {options.dataset}")
+        report_path, landmarks_path = output_dir / REPORT_NAME, output_dir / LANDMARKS_NAME
+        journal_path = output_dir / JOURNAL_NAME
+        check_own_files(report_path, landmarks_path, options.overwrite)
         output_dir.mkdir(parents=True, exist_ok=True)
 
-        images, others = scan_tree(dataset)
+        skipped: list[tuple[str, str]] = []
+        images, others = scan_tree(dataset, skipped, avoid=output_dir)
         for relative in others:
             self.summary.ignored += 1
             self.report(relative, "ignored", "not an image file name (extension)")
-        if options.fallback not in ("auto", "mean", "skip"):
-            raise ValueError(f"fallback must be auto, mean or skip, got {options.fallback!r}")
-        self.fallback_mean = options.fallback == "mean" or (options.fallback == "auto" and looks_like_test_set(images))
+        for relative, reason in skipped:
+            self.summary.links_not_followed += 1
+            self.report(relative, "not_followed", reason)
+        self.fallback_mean, self.summary.fallback_note = choose_fallback(options.fallback, images)
+        if options.announce is not None:
+            options.announce(self.summary.fallback_note)
 
         if options.landmarks is not None:
             self.given = read_landmark_file(Path(options.landmarks))
@@ -392,10 +494,10 @@ class _Run:
         for relative in images:
             if (output_dir / relative).exists():
                 self.summary.already_done += 1
+                self.done.add(relative)
             else:
                 self.todo.append(relative)
         todo = self.todo
-        landmarks_path = output_dir / LANDMARKS_NAME
         self.previous_landmarks = read_landmark_file(landmarks_path, strict=False) if landmarks_path.exists() else {}
 
         # On a CPU the loader's workers detect (see _ChunkSet); on a GPU, or with no workers, this process does.
@@ -403,47 +505,106 @@ class _Run:
         chunk_size = self.detector.batch_size if self.detector else 32
         chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
         loader = DataLoader(_ChunkSet(dataset, chunks, options.max_side,
-                                      self.detector_options if detect_in_loader else None),
+                                      self.detector_options if detect_in_loader else None, options.max_pixels),
                             batch_size=None, collate_fn=_unchanged, num_workers=options.workers,
                             worker_init_fn=_die_with_parent)
-        # Line-buffered: each aligned image's landmarks reach the file as soon as the image does.
+        # Line-buffered: each record reaches its file before the image's output is renamed into place.
         with open(landmarks_path, "a", encoding="utf-8", buffering=1) as landmarks_log, \
                 tqdm(total=len(todo), unit="img", disable=not options.progress, file=sys.stderr,
                      desc="aligning") as progress:
             for items in loader:
                 self.process(items, landmarks_log)
                 progress.update(len(items))
-            self.finish_misses()
+            if self.misses:
+                with open(journal_path, "a", encoding="utf-8", newline="", buffering=1) as journal:
+                    self.finish_misses(journal)
 
         self.write_landmarks(landmarks_path)
-        self.write_report(output_dir / REPORT_NAME, set(todo) | set(others) | set(self.given or ()))
-        self.summary.report_path = output_dir / REPORT_NAME
+        self.write_report(report_path, journal_path)
+        journal_path.unlink(missing_ok=True)  # its rows are in the report now
+        self.summary.report_path = report_path
         return self.summary
 
     def write_landmarks(self, path: Path) -> None:
-        """Rewrite landmarks.txt sorted, merged with earlier runs' lines (our appends were the safety net)."""
-        merged = dict(read_landmark_file(path, strict=False) if path.exists() else {})
-        for relative in self.todo:  # an image this run found no landmarks for loses any older line
-            merged.pop(relative, None)
+        """Rewrite landmarks.txt sorted: this run's landmarks and the earlier runs' lines (our appends were
+        the safety net) of the images whose outputs they wrote, which an uninterrupted run would list."""
+        earlier = read_landmark_file(path, strict=False) if path.exists() else {}
+        merged = {relative: points for relative, points in earlier.items() if relative in self.done}
         merged.update(self.new_landmarks)
-        atomic_write_text(path, "".join(f"{relative}\t{_format_points(merged[relative])}\n"
+        atomic_write_text(path, "".join(f"{relative}\t{_format_points(merged[relative], decimals=LANDMARK_DECIMALS)}\n"
                                         for relative in sorted(merged)))
 
-    def write_report(self, path: Path, revisited: set[str]) -> None:
-        """This run's rows, plus earlier runs' rows for files this run did not look at (their fallbacks)."""
+    def write_report(self, path: Path, journal: Path) -> None:
+        """This run's rows, plus the rows earlier runs wrote for the images whose outputs they wrote (their
+        fallbacks): from the report of a completed run, or from the journal of a killed one."""
         rows = {}
-        if path.exists():
-            with open(path, encoding="utf-8", newline="") as handle:
-                for row in csv.reader(handle, delimiter="\t"):
-                    if len(row) == 3 and row[0] != "path" and row[0] not in revisited:
-                        rows[row[0]] = row
+        for source in (path, journal):
+            for row in _read_rows(source):
+                if row[0] in self.done and row[1] == "fallback":
+                    rows[row[0]] = row
         for row in self.summary.rows:
             rows[row[0]] = list(row)
         text = io.StringIO()
         writer = csv.writer(text, delimiter="\t", lineterminator="\n")
-        writer.writerow(["path", "status", "detail"])
+        writer.writerow(REPORT_HEADER)
         writer.writerows(rows[key] for key in sorted(rows))
         atomic_write_text(path, text.getvalue())
+
+
+def _read_rows(path: Path) -> list[list[str]]:
+    """The (path, status, detail) rows of a report or journal; [] when there is none."""
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8", newline="") as handle:
+        return [row for row in csv.reader(handle, delimiter="\t") if len(row) == 3 and row != REPORT_HEADER]
+
+
+def check_own_files(report: Path, landmarks: Path, overwrite: bool = False) -> None:
+    """A report or landmarks file in the output folder that this tool did not write (another header, lines
+    that are not `path` + 10 numbers) is never replaced unless `overwrite`: FileExistsError naming it."""
+    if overwrite:
+        return
+    if report.is_file():
+        with open(report, encoding="utf-8", errors="replace") as handle:
+            first = handle.readline().rstrip("\r\n")
+        if first != "\t".join(REPORT_HEADER):
+            raise FileExistsError(f"{report} exists and is not a report of preprocess.py (first line {first[:60]!r}): "
+                                  "pass --overwrite to replace it, or choose another --output_dir")
+    if landmarks.is_file():
+        lines = [line for line in landmarks.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        for number, line in enumerate(lines[:-1], 1):  # the last line may be one a killed run cut
+            fields = line.split("\t")
+            try:
+                ok = len(fields) == 11 and all(np.isfinite(float(v)) for v in fields[1:])
+            except ValueError:
+                ok = False
+            if not ok:
+                raise FileExistsError(f"{landmarks}, line {number}: not a landmarks file of preprocess.py (path and "
+                                      "10 numbers, tab separated): pass --overwrite to replace it, or choose another "
+                                      "--output_dir")
+
+
+def validate_options(options: Options) -> None:
+    """ValueError naming the first option out of range (before any work)."""
+    def bad(option: str, value, wanted: str):
+        raise ValueError(f"{option} {value}: {wanted}")
+
+    if not isinstance(options.min_face_size, int) or options.min_face_size < SMALLEST_MIN_FACE_SIZE:
+        bad("--min_face_size", options.min_face_size,
+            f"must be an integer of at least {SMALLEST_MIN_FACE_SIZE} (pixels; the MTCNN P-net's window: a smaller "
+            f"value enlarges every image 12/min_face_size times)")
+    if len(options.thresholds) != 3 or not all(0 < t <= 1 for t in options.thresholds):
+        bad("--thresholds", " ".join(map(str, options.thresholds)), "need 3 values in (0, 1] (P-, R-, O-net)")
+    if not 0 < options.factor < 1:
+        bad("--factor", options.factor, "must be in (0, 1) (the scale between pyramid levels)")
+    if not isinstance(options.max_side, int) or options.max_side < 0:
+        bad("--max_side", options.max_side, "must be a non-negative integer (0: never reduce)")
+    if options.batch_size is not None and options.batch_size < 1:
+        bad("--batch_size", options.batch_size, "must be at least 1")
+    if options.workers < 0:
+        bad("--workers", options.workers, "must be 0 or more")
+    if options.max_pixels is not None and not options.max_pixels > 0:
+        bad("--max_megapixels", options.max_pixels / 1e6, "must be a positive number (inf: no limit)")
 
 
 def preprocess(options: Options) -> Summary:

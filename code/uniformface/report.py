@@ -39,8 +39,9 @@ def lfw_summary(label: str, lfw: dict, protocol: str) -> str:
         lines.append(f"TAR@FAR=1e-3 {lfw['tar_at_far_1e-3']:.4f}, TAR@FAR=1e-2 {lfw['tar_at_far_1e-2']:.4f}, "
                      f"AUC {lfw['auc']:.4f}, EER {lfw['eer']:.4f}")
     if "mean_min_center_distance" in lfw:
+        angle = lfw.get("mean_min_center_angle")
         lines.append(f"mean minimum distance between class centers ({lfw['centers_from']}): "
-                     f"{lfw['mean_min_center_distance']:.4f}")
+                     f"{lfw['mean_min_center_distance']:.4f}" + ("" if angle is None else f" ({angle:.2f}°)"))
     if lfw.get("n_missing_pairs"):
         lines.append(f"warning: {lfw['n_missing_pairs']} pair(s) had a missing image and were counted as wrong")
     return "\n".join(lines)
@@ -108,7 +109,15 @@ def load_run(path: str | Path) -> Run:
     if not isinstance(results, dict):
         raise ValueError(f"{results_path}: expected a JSON object of results")
     config_path = results_path.parent / "config.yaml"
-    config = yaml_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else None
+    try:
+        config = yaml_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{config_path}: not UTF-8 text (byte {exc.start})") from None
+    except Exception as exc:  # yaml.YAMLError: name the file and line, not a parser traceback
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{config_path}:{mark.line + 1}" if mark is not None else str(config_path)
+        raise ValueError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc}); fix it, or pass "
+                         "the results file itself") from None
     if config is not None and not isinstance(config, dict):
         raise ValueError(f"{config_path}: expected a mapping of settings")
     return Run(results_path.parent, results, config)

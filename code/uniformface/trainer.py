@@ -6,8 +6,10 @@ after the optimizer step the centers move: c <- c - beta * delta_c (Eq. 7).
 """
 from __future__ import annotations
 
+import errno
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,19 +21,63 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from . import distributed
-from .centers import ClassCenters, WeightCenters, mean_min_distance
-from .checkpoint import atomic_torch_save, atomic_write_text, export_weights
+from .centers import ClassCenters, WeightCenters, mean_min_angle, mean_min_distance
+from .checkpoint import (CheckpointError, FolderBusy, FolderLock, atomic_torch_save, atomic_write_text, export_weights,
+                         keep_previous, remove_stale_partials, safe_torch_load)
 from .config import Config, save_config, to_dict
-from .data import GlobalBatchSampler, collate_skip_broken, open_train_set
+from .data import GlobalBatchSampler, ReportingView, check_images, collate_report_broken, open_train_set
 from .heads import build_head
 from .losses import regularface_loss, uniform_loss
 from .models import build_model, normalize_pixels
 
 STATE_FILE = "checkpoint.pt"
+# The checkpoint before the latest, kept while training (a hard link, no copy where the file system has
+# them): when the loss of iteration k is not finite, the checkpoint of iteration k - 1 holds the very
+# weights whose forward pass gave it, and resuming from it would diverge at once whatever the lr.
+PREVIOUS_STATE_FILE = "checkpoint.prev.pt"
+METRICS_FILE = "metrics.jsonl"
 
 
-class TrainingDiverged(RuntimeError):
-    pass
+class TrainingError(RuntimeError):
+    """A run that cannot start or go on, for a reason the (one-line) message names, with the fix."""
+
+
+class TrainingDiverged(TrainingError):
+    """The loss, weights or centers stopped being finite; the message names the iteration and the
+    checkpoint to continue from."""
+
+
+def lock_folder(folder: str | Path, lock: FolderLock | None = None) -> FolderLock:
+    """`folder`'s lock, taken (or `lock`, taken if it is not yet), or TrainingError naming the process
+    that holds it, or why the folder cannot be written."""
+    lock = lock if lock is not None else FolderLock(folder)
+    try:
+        return lock.acquire()
+    except FolderBusy as exc:
+        raise TrainingError(str(exc)) from None
+    except OSError as exc:
+        raise TrainingError(f"cannot write in {folder} ({exc.strerror}); choose a writable --logdir, or make the "
+                            "folder writable") from exc
+
+
+def check_device(name: str) -> torch.device:
+    """The configured device, or TrainingError when this machine does not have it (before anything is
+    built on it: PyTorch's own errors for a missing GPU come as tracebacks from deep inside)."""
+    device = torch.device(name)  # config.validate has checked the form
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError(f"config key 'device' is {name!r} but PyTorch sees no CUDA GPU on this machine; "
+                                "train on the CPU with --set device=cpu (or device=auto)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise TrainingError(f"config key 'device' is {name!r} but this machine has {count} CUDA device(s), "
+                                f"cuda:0..cuda:{count - 1}; use --set device=cuda (or one of them)")
+    elif device.type == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            raise TrainingError(f"config key 'device' is {name!r} but MPS is not available on this machine; "
+                                "use --set device=cpu")
+    return device
 
 
 class Recognizer(nn.Module):
@@ -72,7 +118,8 @@ def _head_kwargs(cfg: Config) -> dict:
     kwargs = {k: v for k, v in (("m", loss.m), ("s", loss.s)) if v is not None}
     if loss.name == "sphereface":
         kwargs.pop("s", None)
-        kwargs.update(base=loss.base, gamma=loss.gamma, power=loss.power, lambda_min=loss.lambda_min)
+        kwargs.update(base=loss.base, gamma=loss.gamma, power=loss.power, lambda_min=loss.lambda_min,
+                      gradient=loss.gradient)
     return kwargs
 
 
@@ -93,33 +140,100 @@ class StepMetrics:
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as tensors and plain values: a checkpoint that `torch.load` reads with
+    weights_only=True can hold nothing else (numpy's own state tuple pickles as numpy globals)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                        "gauss_next": gauss_next}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict) -> None:
+    numpy_state, python_state = state["numpy"], state["python"]
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["gauss"]))
+    random.setstate((python_state["version"], tuple(int(v) for v in python_state["internal"].tolist()),
+                     python_state["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _truncate_jsonl(path: Path, last_iteration: int) -> None:
-    """After a resume, drop log lines the crashed run wrote past its last checkpoint."""
+def _truncate_jsonl(path: Path, last_iteration: int) -> list[str]:
+    """After a resume, drop log lines the crashed run wrote past its last checkpoint, and lines that are
+    not a JSON record with an iteration (the last one cut by a kill); returns a warning per such line."""
     if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["iteration"] <= last_iteration]
+        return []
+    keep, warnings = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            iteration = json.loads(line)["iteration"]
+            if not isinstance(iteration, int):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            cut = f"{line[:40]}..." if len(line) > 40 else line
+            warnings.append(f"warning: {path}: line {number} is not a complete JSON record ({cut!r}; cut off by "
+                            "a killed run?); dropped")
+            continue
+        if iteration <= last_iteration:
+            keep.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in keep))
+    return warnings
+
+
+def _say(text: str) -> None:
+    """A console line beside a live progress bar (tqdm.write keeps the bar intact)."""
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True):
+    """One run in one run folder. The folder is locked (`checkpoint.FolderLock`) from construction until
+    `close()` (which `train()` calls): a second run into it is refused at once, naming this one. Pass
+    `lock` when the caller already holds the folder's lock (ablate.py holds its settings' folders)."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
+                 lock: FolderLock | None = None):
         self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
-        self.topology, self.device = distributed.setup(cfg.resolved_device())
+        self.lock, self._own_lock = lock, False
+        self.topology, self.device = distributed.setup(str(check_device(cfg.resolved_device())))
+        if self.topology.is_main:
+            self._lock_folder()
+        try:
+            self._build(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _lock_folder(self) -> None:
+        self._own_lock = self.lock is None
+        self.lock = lock_folder(self.run_dir, self.lock)
+        removed = remove_stale_partials(self.run_dir, self._written_names())
+        if removed:
+            print(f"note: removed {len(removed)} temporary file(s) that a killed write left in {self.run_dir}: "
+                  + ", ".join(p.name for p in removed), file=sys.stderr)
+
+    def _written_names(self) -> list[str]:
+        """What a run writes into its folder (atomically: a killed write leaves `.<name>.*.partial`)."""
+        return [STATE_FILE, PREVIOUS_STATE_FILE, "config.yaml", METRICS_FILE, weights_filename(self.cfg),
+                "diverged.txt"]
+
+    def close(self) -> None:
+        """Release the folder's lock (when this Trainer took it)."""
+        if self._own_lock and self.lock is not None:
+            self.lock.release()
+
+    def _build(self, resume: bool) -> None:
+        cfg = self.cfg
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2 ** 32)
         random.seed(cfg.seed)
@@ -130,7 +244,13 @@ class Trainer:
 
         self.dataset = open_train_set(cfg.dataset.train, exclude=cfg.dataset.exclude_identities,
                                       min_images_per_class=cfg.min_images_per_class, flip=cfg.flip, seed=cfg.seed)
-        self._check_image_size()
+        check = check_images(self.dataset, cfg.input_size, cfg.dataset.train)
+        if self.topology.is_main:
+            for line in check.lines(cfg.dataset.train):
+                print(line, file=sys.stderr)
+        # the skipped images were named above; the loop names only the new ones it meets
+        self._reported = {f"{self.dataset.describe(i)}: {why}" for i, why in self.dataset.skip.items()}
+        self._new_problems = 0
         num_classes = self.dataset.num_classes
         if num_classes < 2:
             raise ValueError(f"training set {cfg.dataset.train} has {num_classes} class; at least 2 are needed")
@@ -145,11 +265,16 @@ class Trainer:
                                          momentum=cfg.momentum)
         self.iteration = 0
         self.broken_images = 0
+        # iterations held by checkpoint.pt and checkpoint.prev.pt (None: no such file of this run)
+        self._saved_iteration: int | None = None
+        self._previous_iteration: int | None = None
         if resume:
             self._load_state()
         elif self.topology.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / "config.yaml")
+            try:
+                save_config(cfg, self.run_dir / "config.yaml")
+            except OSError as exc:
+                raise TrainingError(self._write_failure(self.run_dir / "config.yaml", exc)) from exc
 
         self.net: nn.Module = self.model
         if self.topology.world_size > 1:
@@ -158,54 +283,129 @@ class Trainer:
         if cfg.compile:
             self.net = torch.compile(self.net)
 
-    def _check_image_size(self) -> None:
-        """Fail before training when the aligned faces do not have the network's input size (e.g.
-        insightface's 112x112 .rec against the 112x96 default)."""
-        for index in range(min(len(self.dataset), 8)):
-            image, _ = self.dataset[index]
-            if image is not None:
-                if list(image.shape[1:]) != list(self.cfg.input_size):
-                    height, width = image.shape[1:]
-                    raise ValueError(
-                        f"training images in {self.cfg.dataset.train} are {height}x{width} but input_size is "
-                        f"{self.cfg.input_size}; set --set input_size=[{height},{width}] or align with "
-                        f"preprocess.py --output_size {self.cfg.input_size[0]}x{self.cfg.input_size[1]}")
-                return
-
     # ----------------------------------------------------------------------------- state
     def state_path(self) -> Path:
         return self.run_dir / STATE_FILE
 
+    def _non_finite(self) -> str | None:
+        """What of the training state is not finite (named), or None."""
+        parts = [("the weights", self.model.state_dict()), ("the class centers", self.centers.state_dict()),
+                 ("the optimizer's momentum buffers", {f"{i}.{k}": v for i, st in self.optimizer.state.items()
+                                               for k, v in st.items()})]
+        for what, tensors in parts:
+            for name, value in tensors.items():
+                if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    return f"{what} ({name})"
+        return None
+
+    def _checkpoint(self) -> None:
+        """Save the state, unless it is not finite: then the run stops (a checkpoint is never replaced
+        by a broken state). The previous checkpoint is kept as checkpoint.prev.pt (see _diverged)."""
+        bad = self._non_finite()
+        if bad is not None:
+            raise self._diverged(f"{bad} are not finite after iteration {self.iteration}")
+        if self.topology.is_main:
+            self._save_state()
+        if self._saved_iteration is not None:
+            self._previous_iteration = self._saved_iteration
+        self._saved_iteration = self.iteration
+
     def _save_state(self) -> None:
+        """checkpoint.pt: tensors and plain values only, so that `--resume` reads it with weights_only=True."""
         if not self.topology.is_main:
             return
         state = {"iteration": self.iteration, "model": self.model.state_dict(),
                  "centers": self.centers.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "rng": _rng_state(), "broken_images": self.broken_images, "config": to_dict(self.cfg),
-                 "classes": self.dataset.classes}
-        atomic_torch_save(state, self.state_path())
+                 "classes": list(self.dataset.classes)}
+        path = self.state_path()
+        try:
+            if self._saved_iteration is not None:
+                keep_previous(path, self.run_dir / PREVIOUS_STATE_FILE)
+            atomic_torch_save(state, path)
+        except OSError as exc:
+            raise TrainingError(self._write_failure(path, exc)) from exc
+
+    def _write_failure(self, path: Path, exc: OSError) -> str:
+        """One line for a failed write: the file, the reason, what is intact and what to do."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = "free space on that disk"
+        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            fix = f"make {path.parent} writable"
+        else:
+            fix = "fix that"
+        if self._saved_iteration is None:
+            return f"cannot write {path} ({exc.strerror}); {fix}, then start the run again"
+        return (f"cannot write {path} ({exc.strerror}); the checkpoint {self.state_path()} of iteration "
+                f"{self._saved_iteration} is intact: {fix}, then continue with train.py --resume "
+                f"--logdir {self.run_dir.parent} --run_name {self.run_dir.name}")
 
     def _load_state(self) -> None:
         path = self.state_path()
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = safe_torch_load(path)  # CheckpointError (one line) for anything but tensors and plain values
+        expected = {"iteration": int, "model": dict, "centers": dict, "optimizer": dict, "rng": dict, "classes": list}
+        for key, kind in expected.items():
+            if not isinstance(state, dict) or not isinstance(state.get(key), kind):
+                raise CheckpointError(f"{path}: not a checkpoint written by train.py ('{key}' is missing or not "
+                                      f"a {kind.__name__})")
         if state["classes"] != self.dataset.classes:
             raise ValueError(f"--resume: the training set's classes differ from those of {path}")
-        self.model.load_state_dict(state["model"])
-        self.centers.load_state_dict(state["centers"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.centers.load_state_dict(state["centers"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            _set_rng_state(state["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{path}: does not fit this run's settings ({type(exc).__name__}: {first}); "
+                                  "resume with the config the run was started with") from None
         self.iteration = state["iteration"]
-        self.broken_images = state.get("broken_images", 0)
+        self.broken_images = int(state.get("broken_images", 0))
+        self._saved_iteration = self.iteration
+
+    def _diverged(self, what: str, poisoned: int | None = None) -> TrainingDiverged:
+        """The exception for a run that stopped being finite, naming a checkpoint to continue from that
+        exists and holds finite weights. `poisoned`: the iteration of a state whose forward pass gave a
+        non-finite loss; a checkpoint of that iteration diverges again at once whatever the lr, so the
+        one before it (checkpoint.prev.pt) is put back in its place."""
+        good = self._saved_iteration
+        if good is not None and good == poisoned:
+            previous = self.run_dir / PREVIOUS_STATE_FILE
+            good = self._previous_iteration
+            if self.topology.is_main:
+                if good is None and previous.is_file():  # kept by an earlier process of this run
+                    try:
+                        good = int(safe_torch_load(previous)["iteration"])
+                    except (CheckpointError, KeyError, TypeError, ValueError):
+                        good = None
+                if good is not None and previous.is_file():
+                    previous.replace(self.state_path())
+                else:
+                    good = None
+            self._saved_iteration, self._previous_iteration = good, None
+        run = f"--logdir {self.run_dir.parent} --run_name {self.run_dir.name}"
+        if good is not None:
+            advice = (f"The last good checkpoint is {self.state_path()} (iteration {good}, finite weights): continue "
+                      f"from it with a smaller learning rate, e.g. train.py {run} --resume "
+                      f"--set lr={self.cfg.lr / 10:g} (or change beta / grad_clip the same way)")
+        elif poisoned == 0:
+            advice = ("The initial weights already give a non-finite loss, which no learning rate changes: check the "
+                      "loss settings (loss.*, alpha, regularface) and the training images")
+        else:
+            advice = (f"No checkpoint before iteration {poisoned} is kept: start again with a smaller learning rate "
+                      f"(train.py with another --run_name and --set lr={self.cfg.lr / 10:g})")
+        return TrainingDiverged(f"{what}; stopped, no weights file written. {advice}")
 
     # ----------------------------------------------------------------------------- loop
     def _loader(self) -> DataLoader:
         sampler = GlobalBatchSampler(len(self.dataset), self.cfg.batch_size, self.cfg.seed, self.iteration,
                                      self.topology.rank, self.topology.world_size)
+        self._iters_per_epoch = sampler.iters_per_epoch
         workers = self.cfg.num_workers
-        return DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
-                          collate_fn=collate_skip_broken, pin_memory=self.device.type == "cuda",
+        return DataLoader(ReportingView(self.dataset), batch_sampler=sampler, num_workers=workers,
+                          collate_fn=collate_report_broken, pin_memory=self.device.type == "cuda",
                           persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> StepMetrics:
@@ -224,16 +424,14 @@ class Trainer:
         ce = F.cross_entropy(logits.float(), labels)
         uniform = torch.zeros((), device=self.device)
         if cfg.alpha > 0:
-            uniform = uniform_loss(self.centers.loss_centers(features, labels))
+            uniform = uniform_loss(self.centers.loss_centers(features, labels), reduction=cfg.uniform_reduction)
         regular = torch.zeros((), device=self.device)
         if cfg.regularface > 0:
             regular = regularface_loss(self.model.head.weight)
         loss = ce + cfg.alpha * uniform + cfg.regularface * regular
         if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss is not finite at iteration {self.iteration + 1} (cross-entropy {ce.item():.4g}, "
-                f"uniform {uniform.item():.4g}); stopping. The last good checkpoint is {self.state_path()} "
-                f"(resume with --resume after changing lr/beta/grad_clip via --set).")
+            raise self._diverged(f"loss is not finite at iteration {self.iteration + 1} (cross-entropy "
+                                 f"{ce.item():.4g}, uniform {uniform.item():.4g})", poisoned=self.iteration)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -257,17 +455,27 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.run_dir), purge_step=self.iteration or None)
-            _truncate_jsonl(self.run_dir / "metrics.jsonl", self.iteration)
+            for warning in _truncate_jsonl(self.run_dir / METRICS_FILE, self.iteration):
+                print(warning, file=sys.stderr)
+        if self._saved_iteration is None:
+            self._checkpoint()  # the initial state: a run that diverges early still has a checkpoint to go back to
         bar = tqdm(total=cfg.max_iters, initial=self.iteration, disable=not (main and self.progress),
                    desc="train", unit="it", dynamic_ncols=True)
         sums, count, seen, t0 = np.zeros(5), 0, 0, time.perf_counter()
         loader = iter(self._loader()) if self.iteration < cfg.max_iters else None
+        empty = 0
         try:
             while self.iteration < cfg.max_iters:
-                images, labels, n_broken = next(loader)
-                self.broken_images += int(distributed.sum_scalar(n_broken, self.device))
-                if len(labels) == 0:
+                images, labels, problems = next(loader)
+                if main:
+                    self._report(problems)
+                self.broken_images += int(distributed.sum_scalar(len(problems), self.device))
+                if distributed.sum_scalar(len(labels), self.device) == 0:
+                    empty += 1
+                    if empty >= min(self._iters_per_epoch, 50):
+                        raise TrainingError(self._nothing_decodes(empty))
                     continue
+                empty = 0
                 m = self.step(images, labels)
                 sums += [m.loss, m.ce, m.uniform, m.regular, m.accuracy]
                 count += 1
@@ -281,16 +489,46 @@ class Trainer:
                 if cfg.eval_every and self.iteration % cfg.eval_every == 0:
                     self._evaluate(writer)
                 if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.max_iters:
-                    self._save_state()
+                    self._checkpoint()
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
+        bad = self._non_finite()  # the loop's last checkpoint has checked it; a resume at max_iters has not
+        if bad is not None:
+            raise self._diverged(f"{bad} are not finite at iteration {self.iteration}")
         weights = self.run_dir / weights_filename(cfg)
         if main:
-            export_weights(weights, self.model.backbone, to_dict(cfg), self._export_extra())
+            try:
+                export_weights(weights, self.model.backbone, to_dict(cfg), self._export_extra())
+            except OSError as exc:
+                raise TrainingError(self._write_failure(weights, exc)) from exc
+            (self.run_dir / PREVIOUS_STATE_FILE).unlink(missing_ok=True)  # the run is done: no way back needed
+            if self.broken_images:
+                print(f"note: {self.broken_images} unreadable or wrong-sized training images were skipped in all "
+                      f"(each time met; metrics.jsonl counts them as broken_images)", file=sys.stderr)
         distributed.barrier()
         return weights
+
+    def _report(self, problems: list[str]) -> None:
+        """Name on the console the first few unusable images met that were not named before training."""
+        for problem in problems:
+            if problem in self._reported:
+                continue
+            self._new_problems += 1
+            if self._new_problems <= 5:
+                self._reported.add(problem)
+                _say(f"warning: skipped a training image: {problem}")
+            elif self._new_problems == 6:
+                _say("warning: more training images cannot be used and are skipped; metrics.jsonl counts "
+                     "them (broken_images)")
+
+    def _nothing_decodes(self, batches: int) -> str:
+        named = sorted(self._reported)[:3]
+        example = f", e.g. {'; '.join(named)}" if named else ""
+        return (f"training set {self.cfg.dataset.train}: no image of the last {batches} batches could be used "
+                f"({self.broken_images} unreadable or wrong-sized images met so far{example}); it holds no "
+                "decodable aligned face of input_size: check the files (preprocess.py writes such a folder)")
 
     def _export_extra(self) -> dict:
         extra = {"head": {k: v.detach().cpu() for k, v in self.model.head.state_dict().items()},
@@ -315,11 +553,17 @@ class Trainer:
         centers = self._center_matrix()
         if centers is not None and len(centers) > 1:
             record["mean_min_center_distance"] = float(mean_min_distance(centers))
+            record["mean_min_center_angle"] = mean_min_angle(centers)
+        record["mean_min_weight_angle"] = mean_min_angle(head.weight.detach())
         for key, value in record.items():
             if key != "iteration":
                 writer.add_scalar(f"train/{key}", value, self.iteration)
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        path = self.run_dir / METRICS_FILE
+        try:
+            with open(path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            raise TrainingError(self._write_failure(path, exc)) from exc
 
     def _evaluate(self, writer) -> None:
         """LFW-protocol accuracy of the current backbone, into the same TensorBoard and metrics.jsonl."""
@@ -346,8 +590,16 @@ class Trainer:
         return self.model.head.weight.detach()
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          lock: FolderLock | None = None) -> Path:
+    """Train (or with `resume`, continue) the run in `run_dir`; returns the final weights' path. Raises
+    TrainingError (TrainingDiverged included), CheckpointError, ValueError or FileNotFoundError with a
+    one-line message. `lock`: the run folder's lock when the caller holds it already."""
+    trainer = None
     try:
-        return Trainer(cfg, run_dir, resume=resume, progress=progress).fit()
+        trainer = Trainer(cfg, run_dir, resume=resume, progress=progress, lock=lock)
+        return trainer.fit()
     finally:
+        if trainer is not None:
+            trainer.close()
         distributed.teardown()

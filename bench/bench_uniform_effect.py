@@ -1,0 +1,121 @@
+"""Does the uniform loss do what the paper claims? Trains the toy config (`code/configs/toy.yaml`: 100
+classes, 200 iterations) for each setting and seed, and prints per setting: toy LFW accuracy (mean and
+spread), the mean angle from each unit-normalised class center to its nearest other center, the same for
+the head's class weights, and the median ratio |alpha dL_u/dx| / |dCE/dx| over the features of one batch.
+
+    PYTHONPATH=code python bench/bench_uniform_effect.py [--seeds 0 1 2] [--variants]
+
+The baseline (alpha = 0) runs in the same command, so the differences are what to read, not the absolute
+figures. `--variants` adds the readings the default was chosen against (raw feature-space centers, and
+Eq. 6's printed reduction on the sphere at alpha 1 and 10). Needs the toy set: it is generated and aligned
+first (as `make demo` does) when `--data` does not hold it yet.
+"""
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "code"))
+
+from uniformface.centers import ClassCenters, mean_min_angle  # noqa: E402
+from uniformface.config import load_config  # noqa: E402
+from uniformface.evaluate import evaluate_pairs  # noqa: E402
+from uniformface.losses import uniform_loss  # noqa: E402
+from uniformface.models import normalize_pixels  # noqa: E402
+from uniformface.trainer import Trainer  # noqa: E402
+
+DEFAULT = ("default", [])
+BASELINE = ("alpha=0", ["alpha=0"])
+VARIANTS = [
+    ("raw centers, Eq. 6 printed (before)", ["normalize_centers=false", "uniform_reduction=pairs"]),
+    ("sphere, Eq. 6 printed", ["uniform_reduction=pairs"]),
+    ("sphere, Eq. 6 printed, alpha=10", ["uniform_reduction=pairs", "alpha=10"]),
+]
+
+
+def ensure_toy_set(data: Path) -> None:
+    if (data / "processed/train").is_dir() and (data / "processed/lfw").is_dir():
+        return
+    code = ROOT / "code"
+    for args in ([code / "make_toy_data.py", "--output", data],
+                 [code / "preprocess.py", "--dataset", data / "train", "--output_dir", data / "processed/train"],
+                 [code / "preprocess.py", "--dataset", data / "lfw", "--output_dir", data / "processed/lfw"]):
+        subprocess.run([sys.executable, *map(str, args)], check=True)
+
+
+def gradient_ratio(trainer: Trainer) -> float:
+    """Median over one batch's features of |alpha dL_u/dx_i| / |dCE/dx_i| at the trained weights."""
+    cfg, model = trainer.cfg, trainer.model
+    images, labels, _ = next(iter(trainer._loader()))
+    model.eval()  # the head then neither advances lambda nor renormalises; the backbone has no batch norm
+    features = model.backbone(normalize_pixels(images)).detach().requires_grad_()
+    ce = F.cross_entropy(model.head(features, labels), labels)
+    uniform = cfg.alpha * uniform_loss(trainer.centers.loss_centers(features, labels), reduction=cfg.uniform_reduction)
+    (ce_grad,) = torch.autograd.grad(ce, features)
+    (uniform_grad,) = torch.autograd.grad(uniform, features)
+    return float((uniform_grad.norm(dim=1) / ce_grad.norm(dim=1).clamp_min(1e-30)).median())
+
+
+def run(cfg_path: Path, data: Path, overrides: list[str], seed: int, run_dir: Path) -> dict:
+    cfg = load_config(cfg_path, [f"seed={seed}", f"dataset.train={data / 'processed/train'}",
+                                 f"dataset.test={data / 'processed/lfw'}", f"dataset.pairs={data / 'pairs.txt'}",
+                                 *overrides])
+    trainer = Trainer(cfg, run_dir, progress=False)
+    trainer.fit()
+    backbone = trainer.model.backbone.eval()
+    result = evaluate_pairs(backbone, cfg.dataset.test, cfg.dataset.pairs, num_workers=0, progress=False)
+    centers = trainer.centers
+    center_rows = centers.centers[centers.initialized] if isinstance(centers, ClassCenters) else centers.weight
+    return {"accuracy": 100 * result["accuracy_mean"], "center_angle": mean_min_angle(center_rows.detach()),
+            "weight_angle": mean_min_angle(trainer.model.head.weight.detach()),
+            "ratio": gradient_ratio(trainer) if cfg.alpha > 0 else 0.0}
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "code/configs/toy.yaml"))
+    parser.add_argument("--data", default=str(ROOT / "data/toy"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", action="store_true", help="also the readings the default was chosen against")
+    parser.add_argument("--setting", nargs="+", action="append", default=[], metavar="NAME_OR_KEY=VALUE",
+                        help="a further setting: its name, then its overrides (e.g. --setting a10 alpha=10)")
+    parser.add_argument("--no_default", action="store_true", help="only alpha=0 and the --setting/--variants ones")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra override for every setting (e.g. max_iters=400)")
+    args = parser.parse_args()
+    data = Path(args.data)
+    ensure_toy_set(data)
+    settings = [BASELINE] + ([] if args.no_default else [DEFAULT]) + (VARIANTS if args.variants else []) \
+        + [(extra[0], extra[1:]) for extra in args.setting]
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, overrides in settings:
+            rows[name] = [run(Path(args.config), data, [*overrides, *args.overrides], seed,
+                              Path(tmp) / f"{len(rows)}_{seed}") for seed in args.seeds]
+            per_seed = ", ".join(f"{r['center_angle']:.2f}" for r in rows[name])
+            print(f"{name}: nearest-center angle per seed {per_seed}", file=sys.stderr, flush=True)
+    print(f"seeds {args.seeds}; mean ± standard deviation over seeds")
+    print("| setting | toy LFW accuracy % | nearest-center angle ° | nearest-weight angle ° "
+          "| median alpha·dL_u/dx : dCE/dx | center angle gain over alpha=0, per seed |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    base = rows[BASELINE[0]]
+    for name, results in rows.items():
+        gains = ", ".join(f"{r['center_angle'] - b['center_angle']:+.2f}" for r, b in zip(results, base))
+        print(f"| {name} | {spread([r['accuracy'] for r in results])} | {spread([r['center_angle'] for r in results])} "
+              f"| {spread([r['weight_angle'] for r in results])} | {statistics.median(r['ratio'] for r in results):.3g} "
+              f"| {gains} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

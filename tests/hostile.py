@@ -1,0 +1,28 @@
+"""Hostile conditions for the tests of issue 12 that the suite can make for real."""
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+@contextlib.contextmanager
+def read_only_folder(path):
+    """`path` (created) made unwritable for this process: mode 0555, and for root, who ignores modes,
+    the immutable attribute (chattr +i). Skips the test where neither works."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o555)
+    immutable = False
+    if os.access(path, os.W_OK):
+        immutable = subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+        if not immutable:
+            path.chmod(0o755)
+            pytest.skip("cannot make a folder read-only here (root without chattr)")
+    try:
+        yield path
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        path.chmod(0o755)

@@ -25,6 +25,9 @@ def test_paper_config_holds_spec_numbers():
     assert cfg.loss.name == "sphereface" and cfg.loss.m == 4
     assert (cfg.loss.base, cfg.loss.gamma, cfg.loss.power, cfg.loss.lambda_min) == (1000, 0.12, 1, 5)
     assert cfg.alpha == 1.0 and cfg.flip
+    # the uniform loss on the hypersphere, with the per-center reduction (README: "The uniform loss's reading")
+    assert cfg.normalize_centers and cfg.uniform_reduction == "center" and cfg.center_mode == "feature"
+    assert Config().normalize_centers and Config().uniform_reduction == "center"
     assert sorted(cfg.dataset.exclude_identities) == ["0166921", "1056413", "1193098"]
 
 
@@ -73,6 +76,12 @@ def test_defaults_equal_dataclass_and_run_name_differs_by_setting():
     a, b = load_config(None), load_config(None, ["alpha=0"])
     assert a == Config()
     assert run_name(a) != run_name(b)
+    # the uniform loss's reading shows in the name only where it is not the default
+    assert "_raw" not in run_name(a) and "_pairs" not in run_name(a) and "_center" not in run_name(a)
+    other = "pairs" if a.uniform_reduction == "center" else "center"
+    names = {run_name(load_config(None, extra)) for extra in
+             ([], ["normalize_centers=false"], [f"uniform_reduction={other}"])}
+    assert len(names) == 3 and any(name.endswith("_raw") for name in names)
 
 
 def test_train_cli_rejects_typo_before_any_work(tmp_path):
@@ -133,3 +142,20 @@ def test_train_cli_refuses_a_nan_learning_rate_before_any_work(tmp_path, capsys)
                              "--set", "lr=.nan"])
     assert status == 2 and "key 'lr' must be a finite number, got nan" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_readme_ablation_rows_name_the_run_folders_train_py_makes():
+    """Each row of the README's "Train and test each setting" table: its `--set` overrides on
+    code/config.yaml give the run folder the row names (a '...' prefix abbreviates the common part)."""
+    import re
+
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines()
+            if line.startswith("| ") and ("earlier port" in line or "ours" in line) and "seed0_" in line or
+            (line.startswith("| ") and "`..._alpha" in line)]
+    assert len(rows) == 5, rows
+    for row in rows:
+        command, folder = [cell.strip() for cell in row.split("|")[2:4]]
+        overrides = re.findall(r"--set (\S+?)(?=`| --set|$)", command)
+        name = run_name(load_config(ROOT / "code" / "config.yaml", overrides))
+        folder = folder.strip("`")
+        assert name.endswith(folder[3:]) if folder.startswith("...") else name == folder, (row, name)

@@ -46,8 +46,13 @@ def test_center_reduction_is_each_centers_mean_potential_summed():
     loss.backward()
     # M times Eq. 6 as printed, so its gradient is M times the printed one's.
     torch.testing.assert_close(centers.grad, 7 * uniform_gradient_reference(cpu_centers), rtol=1e-9, atol=1e-12)
+    # shared out per image of the batch: / batch_size, value and gradient
+    per_image = uniform_loss(cpu_centers, reduction="center", batch_size=4)
+    assert per_image.item() == pytest.approx(uniform_reference(cpu_centers, "center") / 4, rel=1e-12)
     with pytest.raises(ValueError, match="reduction"):
         uniform_loss(centers, reduction="mean")
+    with pytest.raises(ValueError, match="batch_size"):
+        uniform_loss(centers, reduction="center", batch_size=0)
 
 
 def spread_on_the_sphere(m, reduction, steps=2, step_size=0.5, dim=16):
@@ -74,7 +79,9 @@ def spread_on_the_sphere(m, reduction, steps=2, step_size=0.5, dim=16):
 @pytest.mark.slow
 def test_the_center_reduction_spreads_centers_at_any_scale_where_the_printed_one_goes_inert():
     """The synthetic check behind the default (README, "The uniform loss's reading"): the per-center
-    reduction moves 100 and 10,000 centers apart alike; Eq. 6 as printed fades like 1/M."""
+    reduction moves 100 and 10,000 centers apart alike (its force on a center is 2 / batch_size times the
+    mean of the others' pushes, whatever M; here batch_size 1 and the step stand for lr / batch_size);
+    Eq. 6 as printed fades like 1/M."""
     gain_small, gain_large = spread_on_the_sphere(100, "center"), spread_on_the_sphere(10_000, "center")
     assert gain_small > 1.0 and gain_large > 0.5 * gain_small
     assert spread_on_the_sphere(10_000, "pairs") < 1e-3 * gain_large

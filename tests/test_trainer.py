@@ -84,10 +84,12 @@ def test_run_folder_outputs(tmp_path, aligned_tree, device):
     assert [e.step for e in acc.Scalars("train/loss")] == [2, 4, 6]
 
 
-def test_resume_is_bit_identical(tmp_path, aligned_tree):
-    cfg = tiny_config(aligned_tree)
+@pytest.mark.parametrize("reading", [dict(), dict(normalize_centers="false", uniform_reduction="pairs",
+                                                    compute_in_batch="true")], ids=["sphere-center-all", "raw-pairs-batch"])
+def test_resume_is_bit_identical(tmp_path, aligned_tree, reading):
+    cfg = tiny_config(aligned_tree, **reading)
     train(cfg, tmp_path / "full", progress=False)
-    half = tiny_config(aligned_tree, max_iters=3)
+    half = tiny_config(aligned_tree, max_iters=3, **reading)
     train(half, tmp_path / "split", progress=False)
     # continue with the full length, reading the state back
     trainer = Trainer(cfg, tmp_path / "split", resume=True, progress=False)

@@ -95,7 +95,9 @@ class Config:
     compute_in_batch: bool = False  # True: only the batch's class centers enter the loss
     center_mode: str = "feature"  # feature (paper) | weight (earlier port: head weights as centers)
     normalize_centers: bool = True  # centers of unit features, on the unit sphere in Eq. 6 (False: raw features)
-    uniform_reduction: str = "pairs"  # pairs: Eq. 6 as printed | center: force per center independent of M
+    # center: each center's mean potential, summed over centers, per image of the batch (force on a center
+    # independent of M) | pairs: Eq. 6 as printed (mean over M(M-1) ordered pairs; force fades like 1/M)
+    uniform_reduction: str = "center"
     regularface: float = 0.0  # weight of RegularFace's exclusive regulariser
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True
@@ -303,7 +305,11 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 
 def run_name(cfg: Config) -> str:
-    """Run folder name derived from the settings users compare (as the earlier port's train.py did)."""
+    """Run folder name derived from the settings users compare (as the earlier port's train.py did); the
+    uniform loss's reading is appended only where it differs from the default (`_raw`, `_pairs`)."""
+    reading = ("" if cfg.normalize_centers == Config.normalize_centers else "_raw" if not cfg.normalize_centers
+               else "_sphere")
+    reading += "" if cfg.uniform_reduction == Config.uniform_reduction else f"_{cfg.uniform_reduction}"
     return (f"seed{cfg.seed}_{cfg.model_name}_{cfg.loss.name}_emb{cfg.emb_dim}"
             f"_alpha{cfg.alpha:g}_beta{cfg.beta:g}_{'batch' if cfg.compute_in_batch else 'all'}_{cfg.center_mode}"
-            + ("" if cfg.normalize_centers else "_raw") + ("" if cfg.uniform_reduction == "pairs" else f"_{cfg.uniform_reduction}"))
+            + reading)

@@ -126,15 +126,19 @@ class _UniformLoss(torch.autograd.Function):
         return (grad * grad_output).to(ctx.input_dtype), None, None
 
 
-def uniform_loss(centers: torch.Tensor, chunk_size: int | None = None, reduction: str = "pairs") -> torch.Tensor:
+def uniform_loss(centers: torch.Tensor, chunk_size: int | None = None, reduction: str = "pairs",
+                 batch_size: int = 1) -> torch.Tensor:
     """UniformFace Eq. 6 without its weight lambda (the caller multiplies), over the (M, d) `centers`:
 
     - reduction "pairs" (Eq. 6 as printed): 1 / (M (M - 1)) * sum over ordered pairs j1 != j2 of
       1 / (|c_j1 - c_j2|_2 + 1), the mean potential of a pair. The force on one center is then a mean
-      over its M - 1 partners divided once more by M: it fades like 1/M (1e-4 at CASIA's 10,572 classes).
-    - reduction "center": sum over centers j1 of the mean over j2 != j1 of 1 / (|c_j1 - c_j2| + 1), i.e.
-      M times the above: every center is a unit charge in the mean field of the others, so the force on
-      it does not depend on M (the abstract's "like charges on the surface of the hypersphere").
+      over its M - 1 partners divided once more by M: it fades like 1/M (2e-4 at CASIA's 10,572 classes).
+    - reduction "center": the sum over centers j1 of the mean over j2 != j1 of 1 / (|c_j1 - c_j2| + 1),
+      divided by `batch_size`: every center is a unit charge in the mean field of the others, so the force
+      on it does not depend on M ("like charges on the surface of the hypersphere", the paper's abstract),
+      and it is shared out per image of the batch, as the cross-entropy's mean over the batch is, so that
+      the weight lambda compares the two on the same footing whatever M and the batch are. It is
+      M / batch_size times the printed value.
 
     Differentiable with a finite gradient (zero between coinciding centers); `chunk_size` rows per block
     (default: about 16M pairwise values per block). M < 2 gives 0. The result is float32 for
@@ -143,13 +147,15 @@ def uniform_loss(centers: torch.Tensor, chunk_size: int | None = None, reduction
         raise ValueError(f"uniform_loss: centers must be (M, d), got shape {tuple(centers.shape)}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"uniform_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if batch_size < 1:
+        raise ValueError(f"uniform_loss: batch_size must be >= 1, got {batch_size}")
     m = len(centers)
     if m < 2:
         return centers.new_zeros((), dtype=_compute_dtype(centers))
     chunk = default_chunk_size(m) if chunk_size is None else int(chunk_size)
     if chunk < 1:
         raise ValueError(f"uniform_loss: chunk_size must be >= 1, got {chunk_size}")
-    divisor = float(m - 1) if reduction == "center" else float(m * (m - 1))
+    divisor = float(m - 1) * batch_size if reduction == "center" else float(m * (m - 1))
     return _UniformLoss.apply(centers, chunk, divisor)
 
 

@@ -424,7 +424,8 @@ class Trainer:
         ce = F.cross_entropy(logits.float(), labels)
         uniform = torch.zeros((), device=self.device)
         if cfg.alpha > 0:
-            uniform = uniform_loss(self.centers.loss_centers(features, labels), reduction=cfg.uniform_reduction)
+            uniform = uniform_loss(self.centers.loss_centers(features, labels), reduction=cfg.uniform_reduction,
+                                   batch_size=cfg.batch_size)
         regular = torch.zeros((), device=self.device)
         if cfg.regularface > 0:
             regular = regularface_loss(self.model.head.weight)

@@ -1,7 +1,9 @@
 """Does the uniform loss do what the paper claims? Trains the toy config (`code/configs/toy.yaml`: 100
 classes, 200 iterations) for each setting and seed, and prints per setting: toy LFW accuracy (mean and
 spread), the mean angle from each unit-normalised class center to its nearest other center, the same for
-the head's class weights, and the median ratio |alpha dL_u/dx| / |dCE/dx| over the features of one batch.
+the head's class weights, Eq. 6 as printed on the unit-normalised centers (the energy the loss lowers: how
+evenly the centers cover the sphere as a whole), and the median ratio |alpha dL_u/dx| / |dCE/dx| over the
+features of one batch half-way through training.
 
     PYTHONPATH=code python bench/bench_uniform_effect.py [--seeds 0 1 2] [--variants]
 
@@ -87,13 +89,16 @@ def run(cfg_path: Path, data: Path, overrides: list[str], seed: int, run_dir: Pa
     result = evaluate_pairs(backbone, cfg.dataset.test, cfg.dataset.pairs, num_workers=0, progress=False)
     centers = trainer.centers
     center_rows = centers.centers[centers.initialized] if isinstance(centers, ClassCenters) else centers.weight
+    unit_centers = F.normalize(center_rows.detach().double(), dim=1)
     return {"accuracy": 100 * result["accuracy_mean"], "center_angle": mean_min_angle(center_rows.detach()),
+            "energy": float(uniform_loss(unit_centers, reduction="pairs")),
             "weight_angle": mean_min_angle(trainer.model.head.weight.detach()),
             "ratio": ratio}
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
+def spread(values: list[float], digits: int = 2) -> str:
+    deviation = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {deviation:.{digits}f}"
 
 
 def main() -> int:
@@ -118,17 +123,18 @@ def main() -> int:
         for name, overrides in settings:
             rows[name] = [run(Path(args.config), data, [*overrides, *args.overrides], seed,
                               Path(tmp) / f"{len(rows)}_{seed}") for seed in args.seeds]
-            per_seed = ", ".join(f"{r['center_angle']:.2f}" for r in rows[name])
-            print(f"{name}: nearest-center angle per seed {per_seed}", file=sys.stderr, flush=True)
+            per_seed = ", ".join(f"{r['center_angle']:.2f}° / {r['energy']:.4f}" for r in rows[name])
+            print(f"{name}: nearest-center angle / energy per seed {per_seed}", file=sys.stderr, flush=True)
     print(f"seeds {args.seeds}; mean ± standard deviation over seeds")
     print("| setting | toy LFW accuracy % | nearest-center angle ° | nearest-weight angle ° "
-          "| median alpha·dL_u/dx : dCE/dx | center angle gain over alpha=0, per seed |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          "| Eq. 6 energy of the unit centers | median alpha·dL_u/dx : dCE/dx | center angle gain over alpha=0, per seed |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     base = rows.get(BASELINE[0], next(iter(rows.values())))
     for name, results in rows.items():
         gains = ", ".join(f"{r['center_angle'] - b['center_angle']:+.2f}" for r, b in zip(results, base))
         print(f"| {name} | {spread([r['accuracy'] for r in results])} | {spread([r['center_angle'] for r in results])} "
-              f"| {spread([r['weight_angle'] for r in results])} | {statistics.median(r['ratio'] for r in results):.3g} "
+              f"| {spread([r['weight_angle'] for r in results])} | {spread([r['energy'] for r in results], 4)} "
+              f"| {statistics.median(r['ratio'] for r in results):.3g} "
               f"| {gains} |")
     return 0
 

@@ -210,7 +210,7 @@ def test_a_missing_gpu_or_an_unknown_device_is_one_line(tmp_path, small_tree):
     proc, _ = run_script(cli_args(small_tree, tmp_path / "log", "device=cuda"), CUDA_VISIBLE_DEVICES="")
     assert proc.returncode == 1
     err = one_error_line(proc.stderr)
-    assert "config key 'device' is 'cuda' but PyTorch sees no CUDA GPU" in err and "--set device=cpu" in err
+    assert "config key 'device' cuda: no CUDA GPU is available" in err and "(use --set device=cpu)" in err
     assert not (tmp_path / "log").exists()
 
 

@@ -129,26 +129,28 @@ def add_debug_flag(parser) -> None:
                         help="on an error, also show the Python traceback (for a bug report)")
 
 
-def resolve_device(text: str, option: str = "--device"):
-    """A torch.device that exists on this machine, or ValueError naming it and the fix
-    (an unknown name, CUDA without a GPU, cuda:N beyond the GPUs there are, MPS unavailable)."""
+def resolve_device(text: str, option: str = "--device", use: str | None = None):
+    """A torch.device that exists on this machine, or ValueError naming it and the fix (an unknown name,
+    CUDA without a GPU, cuda:N beyond the GPUs there are, MPS unavailable). `option` names where the
+    device came from, `use` how to give another one ("{}" is replaced by the device; default: option)."""
     import torch
 
+    use = use or f"{option} {{}}"
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError, TypeError):
         raise ValueError(f"{option} {text!r}: not a device name (use cpu, cuda or cuda:N)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{option} {text}: no CUDA GPU is available to this PyTorch (use {option} cpu)")
+            raise ValueError(f"{option} {text}: no CUDA GPU is available to this PyTorch (use {use.format('cpu')})")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise ValueError(f"{option} {text}: this machine has {count} CUDA device(s), "
-                             f"cuda:0..cuda:{count - 1} (use one of them, or {option} cpu)")
+                             f"cuda:0..cuda:{count - 1} (use one of them, or {use.format('cpu')})")
     elif device.type == "mps":
         backend = getattr(torch.backends, "mps", None)
         if backend is None or not backend.is_available():
-            raise ValueError(f"{option} {text}: MPS is not available on this machine (use {option} cpu)")
+            raise ValueError(f"{option} {text}: MPS is not available on this machine (use {use.format('cpu')})")
     elif device.type != "cpu":
         raise ValueError(f"{option} {text}: unsupported device type {device.type!r} (use cpu or cuda)")
     return device

@@ -24,6 +24,7 @@ from . import distributed
 from .centers import ClassCenters, WeightCenters, mean_min_angle, mean_min_distance
 from .checkpoint import (CheckpointError, FolderBusy, FolderLock, atomic_torch_save, atomic_write_text, export_weights,
                          keep_previous, remove_stale_partials, safe_torch_load)
+from .cli import resolve_device
 from .config import Config, save_config, to_dict
 from .data import GlobalBatchSampler, ReportingView, check_images, collate_report_broken, open_train_set
 from .heads import build_head
@@ -63,21 +64,10 @@ def lock_folder(folder: str | Path, lock: FolderLock | None = None) -> FolderLoc
 def check_device(name: str) -> torch.device:
     """The configured device, or TrainingError when this machine does not have it (before anything is
     built on it: PyTorch's own errors for a missing GPU come as tracebacks from deep inside)."""
-    device = torch.device(name)  # config.validate has checked the form
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainingError(f"config key 'device' is {name!r} but PyTorch sees no CUDA GPU on this machine; "
-                                "train on the CPU with --set device=cpu (or device=auto)")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise TrainingError(f"config key 'device' is {name!r} but this machine has {count} CUDA device(s), "
-                                f"cuda:0..cuda:{count - 1}; use --set device=cuda (or one of them)")
-    elif device.type == "mps":
-        backend = getattr(torch.backends, "mps", None)
-        if backend is None or not backend.is_available():
-            raise TrainingError(f"config key 'device' is {name!r} but MPS is not available on this machine; "
-                                "use --set device=cpu")
-    return device
+    try:
+        return resolve_device(name, option="config key 'device'", use="--set device={}")
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 class Recognizer(nn.Module):

@@ -461,7 +461,9 @@ class Trainer:
                 if main:
                     self._report(problems)
                 self.broken_images += int(distributed.sum_scalar(len(problems), self.device))
-                if distributed.sum_scalar(len(labels), self.device) == 0:
+                # Every rank decides alike: a rank that skipped while the others stepped would leave
+                # DDP's all-reduce waiting forever. So a batch empty on any rank is skipped by all.
+                if distributed.sum_scalar(float(len(labels) == 0), self.device) > 0:
                     empty += 1
                     if empty >= min(self._iters_per_epoch, 50):
                         raise TrainingError(self._nothing_decodes(empty))
@@ -518,6 +520,7 @@ class Trainer:
         named = sorted(self._reported)[:3]
         example = f", e.g. {'; '.join(named)}" if named else ""
         return (f"training set {self.cfg.dataset.train}: no image of the last {batches} batches could be used "
+                f"{'(on one process at least) ' if self.topology.world_size > 1 else ''}"
                 f"({self.broken_images} unreadable or wrong-sized images met so far{example}); it holds no "
                 "decodable aligned face of input_size: check the files (preprocess.py writes such a folder)")
 

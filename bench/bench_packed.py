@@ -1,6 +1,6 @@
 """Loader throughput of the three training-set formats in one run: the aligned JPEG folder (baseline),
 the same images as an insightface `.rec`, and the packed uint8 memory map. Each goes through the loader
-Trainer builds (GlobalBatchSampler + collate_skip_broken, random flip on), so the figures are images/s
+Trainer builds (`data.training_loader` over a GlobalBatchSampler, random flip on), so the figures are images/s
 the training loop can be fed. The files are freshly written, hence in the page cache: this measures
 decoding and copying, not the disk.
 
@@ -12,20 +12,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from torch.utils.data import DataLoader
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from conftest import write_aligned_tree  # noqa: E402
-from uniformface.data import GlobalBatchSampler, ImageFolderTrainSet, collate_skip_broken, open_train_set  # noqa: E402
+from uniformface.data import GlobalBatchSampler, ImageFolderTrainSet, open_train_set, training_loader  # noqa: E402
 from uniformface.packed import pack  # noqa: E402
 from uniformface.recordio import write_record_file  # noqa: E402
 
 
 def images_per_second(dataset, batch: int, batches: int, workers: int) -> float:
-    loader = DataLoader(dataset, batch_sampler=GlobalBatchSampler(len(dataset), batch, seed=0),
-                        num_workers=workers, collate_fn=collate_skip_broken, persistent_workers=workers > 0,
-                        prefetch_factor=4 if workers else None)
+    loader = training_loader(dataset, GlobalBatchSampler(len(dataset), batch, seed=0), workers)
     stream = iter(loader)
     next(stream)  # worker start-up is not throughput
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Speed of the sphereface-protocol 10-fold evaluation (SPEC §8) against a baseline in the same run.
+"""Speed of the sphereface-protocol 10-fold evaluation (SphereFace's evaluation.m) against a baseline in the same run.
 
     PYTHONPATH=code python bench/bench_verification.py [--full]
 

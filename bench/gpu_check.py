@@ -51,7 +51,7 @@ from uniformface.config import load_config  # noqa: E402
 from uniformface.embedding import ImageFiles, extract_features  # noqa: E402
 from uniformface.models import build_model, normalize_pixels  # noqa: E402
 
-CASIA_CLASSES = 10_572  # CASIA-WebFace's 10,575 identities minus the 3 that are in LFW (SPEC §6)
+CASIA_CLASSES = 10_572  # CASIA-WebFace's 10,575 identities minus the 3 that are in LFW (SphereFace's release drops them)
 LFW_IMAGES = 13_233
 PAPER_ITERATIONS = 28_000  # code/config.yaml max_iters
 PAPER_BATCH = 512  # code/config.yaml batch_size: the official 2 GPUs x 256

@@ -1,4 +1,4 @@
-"""Verification accuracy of a trained model (SPEC §8): LFW 10-fold, or insightface `.bin` sets.
+"""Verification accuracy of a trained model (SphereFace's evaluation.m; README, "Real workflow"): LFW 10-fold, or insightface `.bin` sets.
 
     python code/test.py --model_path log/<run>/sphereface20_512.pt [--dataset DIR --pairs_path FILE
                         --protocol sphereface|insightface --json FILE]

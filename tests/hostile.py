@@ -1,4 +1,5 @@
-"""Hostile conditions for the tests of issue 12 that the suite can make for real."""
+"""Hostile conditions the suite can make for real (README, "Security and reliability"), and the check
+that a script ended in one clear line."""
 import contextlib
 import os
 import subprocess
@@ -26,3 +27,11 @@ def read_only_folder(path):
         if immutable:
             subprocess.run(["chattr", "-i", str(path)], check=True)
         path.chmod(0o755)
+
+
+def one_line_error(err: str, *words: str) -> str:
+    """`err` (a script's stderr) is exactly one line `error: ...`, with no traceback, holding every word."""
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, (word, err)
+    return err

@@ -1,4 +1,4 @@
-"""ablate.py (issue 7, item 1): a grid of settings trained and tested, the earlier port's tables, resumable."""
+"""ablate.py: a grid of settings trained and tested, the earlier port's tables, resumable."""
 import json
 import os
 from pathlib import Path
@@ -192,7 +192,7 @@ def test_other_settings_in_the_folder_are_refused(tmp_path, data, steps, capsys)
 
 def test_a_second_ablation_or_a_train_py_into_its_folders_is_refused_at_once(tmp_path, data, steps, capsys,
                                                                               monkeypatch):
-    """Issue 12, item 5: the grid's LOGDIR and its settings' folders are locked while it runs."""
+    """The grid's LOGDIR and its settings' folders are locked while it runs."""
     import signal
     import socket
 

@@ -1,4 +1,4 @@
-"""Alignment (SPEC §7): template, Matlab's cp2tform 'similarity' and imtransform's 1-based warp, MTCNN
+"""Alignment (face_align_demo.m): template, Matlab's cp2tform 'similarity' and imtransform's 1-based warp, MTCNN
 wrapper, image loading. The reference for the crop is `cp2tform_reference` below, a float64 transcription
 of Matlab's cp2tform (findSimilarity / findNonreflectiveSimilarity, Matlab's row-vector convention and
 `norm`) that shares no code with `uniformface.align`. Faces are real photos made from scikit-image's
@@ -350,7 +350,7 @@ def template_shaped_astronaut(detector, rounds=4):
 
 
 def test_landmarks_redetected_on_the_aligned_face_lie_within_2px_of_the_template(detector):
-    """Issue 5, item 1, on a face whose landmarks a similarity can put on the template (see
+    """Re-detected landmarks within 2 px of the template, on a face whose landmarks a similarity can put on the template (see
     template_shaped_astronaut); for her unbent face the fit itself leaves more than 2 px, tested below."""
     photo, found = template_shaped_astronaut(detector)
     for size in [(112, 96), (112, 112)]:
@@ -541,7 +541,7 @@ def test_group_photo_keeps_one_face_near_the_centre(detector):
 
 
 def test_detector_uses_the_official_sphereface_settings_not_facenets():
-    """SPEC §7: min face 20, thresholds [0.6, 0.7, 0.9], scale factor 0.85 (facenet: 0.7 and 0.709)."""
+    """face_detect_demo.m: min face 20, thresholds [0.6, 0.7, 0.9], scale factor 0.85 (facenet: 0.7 and 0.709)."""
     from uniformface.align import FaceDetector
 
     detector = FaceDetector()  # what mtcnn.detect_faces is given

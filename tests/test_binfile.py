@@ -131,7 +131,7 @@ def test_shared_small_lfw_bin():
 
 
 def test_a_refused_global_is_also_a_value_error(tmp_path):
-    """Issue 12, case 10: test.py --bin printed a traceback for a refused .bin (an UnpicklingError only)."""
+    """test.py --bin printed a traceback for a refused .bin (an UnpicklingError only)."""
     path = tmp_path / "evil.bin"
     path.write_bytes(next(_payloads(tmp_path / "pwned"))[1])
     with pytest.raises(ValueError, match="refused to unpickle global 'os.system'"):

@@ -1,4 +1,4 @@
-"""Class centers (UniformFace Eq. 7 and SPEC section 5's reading of how Eq. 6 sees them) against loop
+"""Class centers (UniformFace Eq. 7 and the README's reading of how Eq. 6 sees them) against loop
 references, plus the distributed path against a single process."""
 import math
 import os
@@ -31,7 +31,7 @@ def seeded_centers(scope="all", normalize=False, initialized=(0, 2, 3, 5), seed=
 
 
 def loop_loss_centers(stored, initialized, features, labels, scope):
-    """SPEC section 5 written out per class: (set of rows that enter Eq. 6)."""
+    """The reading written out per class: (set of rows that enter Eq. 6)."""
     rows = []
     for j in sorted(set(labels.tolist())):
         members = [features[i] for i in range(len(labels)) if labels[i] == j]

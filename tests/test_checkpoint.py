@@ -1,4 +1,4 @@
-"""checkpoint.py (issue 12): checkpoints read with weights_only=True, the run-folder lock, the previous
+"""checkpoint.py: checkpoints read with weights_only=True, the run-folder lock, the previous
 checkpoint kept, leftovers of killed writes swept."""
 import os
 import signal

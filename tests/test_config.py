@@ -111,7 +111,7 @@ def float_keys(cls=Config, prefix=""):
 
 @pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
 def test_every_float_key_must_be_finite(value):
-    """Issue 12, item 3: YAML reads .nan and .inf as floats, which passed every `< 0` check."""
+    """YAML reads .nan and .inf as floats, which passed every `< 0` check."""
     keys = float_keys()
     assert {"lr", "momentum", "weight_decay", "alpha", "beta", "loss.m", "loss.s", "lr_gamma"} <= set(keys)
     for key in keys:

@@ -92,7 +92,7 @@ def bomb_png(width=20000, height=20000):
 
 
 def test_sizes_are_checked_from_headers_and_bad_images_skipped_by_name(tmp_path):
-    """Issue 12, item 9: every file's header, before training; unreadable and wrong-sized ones are skipped
+    """Every file's header, before training; unreadable and wrong-sized ones are skipped
     by name (a decompression bomb among them: it used to escape decode_image as a loader traceback)."""
     from uniformface.data import ReportingView, check_images, collate_report_broken
 

@@ -1,4 +1,4 @@
-"""Dockerfile, docker_build.sh, docker_run.sh (issue 7, item 4). Docker cannot run here: the Dockerfile is
+"""Dockerfile, docker_build.sh, docker_run.sh. Docker cannot run here: the Dockerfile is
 read as text and the scripts run against a stand-in `docker` that records its arguments."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""Evaluation front end (issue 4, items 3-5): features through the DataLoader equal a direct computation;
+"""Evaluation front end: features through the DataLoader equal a direct computation;
 test.py's results file (ROC metrics, ROC figure, the rule verify.py applies, class-center spread);
 missing images; insightface .bin sets with the 112x112 -> 112x96 crop."""
 import importlib.util
@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import hostile
 from uniformface.binfile import write_bin
 from uniformface.checkpoint import export_weights
 from uniformface.embedding import crop_offset, fit_to_input
@@ -194,7 +195,7 @@ def test_missing_image_is_an_error_unless_allowed(tmp_path, lfw_tree, capsys):
 # ------------------------------------------------------------------------------------------- .bin sets
 
 def test_crop_offset_is_the_template_shift():
-    assert crop_offset((112, 112), (112, 96)) == (0, 8)      # SPEC §7: +8 in x
+    assert crop_offset((112, 112), (112, 96)) == (0, 8)      # the 112x112 template: +8 in x
     assert crop_offset((112, 96), (112, 96)) == (0, 0)
     assert crop_offset((112, 96), (112, 112)) is None and crop_offset((120, 120), (112, 96)) is None
     image = torch.arange(3 * 112 * 112).reshape(3, 112, 112)
@@ -230,7 +231,7 @@ def insightface_reference(emb, issame, n_folds=10):
 
 
 def bin_reference_embeddings(model, path):
-    """Decode with PIL, drop 8 columns each side (SPEC §7), f + f_flip, unit length."""
+    """Decode with PIL, drop 8 columns each side, f + f_flip, unit length."""
     import pickle
     with open(path, "rb") as handle:  # our own trusted file
         bins, _ = pickle.load(handle)
@@ -305,14 +306,10 @@ def test_shared_small_lfw_bin(tmp_path):
         assert result["auc"] is None and "only" in result["roc_note"]
 
 
-# ------------------------------------------------------------------------------- hostile inputs (issue 12)
+# ------------------------------------------------------------------ hostile inputs (README, "Security and reliability")
 
 def one_line_error(capsys, *words):
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in err, (word, err)
-    return err
+    return hostile.one_line_error(capsys.readouterr().err, *words)
 
 
 def test_broken_config_refused_bin_and_devices_are_one_line_errors(tmp_path, lfw_tree, capsys):
@@ -346,7 +343,7 @@ def test_broken_config_refused_bin_and_devices_are_one_line_errors(tmp_path, lfw
 
 
 def test_results_file_test_py_did_not_write_is_kept(tmp_path, lfw_tree, capsys):
-    """Issue 12, case 8: --json onto someone else's file replaced it (a broken JSON with a mere warning)."""
+    """--json onto someone else's file replaced it (a broken JSON with a mere warning)."""
     from hostile import read_only_folder
 
     root, pairs_path = lfw_tree

@@ -1,4 +1,4 @@
-"""gather_results.py (issue 4, item 7): several runs' lfw_results.json -> the earlier port's README tables."""
+"""gather_results.py: several runs' lfw_results.json -> the earlier port's README tables."""
 import importlib.util
 import json
 import subprocess
@@ -126,7 +126,7 @@ def test_damaged_results_name_the_file(tmp_path):
 
 
 def test_an_existing_output_and_a_broken_config_are_one_line_errors(tmp_path, capsys):
-    """Issue 12: --output replaced any file there; a broken config.yaml beside the results was a traceback."""
+    """--output used to replace any file there; a broken config.yaml beside the results was a traceback."""
     a, _ = make_run(tmp_path / "a", 0.0, 0.0, [594] * 10, 0.15)
     gather = load_script()
     notes = tmp_path / "notes.md"

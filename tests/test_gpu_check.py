@@ -1,4 +1,4 @@
-"""bench/gpu_check.py (issue 7, item 5) at its --quick sizes on the CPU: every row measured, the estimate
+"""bench/gpu_check.py at its --quick sizes on the CPU: every row measured, the estimate
 of the paper run's length follows from the measured rate."""
 import json
 import math

@@ -1,5 +1,5 @@
 """Margin heads against float64 loop references written from the official Caffe layer and the papers
-(SPEC section 4)."""
+(margin_inner_product_layer.cpp)."""
 import math
 
 import pytest
@@ -254,7 +254,7 @@ def test_build_head_errors_name_the_problem():
 
 
 def test_default_margins_are_the_papers():
-    """SPEC §4: A-Softmax m=4 with lambda (1000, 0.12, 1, 5); CosFace s=64 m=0.35; ArcFace s=64 m=0.5."""
+    """The papers' values: A-Softmax m=4 with lambda (1000, 0.12, 1, 5); CosFace s=64 m=0.35; ArcFace s=64 m=0.5."""
     from uniformface.heads import ArcFace, ASoftmax, CosFace
 
     cos, arc, sphere = CosFace(2, 3), ArcFace(2, 3), ASoftmax(2, 3)
@@ -262,7 +262,7 @@ def test_default_margins_are_the_papers():
     assert [sphere.lambda_at(i) for i in (0, 1, 1659)] == [1000.0, 1000.0 / 1.12, 5.0]
 
 
-# ------------------------------------------------------------------ the official backward (SPEC section 4)
+# ------------------------------------------------------------------ the official backward (Backward_cpu)
 def caffe_backward(x, weight, labels, top_diff, m, lamb, normalise=True):
     """`margin_inner_product_layer.cpp` Backward_cpu (types SINGLE..QUADRUPLE for m = 1..4), line by line in
     float64 loops, after Forward_cpu has renormalised the weight rows and set the sign_* blobs. Returns

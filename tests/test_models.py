@@ -1,4 +1,4 @@
-"""Backbones against the official SphereFace prototxt (SPEC section 3)."""
+"""Backbones against the official SphereFace prototxt (sphereface_model.prototxt)."""
 import math
 
 import pytest

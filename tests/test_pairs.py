@@ -125,7 +125,7 @@ def test_unique_and_missing_images(tmp_path):
 
 
 def test_utf8_with_or_without_a_byte_order_mark_and_other_encodings_name_the_file(tmp_path):
-    """Issue 12, case 11: a BOM (Windows editors) was read as part of the header; Latin-1 failed naming no file."""
+    """A BOM (Windows editors) was read as part of the header; Latin-1 failed naming no file."""
     path = tmp_path / "pairs.txt"
     text = "1\t1\nJosé_María\t1\t2\nJosé_María\t1\tB\t3\n"
     expected = [Pair("José_María/José_María_0001.jpg", "José_María/José_María_0002.jpg", True, 0),

@@ -1,4 +1,4 @@
-"""The preprocessing command (SPEC §2, §7) on small trees of real image files: broken files, odd modes,
+"""The preprocessing command (README, "Preprocessing details") on small trees of real image files: broken files, odd modes,
 faceless images, fallback, reruns and landmark-file mode."""
 import io
 import re
@@ -275,7 +275,7 @@ def test_official_lfw_landmark_file_parses():
 
 
 def test_landmark_file_crops_are_cp2tform_and_imtransform_of_the_decoded_jpeg(tmp_path, capsys, monkeypatch):
-    """Issue 11 (b): `--landmarks` on real JPEGs gives the crop of Matlab's cp2tform + imtransform (the
+    """`--landmarks` on real JPEGs gives the crop of Matlab's cp2tform + imtransform (the
     float64 transcription in test_align, 1-based sampling) of the decoded photo, up to JPEG rounding: the
     output is a quality-95 JPEG, so it is compared with the reference crop put through the same encoder.
     One image carries the numbers of the LFW row where the two fitting directions disagree most."""
@@ -339,7 +339,7 @@ def test_a_written_landmarks_file_replays_the_same_crops(tmp_path, capsys):
     assert (second / LANDMARKS_NAME).read_text() == (first / LANDMARKS_NAME).read_text()
 
 
-# ------------------------------------------------------------------------------- hostile inputs (issue 12)
+# ------------------------------------------------------------------ hostile inputs (README, "Security and reliability")
 
 def test_symlinked_identity_folders_are_aligned_and_a_loop_is_reported(tmp_path, capsys):
     """Case 6: an identity folder reached through a symlink was skipped silently (train.py follows it)."""

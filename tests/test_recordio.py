@@ -10,7 +10,7 @@ from uniformface.data import ImageFolderTrainSet, collate_skip_broken, mix_seed,
 from uniformface.recordio import (RecordIOError, RecordTrainSet, encode_record, pack_payload, unpack_payload,
                                   write_record_file)
 
-# The format, written out here from its description (SPEC §9, dmlc-core recordio.cc, mxnet recordio.py),
+# The format, written out here from its description (dmlc-core recordio.cc, mxnet recordio.py),
 # independently of the module under test.
 MAGIC = 0xCED7230A
 

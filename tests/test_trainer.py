@@ -13,6 +13,7 @@ from PIL import Image
 
 import train as train_cli
 from conftest import write_aligned_tree
+from hostile import one_line_error
 from uniformface.config import load_config
 from uniformface.trainer import Trainer, learning_rate, train
 
@@ -39,8 +40,7 @@ def cli_args(tree, logdir, *overrides, run="run"):
 
 
 def one_error_line(err):
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
+    return one_line_error(err)
 
 
 def all_finite(tensors):
@@ -95,7 +95,7 @@ def test_resume_is_bit_identical(tmp_path, aligned_tree, reading):
     trainer = Trainer(cfg, tmp_path / "split", resume=True, progress=False)
     assert trainer.iteration == 3
     trainer.fit()
-    # the checkpoint holds tensors and plain values only, RNG states included (issue 12)
+    # the checkpoint holds tensors and plain values only, RNG states included
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
     assert a["iteration"] == b["iteration"] == 6
@@ -119,7 +119,7 @@ def test_single_class_is_refused(tmp_path, tree_factory):
 
 
 def test_divergence_names_a_finite_checkpoint_from_which_a_smaller_lr_trains_on(tmp_path, small_tree, capsys):
-    """Issue 12, item 4, with checkpoint_every 1: iteration 1 (lr 1e30) leaves finite but huge weights,
+    """With checkpoint_every 1: iteration 1 (lr 1e30) leaves finite but huge weights,
     whose loss at iteration 2 is NaN. The checkpoint of iteration 1 would diverge again whatever the lr;
     the message must name one that does not."""
     run = tmp_path / "log" / "run"
@@ -140,7 +140,7 @@ def test_divergence_names_a_finite_checkpoint_from_which_a_smaller_lr_trains_on(
 
 
 def test_final_step_that_blows_up_the_weights_is_no_success(tmp_path, small_tree, capsys):
-    """Issue 12, item 3: the loss of the last iteration is finite, its update (lr 1e10 x weight decay 1e30)
+    """The loss of the last iteration is finite, its update (lr 1e10 x weight decay 1e30)
     overflows float32: exit 1, the iteration named, no weights file (it used to save all-inf weights)."""
     run = tmp_path / "log" / "run"
     assert train_cli.main(cli_args(small_tree, tmp_path / "log", "lr=1e10", "weight_decay=1e30", "max_iters=1")) == 1
@@ -164,7 +164,7 @@ def test_corrupt_images_are_skipped_counted_in_logs_and_named_on_the_console(tmp
 
 
 def test_images_of_another_size_are_named_and_skipped(tmp_path, small_tree, capsys):
-    """Issue 12, item 9: one 112x112 face among 112x96 ones, past the first 8 samples of old."""
+    """One 112x112 face among 112x96 ones, past the first 8 samples of old."""
     odd = small_tree / "0000001" / "003.jpg"
     Image.fromarray(np.full((112, 112, 3), 128, np.uint8)).save(odd)
     assert train_cli.main(cli_args(small_tree, tmp_path / "log", "max_iters=4")) == 0
@@ -184,7 +184,7 @@ def run_script(args, timeout=120, **env):
 
 
 def test_a_training_set_of_undecodable_files_fails_at_once(tmp_path, small_tree):
-    """Issue 12, item 2: it used to spin forever on empty batches."""
+    """It used to spin forever on empty batches."""
     for path in small_tree.glob("*/*.jpg"):
         path.write_bytes(b"not an image at all")
     proc, _ = run_script(cli_args(small_tree, tmp_path / "log"), timeout=60)

@@ -1,4 +1,4 @@
-"""k-fold verification against independent float64 references written from the protocol text (SPEC §8):
+"""k-fold verification against independent float64 references written from the protocol text (SphereFace's evaluation.m, insightface's verification.py):
 plain loops over folds and over every grid threshold, no code shared with `uniformface.verification`."""
 import json
 

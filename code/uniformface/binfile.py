@@ -1,4 +1,4 @@
-"""insightface `.bin` verification sets (lfw.bin, cfp_fp.bin, agedb_30.bin, ...), SPEC §8.
+"""insightface `.bin` verification sets (lfw.bin, cfp_fp.bin, agedb_30.bin, ...), as insightface's verification.py reads them.
 
 A `.bin` is a pickle of `(bins, issame)`: `bins` the encoded images (bytes, or 1-d uint8 numpy arrays
 of the encoded bytes), `issame` a list or numpy bool array with one entry per pair; pair k is images

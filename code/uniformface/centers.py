@@ -1,6 +1,6 @@
 """Class centers for the uniform loss (UniformFace, Duan et al., CVPR 2019, Eq. 6-7).
 
-`ClassCenters` is the paper as SPEC section 5 reads it: centers live in feature space (like center loss)
+`ClassCenters` is the paper as this project reads it (README, "Choices made where the paper is silent"): centers live in feature space (like center loss)
 and move by Eq. 7 after each optimizer step,
     delta_j = sum_i [y_i = j] (c_j - x_i) / (1 + n_j),   c_j <- c_j - rate * delta_j.
 The loss sees, for the classes in the batch, c~_j = c_j - delta_j(x) = (c_j + sum_{i in j} x_i) / (1 + n_j),
@@ -94,7 +94,7 @@ def _check_labels(classes: torch.Tensor, num_classes: int, who: str) -> None:
 
 
 class ClassCenters(nn.Module):
-    """Feature-space class centers (SPEC section 5). Buffers: `centers` (C, d) float32 and `initialized`
+    """Feature-space class centers (UniformFace Eq. 6-7, read as in the module docstring). Buffers: `centers` (C, d) float32 and `initialized`
     (C,) bool, both in the state_dict.
 
     scope "all": every initialised center enters Eq. 6 (the paper's "all class centers"); "batch":

@@ -75,10 +75,11 @@ def export_weights(path: str | Path, model: torch.nn.Module, cfg_dict: dict, ext
 
 
 def load_weights(path: str | Path) -> dict:
+    """The final weights file, read as `safe_torch_load` reads a checkpoint (tensors and plain values only)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = safe_torch_load(path, "weights file", fix="pass the {model_name}_{emb_dim}.pt of a run folder")
     if not isinstance(payload, dict) or "model" not in payload or "spec" not in payload:
         raise ValueError(f"{path}: not a weights file written by train.py (expected keys 'spec' and 'model')")
     return payload
@@ -89,12 +90,16 @@ class CheckpointError(ValueError):
 
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+# torch.load's own advice, which must not reach a user who holds a file of unknown origin
+_TORCH_ADVICE = ("weights_only", "Weights only load failed", "Check the documentation", "Please file an issue")
 
 
-def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
+def safe_torch_load(path: str | Path, what: str = "checkpoint",
+                    fix: str = "delete it, or train into another folder") -> Any:
     """`torch.load(path, weights_only=True)` on the CPU, its failures as one-line `CheckpointError`s
-    naming the file. weights_only's unpickler builds tensors and plain containers only and refuses every
-    other global before anything is called, so a file made to run code is refused without running it."""
+    naming the file (`what` it should have been, and `fix`). weights_only's unpickler builds tensors and
+    plain containers only and refuses every other global before anything is called, so a file made to
+    run code is refused without running it."""
     path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -102,19 +107,25 @@ def safe_torch_load(path: str | Path, what: str = "checkpoint") -> Any:
         found = _GLOBAL.search(str(exc))
         if found:
             raise CheckpointError(
-                f"{path}: refused: this {what} asks to unpickle '{found[1]}', not only tensors and plain values "
-                f"(train.py never writes that; the file comes from elsewhere, or from a version before "
-                f"weights_only checkpoints, and could run code); nothing in it was run. Delete it, or train "
-                f"into another folder") from None
-        raise CheckpointError(f"{path}: not a {what} PyTorch can read ({_first_line(exc)})") from None
+                f"{path}: refused: not a {what} written by train.py: it asks to unpickle '{found[1]}', not only "
+                f"tensors and plain values (the file comes from elsewhere, or from a version before weights_only "
+                f"files, and could run code); nothing in it was run: {fix}") from None
+        raise CheckpointError(f"{path}: not a {what} PyTorch can read ({exception_summary(exc)}): {fix}") from None
     except (RuntimeError, EOFError, ValueError, KeyError, AttributeError, IndexError) as exc:
         raise CheckpointError(f"{path}: damaged or not a {what} PyTorch can read "
-                              f"({type(exc).__name__}: {_first_line(exc)})") from None
+                              f"({exception_summary(exc)}): {fix}") from None
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+def exception_summary(exc: BaseException, limit: int = 160) -> str:
+    """"Type: first informative line" of an exception's message, leaving out torch.load's advice to load
+    with weights_only=False."""
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line and not any(word in line for word in _TORCH_ADVICE):
+            return f"{type(exc).__name__}: {line[:limit]}"
+    if "WeightsUnpickler error:" in str(exc):
+        return f"{type(exc).__name__}: {str(exc).split('WeightsUnpickler error:', 1)[1].strip()[:limit]}"
+    return type(exc).__name__
 
 
 def keep_previous(path: str | Path, previous: str | Path) -> bool:

@@ -1,4 +1,4 @@
-"""One-line errors for the scripts in code/ (issue 12).
+"""One-line errors for the scripts in code/ (README, "Security and reliability").
 
 A script's expected failures (a missing or unreadable file, a bad value, a full disk, a read-only
 folder, a device that is not there) end in one line `error: <message>` on stderr and exit status 1,
@@ -51,12 +51,17 @@ _OS_FIXES = {
     errno.EACCES: "check the permissions, or choose another path",
     errno.EPERM: "check the permissions, or choose another path",
     errno.EROFS: "the file system is read-only: choose a writable path",
-    errno.ENOSPC: "the disk is full: free some space, or choose another path",
-    errno.EDQUOT: "the disk quota is exceeded: free some space, or choose another path",
+    errno.ENOSPC: "free space on that disk (the disk is full), or choose another path",
+    errno.EDQUOT: "free space on that disk (the disk quota is exceeded), or choose another path",
     errno.ENOENT: "check the path",
     errno.EISDIR: "this is a folder: give a file path",
     errno.ENOTDIR: "a part of this path is a file, not a folder",
 }
+
+
+def os_fix(number: int | None) -> str | None:
+    """What to do about a system error of this errno (a full disk, a read-only folder, ...), or None."""
+    return _OS_FIXES.get(number)
 
 
 # checkpoint.atomic_write's temporary files: ".<name>.<8 random characters>.partial" beside <name>.
@@ -79,7 +84,7 @@ def describe(exc: BaseException) -> str:
         if exc.filename2 is not None:
             target = f"{target} -> {_target(exc.filename2)}"
         reason = exc.strerror[:1].lower() + exc.strerror[1:]
-        fix = _OS_FIXES.get(exc.errno)
+        fix = os_fix(exc.errno)
         text = f"{target}: {reason}" if target is not None else reason
         return text + (f" ({fix})" if fix else "")
     message = str(exc)

@@ -1,7 +1,7 @@
 """Typed training configuration: dataclasses loaded from YAML, validated before any work starts.
 
 The key names follow the earlier port (ka-tsu-mo/pytorch-uniformface) so that its users' configs and
-`--set key=value` overrides keep working (SPEC §6): `alpha` is the weight of the uniform loss (the
+`--set key=value` overrides keep working (README, "Real workflow"): `alpha` is the weight of the uniform loss (the
 paper's λ in Eq. 6) and `beta` the center update rate (the paper's α in Eq. 7).
 """
 from __future__ import annotations
@@ -34,11 +34,25 @@ def yaml_load(text: str):
     return yaml.load(text, Loader=_Loader)
 
 
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content, or ValueError naming the file, and the line where the parser stopped, when
+    it is not UTF-8 text or not YAML (an OSError when it cannot be read at all)."""
+    path = Path(path)
+    try:
+        return yaml_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ValueError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+
+
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
 
-# CASIA-WebFace identities that also appear in LFW (SphereFace's release drops them): SPEC §6.
+# CASIA-WebFace identities that also appear in LFW (SphereFace's release drops them).
 CASIA_IDENTITIES_IN_LFW = ["0166921", "1056413", "1193098"]
 
 
@@ -281,13 +295,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         where = str(path)
         try:
-            text = Path(path).read_text()
+            data = read_yaml(path) or {}
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-        try:
-            data = yaml_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if overrides:
         data = _merge(data, parse_overrides(overrides))
         where += " (with --set)"

@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -233,6 +233,14 @@ def collate_report_broken(batch):
     return (*_stack(good), [problem for img, _, problem in batch if img is None])
 
 
+def training_loader(dataset: TrainSet, sampler: Sampler, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """The training loop's loader: `sampler`'s batches of (image, label) with unusable images dropped and
+    named (`ReportingView` + `collate_report_broken`), worker processes kept for the whole run."""
+    return DataLoader(ReportingView(dataset), batch_sampler=sampler, num_workers=num_workers,
+                      collate_fn=collate_report_broken, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None)
+
+
 @dataclass
 class ImageCheck:
     """What `check_images` found, for the console."""
@@ -315,7 +323,7 @@ def _size_message(source, found: tuple[int, int], wanted: tuple[int, int]) -> st
 
 
 def open_train_set(path: str | Path, **kwargs) -> Dataset:
-    """SPEC §2: a Dataset whose item is (uint8 (3,H,W) RGB tensor, label), over
+    """The public entry point (README, "Training data formats"): a Dataset whose item is (uint8 (3,H,W) RGB tensor, label), over
     - `X.rec` (insightface RecordIO, `X.idx` beside it), or a folder holding `train.rec` and no identity
       folders (insightface's download layout): `recordio.RecordTrainSet`;
     - `X.packed/` (or a folder with `meta.json` + `images.u8`), from `code/pack_dataset.py`:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -49,10 +50,11 @@ def barrier() -> None:
         dist.barrier()
 
 
-def sum_scalar(value: float, device: torch.device) -> float:
-    """Sum a number over ranks (for counts shown in logs)."""
+def sum_over_ranks(values: Sequence[float], device: torch.device) -> list[float]:
+    """Sum each of a few numbers over the ranks, in one all-reduce (the values themselves when not
+    distributed). For the loop's per-batch counts: one synchronisation a step, not one per count."""
     if not dist.is_initialized():
-        return value
-    t = torch.tensor([float(value)], device=device, dtype=torch.float64)
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], device=device, dtype=torch.float64)
     dist.all_reduce(t)
-    return float(t.item())
+    return t.tolist()

@@ -2,7 +2,7 @@
 inference with the horizontal flip the protocols use, and a whole folder's embeddings.
 
 Crops of 112x112 (insightface `.bin` sets, `preprocess.py --output_size 112x112`) feed a 112x96 network by
-dropping 8 columns each side: the 112x112 template is the 112x96 one shifted by +8 in x (SPEC §7,
+dropping 8 columns each side: the 112x112 template is the 112x96 one shifted by +8 in x (README, "Preprocessing details";
 `align.template`), so the central 96 columns ARE the 112x96 crop, with no resampling.
 """
 from __future__ import annotations
@@ -70,13 +70,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int):
         path = self.root / self.paths[index]
-        try:
-            image = decode_image(path)
-        except ValueError:
-            raise
-        except Exception as exc:  # e.g. PIL's DecompressionBombError: still one error naming the file
-            raise ValueError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from None
-        return fit_to_input(image, self.input_size, str(path)), index
+        return fit_to_input(decode_image(path), self.input_size, str(path)), index  # ValueError naming the file
 
 
 class EncodedImages(Dataset):
@@ -117,7 +111,7 @@ def extract_features(embed: Callable[[torch.Tensor], torch.Tensor], dataset: Dat
 
 
 def combine(f: np.ndarray, f_flip: np.ndarray, mode: str) -> np.ndarray:
-    """plain: f alone; sphereface: [f, f_flip]; insightface: normalise(f + f_flip) (SPEC §8)."""
+    """plain: f alone; sphereface: [f, f_flip]; insightface: normalise(f + f_flip) (evaluation.m; insightface's verification.py)."""
     if mode == "plain":
         return np.asarray(f, np.float32)
     if mode not in EMBEDDING_MODES:

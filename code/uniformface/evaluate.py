@@ -1,6 +1,6 @@
 """Evaluation of a trained network: LFW `pairs.txt` (sphereface or insightface protocol) and insightface
 `.bin` sets (insightface protocol), with batched, DataLoader-fed features and the flip the protocol asks
-for (SPEC §8); ROC figures; the rule `verify.py` applies to a new pair; class-center spread."""
+for (SphereFace's evaluation.m, insightface's verification.py); ROC figures; the rule `verify.py` applies to a new pair; class-center spread."""
 from __future__ import annotations
 
 import io
@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from .binfile import read_bin
-from .checkpoint import atomic_write_text, load_weights
-from .config import yaml_load
+from .checkpoint import atomic_write_text, exception_summary, load_weights
+from .config import read_yaml
 from .embedding import EncodedImages, ImageFiles, crop_offset, extract_features
 from .models import build_model
 from .pairs import Pair, missing_images, read_pairs, unique_images
@@ -35,17 +35,10 @@ def read_weights(model_path: str | Path) -> dict:
         hint = f" (here: {', '.join(found[:3])})" if found else ""
         raise ValueError(f"--model_path {path} is a folder: give the weights file train.py wrote in it, "
                          f"{{model_name}}_{{emb_dim}}.pt{hint}")
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    with open(path, "rb"):  # a permission problem is reported as such, not as a damaged file
-        pass
-    try:
-        payload = load_weights(path)
-    except Exception as exc:
-        if isinstance(exc, ValueError) and str(path) in str(exc) and "\n" not in str(exc):
-            raise  # load_weights' own message
-        raise ValueError(f"{path}: not a weights file written by train.py ({_load_failure(exc)}); pass the "
-                         "{model_name}_{emb_dim}.pt of a run folder (nothing in it may run code)") from None
+    if path.is_file():
+        with open(path, "rb"):  # a permission problem is reported as such, not as a damaged file
+            pass
+    payload = load_weights(path)  # names the file: missing, or anything but train.py's tensors and plain values
     spec = payload.get("spec")
     problems = []
     if not isinstance(spec, dict):
@@ -65,18 +58,6 @@ def read_weights(model_path: str | Path) -> dict:
     return payload
 
 
-def _load_failure(exc: BaseException) -> str:
-    """torch.load's reason in a few words, without its advice to load with weights_only=False."""
-    advice = ("weights_only", "Weights only load failed", "Check the documentation", "Please file an issue")
-    for line in str(exc).splitlines():
-        line = line.strip()
-        if line and not any(word in line for word in advice):
-            return f"{type(exc).__name__}: {line[:160]}"
-    if "WeightsUnpickler error:" in str(exc):
-        return f"{type(exc).__name__}: {str(exc).split('WeightsUnpickler error:', 1)[1].strip()[:160]}"
-    return type(exc).__name__ if not str(exc) or "weights_only" in str(exc) else f"{type(exc).__name__}: {exc}"
-
-
 def load_backbone(model_path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict, dict]:
     """Rebuild the network from the spec stored in the weights file (not from its name). Weights that do not
     fit that spec (an edited file, a spec from another run) are a ValueError naming the file and the first
@@ -89,7 +70,7 @@ def load_backbone(model_path: str | Path, device: str | torch.device = "cpu") ->
         model = build_model(spec["model_name"], spec["emb_dim"], tuple(spec["input_size"]))
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ValueError(f"{model_path}: its spec ({described}) names no network this version builds: "
-                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                         f"{exception_summary(exc)}") from None
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, TypeError, AttributeError) as exc:
@@ -181,7 +162,7 @@ def bin_embeddings(embed: Callable[[torch.Tensor], torch.Tensor], path: str | Pa
             rows, cols = input_size
             crop = (f"{size[0]}x{size[1]} images centre-cropped to the network's {rows}x{cols} (rows "
                     f"{offset[0]}..{offset[0] + rows - 1}, columns {offset[1]}..{offset[1] + cols - 1}): the 112x112 "
-                    "template is the 112x96 one shifted by +8 in x (SPEC §7)")
+                    "template is the 112x96 one shifted by +8 in x (README, 'Preprocessing details')")
     dataset = EncodedImages(encoded, input_size, source=str(path))
     f, f_flip = extract_features(embed, dataset, batch_size, num_workers, device, progress)
     return combine_flip(f, f_flip, "insightface"), issame, crop
@@ -268,14 +249,9 @@ def run_config(model_path: str | Path) -> dict:
         return {}
     fix = "fix it, or pass --dataset and --pairs_path"
     try:
-        cfg = yaml_load(saved.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{saved}: not UTF-8 text (byte {exc.start}); {fix}") from None
-    except Exception as exc:  # yaml.YAMLError and its marks
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{saved}:{mark.line + 1}" if mark is not None else str(saved)
-        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ValueError(f"{where}: not valid YAML ({reason}); {fix}") from None
+        cfg = read_yaml(saved)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; {fix}") from None
     if cfg is None:
         return {}
     if not isinstance(cfg, dict):

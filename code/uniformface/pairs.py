@@ -1,4 +1,4 @@
-"""LFW `pairs.txt` (View 2, http://vis-www.cs.umass.edu/lfw/#views), read strictly (SPEC §8).
+"""LFW `pairs.txt` (View 2, http://vis-www.cs.umass.edu/lfw/#views), read strictly (the format of LFW's README).
 
 Format: a header `n_folds<TAB>n` (a lone `n` means one fold, as in `pairsDevTrain.txt`), then for each
 fold `n` same-person lines `name<TAB>i<TAB>j` followed by `n` different-person lines

@@ -1,4 +1,4 @@
-"""Align a whole image tree: `DATASET/<identity>/<file>` -> `OUT/<identity>/<file>` (SPEC §7).
+"""Align a whole image tree: `DATASET/<identity>/<file>` -> `OUT/<identity>/<file>` (SphereFace's face_detect_demo.m and face_align_demo.m).
 
 One pass over chunks of files: DataLoader workers decode them and MTCNN runs on batches of same-size
 images (on a CPU inside each worker, single-threaded; on a GPU in the main process), then the main process
@@ -183,20 +183,26 @@ def read_landmark_file(path: Path, strict: bool = True) -> dict[str, np.ndarray]
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
-            line = line.rstrip("\r\n")
-            fields = line.split("\t") if "\t" in line else line.split()  # tabs, or spaces in hand-made files
             try:
-                if len(fields) != 11:
-                    raise ValueError(f"expected a path and 10 numbers separated by tabs, got {len(fields)} fields")
-                values = np.array([float(v) for v in fields[1:]], dtype=np.float64)
-                if not np.isfinite(values).all():
-                    raise ValueError("non-finite coordinate")
+                relative, values = parse_landmark_line(line)
             except ValueError as exc:
                 if strict:
                     raise ValueError(f"{path}, line {number}: {exc}") from None
                 continue
-            points[fields[0].replace("\\", "/")] = values.reshape(5, 2)
+            points[relative] = values
     return points
+
+
+def parse_landmark_line(line: str) -> tuple[str, np.ndarray]:
+    """One line of a landmarks file: (relative path, (5, 2) float64), or ValueError saying what is wrong."""
+    line = line.rstrip("\r\n")
+    fields = line.split("\t") if "\t" in line else line.split()  # tabs, or spaces in hand-made files
+    if len(fields) != 11:
+        raise ValueError(f"expected a path and 10 numbers separated by tabs, got {len(fields)} fields")
+    values = np.array([float(v) for v in fields[1:]], dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("non-finite coordinate")
+    return fields[0].replace("\\", "/"), values.reshape(5, 2)
 
 
 def image_size(path: Path) -> tuple[int, int] | None:
@@ -414,7 +420,7 @@ class _Run:
                 self.handle(item, item["points"], landmarks_log)
 
     def finish_misses(self, journal) -> None:
-        """Fallback: align each missed face with the mean landmarks of its size (SPEC §7). Each fallback's
+        """Fallback: align each missed face with the mean landmarks of its size (README, "Preprocessing details"). Each fallback's
         report row goes to the journal (line-buffered) before its output is renamed into place."""
         self.add_previous_landmarks()
         writer = csv.writer(journal, delimiter="\t", lineterminator="\n")
@@ -528,8 +534,7 @@ class _Run:
     def write_landmarks(self, path: Path) -> None:
         """Rewrite landmarks.txt sorted: this run's landmarks and the earlier runs' lines (our appends were
         the safety net) of the images whose outputs they wrote, which an uninterrupted run would list."""
-        earlier = read_landmark_file(path, strict=False) if path.exists() else {}
-        merged = {relative: points for relative, points in earlier.items() if relative in self.done}
+        merged = {relative: points for relative, points in self.previous_landmarks.items() if relative in self.done}
         merged.update(self.new_landmarks)
         atomic_write_text(path, "".join(f"{relative}\t{_format_points(merged[relative], decimals=LANDMARK_DECIMALS)}\n"
                                         for relative in sorted(merged)))
@@ -573,15 +578,12 @@ def check_own_files(report: Path, landmarks: Path, overwrite: bool = False) -> N
     if landmarks.is_file():
         lines = [line for line in landmarks.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
         for number, line in enumerate(lines[:-1], 1):  # the last line may be one a killed run cut
-            fields = line.split("\t")
             try:
-                ok = len(fields) == 11 and all(np.isfinite(float(v)) for v in fields[1:])
+                parse_landmark_line(line)
             except ValueError:
-                ok = False
-            if not ok:
                 raise FileExistsError(f"{landmarks}, line {number}: not a landmarks file of preprocess.py (path and "
                                       "10 numbers, tab separated): pass --overwrite to replace it, or choose another "
-                                      "--output_dir")
+                                      "--output_dir") from None
 
 
 def validate_options(options: Options) -> None:

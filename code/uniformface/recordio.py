@@ -1,4 +1,4 @@
-"""insightface's `train.rec` + `train.idx` (mxnet RecordIO) read and written without mxnet (SPEC §9).
+"""insightface's `train.rec` + `train.idx` (mxnet RecordIO) read and written without mxnet (dmlc-core's recordio.cc, mxnet's recordio.py).
 
 Framing follows dmlc-core `src/recordio.cc`: a record is uint32 magic 0xced7230a, uint32 lrec =
 cflag << 29 | length, `length` payload bytes, zero padding to a multiple of 4. The writer cuts a payload

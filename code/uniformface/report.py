@@ -96,7 +96,7 @@ class Run:
 
 def load_run(path: str | Path) -> Run:
     """A run folder (holding lfw_results.json, and config.yaml as train.py writes it) or a results file."""
-    from .config import yaml_load
+    from .config import read_yaml
 
     path = Path(path)
     results_path = path if path.suffix == ".json" else path / RESULTS_FILE
@@ -110,14 +110,9 @@ def load_run(path: str | Path) -> Run:
         raise ValueError(f"{results_path}: expected a JSON object of results")
     config_path = results_path.parent / "config.yaml"
     try:
-        config = yaml_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{config_path}: not UTF-8 text (byte {exc.start})") from None
-    except Exception as exc:  # yaml.YAMLError: name the file and line, not a parser traceback
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{config_path}:{mark.line + 1}" if mark is not None else str(config_path)
-        raise ValueError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc}); fix it, or pass "
-                         "the results file itself") from None
+        config = read_yaml(config_path) if config_path.is_file() else None
+    except ValueError as exc:
+        raise ValueError(f"{exc}; fix it, or pass the results file itself") from None
     if config is not None and not isinstance(config, dict):
         raise ValueError(f"{config_path}: expected a mapping of settings")
     return Run(results_path.parent, results, config)

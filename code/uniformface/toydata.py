@@ -29,7 +29,7 @@ import numpy as np
 from .checkpoint import atomic_write_bytes
 from .pairs import write_pairs
 
-IMAGE_SIZE = 250  # CASIA-WebFace and LFW images are 250x250 (SPEC §7)
+IMAGE_SIZE = 250  # CASIA-WebFace and LFW images are 250x250
 
 # Where the five MTCNN landmarks (left eye, right eye, nose tip, left and right mouth corner; x, y) of an
 # unposed toy face sit in the 250x250 frame (the generator's drawing coordinates: array indices, from 0): eye distance 42 px and the eyes a little above the centre,

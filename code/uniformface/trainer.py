@@ -6,7 +6,6 @@ after the optimizer step the centers move: c <- c - beta * delta_c (Eq. 7).
 """
 from __future__ import annotations
 
-import errno
 import json
 import random
 import sys
@@ -18,15 +17,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from . import distributed
 from .centers import ClassCenters, WeightCenters, mean_min_angle, mean_min_distance
-from .checkpoint import (CheckpointError, FolderBusy, FolderLock, atomic_torch_save, atomic_write_text, export_weights,
-                         keep_previous, remove_stale_partials, safe_torch_load)
-from .cli import resolve_device
+from .checkpoint import (CheckpointError, FolderBusy, FolderLock, atomic_torch_save, atomic_write_text,
+                         exception_summary, export_weights, keep_previous, remove_stale_partials, safe_torch_load)
+from .cli import os_fix, resolve_device
 from .config import Config, save_config, to_dict
-from .data import GlobalBatchSampler, ReportingView, check_images, collate_report_broken, open_train_set
+from .data import GlobalBatchSampler, check_images, open_train_set, training_loader
 from .heads import build_head
 from .losses import regularface_loss, uniform_loss
 from .models import build_model, normalize_pixels
@@ -318,12 +316,7 @@ class Trainer:
 
     def _write_failure(self, path: Path, exc: OSError) -> str:
         """One line for a failed write: the file, the reason, what is intact and what to do."""
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            fix = "free space on that disk"
-        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            fix = f"make {path.parent} writable"
-        else:
-            fix = "fix that"
+        fix = os_fix(exc.errno) or "fix that"
         if self._saved_iteration is None:
             return f"cannot write {path} ({exc.strerror}); {fix}, then start the run again"
         return (f"cannot write {path} ({exc.strerror}); the checkpoint {self.state_path()} of iteration "
@@ -348,8 +341,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             _set_rng_state(state["rng"])
         except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{path}: does not fit this run's settings ({type(exc).__name__}: {first}); "
+            raise CheckpointError(f"{path}: does not fit this run's settings ({exception_summary(exc)}); "
                                   "resume with the config the run was started with") from None
         self.iteration = state["iteration"]
         self.broken_images = int(state.get("broken_images", 0))
@@ -389,14 +381,11 @@ class Trainer:
         return TrainingDiverged(f"{what}; stopped, no weights file written. {advice}")
 
     # ----------------------------------------------------------------------------- loop
-    def _loader(self) -> DataLoader:
+    def _loader(self) -> torch.utils.data.DataLoader:
         sampler = GlobalBatchSampler(len(self.dataset), self.cfg.batch_size, self.cfg.seed, self.iteration,
                                      self.topology.rank, self.topology.world_size)
         self._iters_per_epoch = sampler.iters_per_epoch
-        workers = self.cfg.num_workers
-        return DataLoader(ReportingView(self.dataset), batch_sampler=sampler, num_workers=workers,
-                          collate_fn=collate_report_broken, pin_memory=self.device.type == "cuda",
-                          persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+        return training_loader(self.dataset, sampler, self.cfg.num_workers, pin_memory=self.device.type == "cuda")
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> StepMetrics:
         cfg = self.cfg
@@ -460,10 +449,11 @@ class Trainer:
                 images, labels, problems = next(loader)
                 if main:
                     self._report(problems)
-                self.broken_images += int(distributed.sum_scalar(len(problems), self.device))
                 # Every rank decides alike: a rank that skipped while the others stepped would leave
                 # DDP's all-reduce waiting forever. So a batch empty on any rank is skipped by all.
-                if distributed.sum_scalar(float(len(labels) == 0), self.device) > 0:
+                broken, empty_ranks = distributed.sum_over_ranks([len(problems), len(labels) == 0], self.device)
+                self.broken_images += int(broken)
+                if empty_ranks > 0:
                     empty += 1
                     if empty >= min(self._iters_per_epoch, 50):
                         raise TrainingError(self._nothing_decodes(empty))

@@ -1,4 +1,4 @@
-"""10-fold face verification accuracy (SPEC §8), two protocols.
+"""10-fold face verification accuracy (SphereFace's evaluation.m; insightface's verification.py), two protocols.
 
 * ``sphereface`` follows the official SphereFace `test/code/evaluation.m` (wy1iu/sphereface): a feature is
   [f(img); f(flip(img))]; for held-out fold k, mu = the mean of the left AND right features of the other

@@ -9,10 +9,13 @@ TOY := data/toy
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+# The exact pins first, then the package itself, editable (code/uniformface, the console commands
+# uniformface-train, ...), built with the venv's own setuptools, so nothing is fetched for the build.
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -24,8 +24,9 @@ import torch
 from PIL import Image, ImageEnhance
 from skimage import data
 
-from uniformface.align import MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS, align_face, load_rgb
-from uniformface.preprocessing import LANDMARKS_NAME, Options, preprocess, read_landmark_file, write_atomic
+from uniformface.align import MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS, align_face
+from uniformface.images import decode_rgb, write_image
+from uniformface.preprocessing import LANDMARKS_NAME, Options, preprocess, read_landmark_file
 
 
 def make_photos(root: Path, count: int, seed: int = 0) -> list[str]:
@@ -58,7 +59,7 @@ def earlier_port_way(source: Path, out: Path, names: list[str], device: str) -> 
                   device=device)
     found = {}
     for name in names:
-        image = load_rgb(source / name)
+        image = decode_rgb(source / name)
         boxes, _, points = mtcnn.detect(image, landmarks=True)
         if boxes is None:
             continue
@@ -67,7 +68,7 @@ def earlier_port_way(source: Path, out: Path, names: list[str], device: str) -> 
         centre = np.array([(image.shape[1] - 1) / 2, (image.shape[0] - 1) / 2])
         nearest = np.argmin((((boxes[:, :2] + boxes[:, 2:]) / 2 - centre) ** 2).sum(1))
         found[name] = points[nearest]
-        write_atomic(align_face(image, points[nearest]), out / name)
+        write_image(out / name, align_face(image, points[nearest]))
     return found
 
 

@@ -15,7 +15,8 @@ import torch
 from facenet_pytorch.models.utils.detect_face import detect_face
 
 from bench_align import make_photos
-from uniformface.align import MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS, FaceDetector, load_rgb
+from uniformface.align import MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS, FaceDetector
+from uniformface.images import decode_rgb
 from uniformface.mtcnn import detect_faces
 
 
@@ -31,7 +32,7 @@ def main() -> None:
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as scratch:
         names = make_photos(Path(scratch), args.images)
-        photos = np.stack([load_rgb(Path(scratch) / n) for n in names])
+        photos = np.stack([decode_rgb(Path(scratch) / n) for n in names])
     nets = FaceDetector(device=str(device)).mtcnn
     batches = [torch.from_numpy(photos[i:i + args.batch_size]).to(device) for i in range(0, len(photos), args.batch_size)]
 

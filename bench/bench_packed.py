@@ -15,9 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from conftest import write_aligned_tree  # noqa: E402
-from uniformface.data import GlobalBatchSampler, ImageFolderTrainSet, open_train_set, training_loader  # noqa: E402
-from uniformface.packed import pack  # noqa: E402
-from uniformface.recordio import write_record_file  # noqa: E402
+from uniformface.datasets import (GlobalBatchSampler, ImageFolderTrainSet, open_train_set, pack,  # noqa: E402
+                                  training_loader, write_record_file)
 
 
 def images_per_second(dataset, batch: int, batches: int, workers: int) -> float:

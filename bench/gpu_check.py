@@ -4,11 +4,12 @@
     PYTHONPATH=code python bench/gpu_check.py --quick --device cpu     # tiny sizes: a CPU smoke run
 
 Measures, in this order:
-- training: Trainer.step of SphereFace-20 at 112x96, global batch 256, A-Softmax over 10,572 classes
+- training: Trainer.step of SphereFace-20 at 112x96, batch 256 (one official GPU's share of the global
+  512), A-Softmax over 10,572 classes
   (CASIA-WebFace minus the 3 LFW identities) + the uniform loss over all of them (every center
   initialised: the steady state), on synthetic uint8 batches after warm-up; bf16 autocast + channels_last
   (the config's defaults), fp32, and bf16 under torch.compile (its compile time shown apart); and what
-  28,000 iterations (config.yaml) take at that rate;
+  28,000 iterations of 512 images (config.yaml) take at that rate;
 - the training loader (JPEG decode + flip + collate, as Trainer builds it) in images/s, which must exceed
   the step's rate for that estimate to hold;
 - MTCNN (align.FaceDetector.detect_batch) on 250x250 photos, against facenet-pytorch's own cascade on the
@@ -100,6 +101,12 @@ class _ClassesOnly(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         return torch.zeros(3, 112, 96, dtype=torch.uint8), index
 
+    def label(self, index: int) -> int:
+        return index
+
+    def describe(self, index: int) -> str:
+        return f"synthetic class {index}"
+
     def header_sizes(self):
         """What Trainer's image check reads: every image 112x96, none unreadable."""
         return np.tile(np.array([[112, 96]]), (self.num_classes, 1)), {}
@@ -139,7 +146,7 @@ def train_rate(device: torch.device, model: str, batch: int, classes: int, warmu
         metrics = trainer.step(images, labels)
     _sync(device)
     elapsed = time.perf_counter() - start
-    return {"images_per_s": steps * batch / elapsed, "warmup_s": warm, "loss": metrics.loss}
+    return {"images_per_s": steps * batch / elapsed, "warmup_s": warm, "loss": float(metrics.loss)}
 
 
 def loader_rate(workers: int, batch: int, batches: int, scratch: Path) -> float:
@@ -159,10 +166,11 @@ def loader_rate(workers: int, batch: int, batches: int, scratch: Path) -> float:
 
 def mtcnn_rate(device: torch.device, count: int, scratch: Path) -> dict:
     from bench_align import make_photos
-    from uniformface.align import FaceDetector, load_rgb
+    from uniformface.align import FaceDetector
+    from uniformface.images import decode_rgb
 
     names = make_photos(scratch / "photos", count)
-    photos = [load_rgb(scratch / "photos" / n) for n in names]
+    photos = [decode_rgb(scratch / "photos" / n) for n in names]
     detector = FaceDetector(device=str(device))
     detector.detect_batch(photos[: detector.batch_size])  # CUDA context, cuDNN autotuning
     _sync(device)
@@ -216,10 +224,10 @@ def extraction_time(device: torch.device, model: str, count: int, workers: int, 
     for i in range(unique):
         Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(folder / f"{i:05d}.jpg", quality=90)
     paths = [f"{i % unique:05d}.jpg" for i in range(count)]
-    extract_features(net, _InMemory(images, min(count, 2 * batch)), batch, 0, str(device), False)  # warm-up
+    extract_features(net, _InMemory(images, min(count, 2 * batch)), "plain", batch, 0, str(device), False)  # warm-up
     _sync(device)
     start = time.perf_counter()
-    f, _ = extract_features(net, ImageFiles(folder, paths), batch, workers, str(device), False)
+    f = extract_features(net, ImageFiles(folder, paths), "plain", batch, workers, str(device), False)
     _sync(device)
     files_s = time.perf_counter() - start
     resident = images.to(device)
@@ -235,7 +243,7 @@ def extraction_time(device: torch.device, model: str, count: int, workers: int, 
     if device.type == "cuda":  # cuDNN (TF32 convolutions by default) against the CPU's float32
         cpu_net = build_model(model).eval()
         cpu_net.load_state_dict({k: v.cpu() for k, v in net.state_dict().items()})
-        cpu_f, _ = extract_features(cpu_net, _InMemory(images, 16), 16, 0, "cpu", False)
+        cpu_f = extract_features(cpu_net, _InMemory(images, 16), "plain", 16, 0, "cpu", False)
         a, b = f[:16].astype(np.float64), cpu_f.astype(np.float64)
         cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         result["min_cosine_vs_cpu"] = float(cosine.min())

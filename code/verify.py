@@ -1,68 +1,10 @@
 """Are two photos the same person?
 
-    python code/verify.py a.jpg b.jpg --model_path log/<run>/sphereface20_512.pt [--threshold T]
-
-Both photos are aligned like the training data (MTCNN, most central face, SphereFace template), embedded
-with the flip of the model's evaluation protocol, and compared by cosine. The decision uses the rule
-test.py stored in lfw_results.json beside the model (`verify_rule`: for the sphereface protocol the LFW
-feature mean, subtracted before the cosine, and the evaluation.m threshold fitted on all LFW pairs), or
-`--threshold T` (same person iff cosine > T). A photo without a face is an error naming it. Errors are
-one line (`--debug`: with the traceback).
+The script's body is uniformface/commands/verify.py; `python code/verify.py --help` describes it.
 """
-import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import torch  # noqa: E402
-
-from uniformface.align import FaceDetector  # noqa: E402
-from uniformface.cli import add_debug_flag, resolve_device, run_script  # noqa: E402
-from uniformface.compare import Rule, align_photos, face_features, load_rule, pair_cosine  # noqa: E402
-from uniformface.evaluate import load_backbone  # noqa: E402
-
-
-def main(argv=None) -> int:
-    return run_script(_main, argv)
-
-
-def _main(argv) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("photos", nargs=2, metavar="PHOTO", help="two photos (any size; faces are found and aligned)")
-    parser.add_argument("--model_path", required=True, help="weights written by train.py")
-    parser.add_argument("--threshold", type=float,
-                        help="same person iff cosine > THRESHOLD (default: the model's LFW run)")
-    parser.add_argument("--results",
-                        help="results file holding verify_rule (default: lfw_results.json beside the model)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    add_debug_flag(parser)
-    args = parser.parse_args(argv)
-
-    model_path = Path(args.model_path)
-    results = Path(args.results) if args.results else model_path.parent / "lfw_results.json"
-    device = str(resolve_device(args.device))
-    model, spec, _ = load_backbone(model_path, device)
-    if results.is_file():
-        rule = load_rule(results)
-    elif args.threshold is None:
-        raise FileNotFoundError(f"{results} not found: run test.py --model_path {model_path} first "
-                                "(it stores the LFW threshold), or pass --threshold")
-    else:
-        rule = Rule("sphereface", None, None, "no results file: plain [f, f_flip], no mean subtracted")
-    faces = align_photos(args.photos, spec["input_size"], FaceDetector(device=device))
-    features = face_features(model, faces, rule.protocol, device)
-    score = pair_cosine(features[0], features[1], rule.feature_mean)
-
-    threshold = args.threshold if args.threshold is not None else rule.threshold
-    origin = "--threshold" if args.threshold is not None else rule.source
-    features_kind = ("[f, f_flip] minus the LFW feature mean" if rule.feature_mean is not None else
-                     "[f, f_flip]" if rule.protocol == "sphereface" else "normalise(f + f_flip)")
-    print(f"cosine {score:.6f} ({rule.protocol} protocol features: {features_kind})")
-    print(f"threshold {threshold:.6f} ({origin})")
-    print(f"{'same person' if score > threshold else 'different people'}: {args.photos[0]} vs {args.photos[1]}")
-    return 0
-
+from uniformface.commands.verify import main
 
 if __name__ == "__main__":
     sys.exit(main())

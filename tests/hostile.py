@@ -2,6 +2,7 @@
 that a script ended in one clear line."""
 import contextlib
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -30,8 +31,9 @@ def read_only_folder(path):
 
 
 def one_line_error(err: str, *words: str) -> str:
-    """`err` (a script's stderr) is exactly one line `error: ...`, with no traceback, holding every word."""
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    """`err` (a script's stderr) is exactly one line `<script>: error: ...` (uniformface.cli's format, e.g.
+    `train.py: error: ...`), with no traceback, holding every word."""
+    assert re.match(r"[\w.-]+: error: ", err) and err.count("\n") == 1 and "Traceback" not in err, err
     for word in words:
         assert word in err, (word, err)
     return err

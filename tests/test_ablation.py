@@ -205,7 +205,7 @@ def test_a_second_ablation_or_a_train_py_into_its_folders_is_refused_at_once(tmp
     try:
         assert ablate.main(argv) == 1
         err = capsys.readouterr().err
-        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert err.startswith("ablate.py: error: ") and err.count("\n") == 1, err
         assert f"{logdir} is in use by process {holder.pid} on host {socket.gethostname()}" in err
         assert steps["count"] == 0
     finally:
@@ -220,3 +220,19 @@ def test_a_second_ablation_or_a_train_py_into_its_folders_is_refused_at_once(tmp
     assert ablate.main(argv) == 130
     err = capsys.readouterr().err
     assert f"error: {logdir / 'alpha=1'} is in use by process {os.getpid()}" in err
+
+
+def test_a_setting_resumed_with_other_run_settings_lists_the_change(tmp_path, data, steps):
+    """Keys that do not change what a run computes (log_every here) may differ at a resume: the folder's
+    config.yaml is rewritten with them and results.md lists the change under the tables."""
+    logdir = tmp_path / "ablation"
+    argv = ["--config", TOY, "--logdir", str(logdir), "--grid", "alpha=1", *data]
+    steps["interrupt_at"] = 5  # after the checkpoint of iteration 3
+    assert ablate.main(argv) == 130
+    steps.update(count=0, interrupt_at=None)
+    assert ablate.main(argv + ["--set", "log_every=3"]) == 0
+    assert steps["count"] == 3
+    assert load_config(logdir / "alpha=1" / "config.yaml").log_every == 3
+    markdown = (logdir / "results.md").read_text()
+    assert list(table(markdown, "- LFW accuracy")) == ["alpha=1.0/beta=0.5"]
+    assert "  - alpha=1.0/beta=0.5: from iteration 3: log_every 2 -> 3" in markdown

@@ -1,5 +1,5 @@
 """Alignment (face_align_demo.m): template, Matlab's cp2tform 'similarity' and imtransform's 1-based warp, MTCNN
-wrapper, image loading. The reference for the crop is `cp2tform_reference` below, a float64 transcription
+wrapper, reduced images. The reference for the crop is `cp2tform_reference` below, a float64 transcription
 of Matlab's cp2tform (findSimilarity / findNonreflectiveSimilarity, Matlab's row-vector convention and
 `norm`) that shares no code with `uniformface.align`. Faces are real photos made from scikit-image's
 astronaut; the detector uses the weights shipped inside facenet-pytorch (no download)."""
@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from uniformface.align import (TEMPLATE_112x96, ImageLoadError, align_face, crop_to_image, load_rgb, read_rgb,
-                               similarity_transform, template, to_original, to_reduced)
+from uniformface.align import (TEMPLATE_112x96, align_face, crop_to_image, similarity_transform, template, to_original,
+                               to_reduced)
+from uniformface.images import decode_rgb, read_rgb
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 LFW_LANDMARKS = SHARED / "lfw" / "lfw_landmark.txt"
@@ -438,47 +439,7 @@ def test_cuda_detector_finds_the_cpus_landmarks(cuda, detector):
         assert np.abs(gpu - cpu).max() <= 0.5, index
 
 
-# ------------------------------------------------------------------------------------------- loading
-
-def test_modes_are_converted_to_rgb(tmp_path):
-    rng = np.random.default_rng(4)
-    rgb = rng.integers(0, 256, size=(40, 56, 3), dtype=np.uint8)
-    Image.fromarray(rgb).convert("L").save(tmp_path / "grey.png")
-    grey = np.asarray(Image.open(tmp_path / "grey.png"))
-    np.testing.assert_array_equal(load_rgb(tmp_path / "grey.png"), np.repeat(grey[:, :, None], 3, axis=2))
-
-    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])).save(tmp_path / "rgba.png")
-    np.testing.assert_array_equal(load_rgb(tmp_path / "rgba.png"), rgb)  # alpha dropped, as Matlab's imread
-
-    Image.fromarray(rgb).quantize(16).save(tmp_path / "palette.png")
-    with Image.open(tmp_path / "palette.png") as img:
-        table = np.array(img.getpalette(), np.uint8).reshape(-1, 3)
-        expected = table[np.asarray(img)]
-    np.testing.assert_array_equal(load_rgb(tmp_path / "palette.png"), expected)
-
-    smooth = np.asarray(Image.fromarray(rgb).resize((14, 10)).resize((56, 40), Image.Resampling.BILINEAR))
-    Image.fromarray(smooth).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=98)
-    assert Image.open(tmp_path / "cmyk.jpg").mode == "CMYK"
-    assert np.abs(load_rgb(tmp_path / "cmyk.jpg").astype(int) - smooth).mean() < 3
-
-    deep = np.array([[0, 1000, 32896, 65535]], np.uint16).repeat(3, axis=0)
-    Image.fromarray(deep).save(tmp_path / "deep.png")
-    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
-    got = load_rgb(tmp_path / "deep.png")
-    expected_row = [round(v * 255 / 65535) for v in (0, 1000, 32896, 65535)]  # 0, 4, 128, 255: scaled, not clipped
-    assert got.dtype == np.uint8 and got[1, :, 0].tolist() == expected_row and (got[..., 0] == got[..., 2]).all()
-
-
-def test_exif_orientation_is_applied(tmp_path):
-    pattern = np.zeros((60, 100, 3), np.uint8)
-    pattern[:, 50:] = 220  # bright right half
-    exif = Image.Exif()
-    exif[0x0112] = 6  # shown turned 90 degrees clockwise
-    Image.fromarray(pattern).save(tmp_path / "turned.jpg", exif=exif, quality=95)
-    pixels, scale = read_rgb(tmp_path / "turned.jpg")
-    assert pixels.shape == (100, 60, 3) and scale == (1.0, 1.0)
-    assert np.abs(pixels.astype(int) - np.rot90(pattern, k=-1)).mean() < 3
-
+# ------------------------------------------------------------------------------------ reduced images
 
 def test_large_images_are_reduced_and_points_map_back(tmp_path):
     """An area-averaged ramp stays a ramp, sampled at the reduced pixel's centre in the original:
@@ -515,20 +476,9 @@ def test_8000px_photo_is_detected_on_a_reduced_copy(tmp_path, detector):
     assert np.abs(on_photo - expected).max() < 2.0
 
 
-def test_broken_files_raise_a_clear_error_naming_the_file(tmp_path):
-    good = tmp_path / "good.jpg"
-    Image.fromarray(astronaut_view(size=120)).save(good)
-    (tmp_path / "empty.jpg").write_bytes(b"")
-    (tmp_path / "truncated.jpg").write_bytes(good.read_bytes()[: good.stat().st_size // 3])
-    (tmp_path / "text.jpg").write_text("not a picture")
-    for name in ("empty.jpg", "truncated.jpg", "text.jpg", "absent.jpg"):
-        with pytest.raises(ImageLoadError, match=name):
-            load_rgb(tmp_path / name)
-
-
 @pytest.mark.skipif(not (SHARED / "images" / "t1.jpg").exists(), reason="shared group photo not present")
 def test_group_photo_keeps_one_face_near_the_centre(detector):
-    photo = load_rgb(SHARED / "images" / "t1.jpg", max_side=640)  # half size: faces stay well above 20 px
+    photo = decode_rgb(SHARED / "images" / "t1.jpg", max_side=640)  # half size: faces stay well above 20 px
     boxes, _ = detector.mtcnn.detect(photo)
     landmarks = detector.detect(photo)
     assert boxes is not None and len(boxes) >= 2 and landmarks is not None

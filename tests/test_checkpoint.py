@@ -13,8 +13,8 @@ import torch
 
 import train as train_cli
 from conftest import write_aligned_tree
-from uniformface.checkpoint import (CheckpointError, FolderLock, atomic_write_text, folder_holder, keep_previous,
-                                    remove_stale_partials, safe_torch_load)
+from uniformface.atomic import atomic_write_text, remove_stale_partials
+from uniformface.checkpoint import CheckpointError, FolderLock, folder_holder, keep_previous, safe_torch_load
 from uniformface.config import load_config, save_config
 
 ROOT = Path(__file__).resolve().parents[1]

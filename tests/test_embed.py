@@ -83,8 +83,7 @@ def test_errors_name_the_file(setup, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no images"):
         list_images(tmp_path / "empty")
-    with pytest.raises(SystemExit):
-        embed_main(args[:5] + ["embeddings.csv"])
+    assert embed_main(args[:5] + ["embeddings.csv"]) == 2
 
 
 def test_names_go_beside_the_npy_and_nothing_is_clobbered(setup, tmp_path, capsys):
@@ -148,10 +147,10 @@ def test_read_only_output_folder_and_a_worker_error(setup, tmp_path, capsys):
     with read_only_folder(tmp_path / "ro") as ro:
         assert embed_main(common + ["--workers", "0", "--output", str(ro / "e.npy")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {ro / 'e.npy'}: ") and err.count("\n") == 1 and "permissions" in err, err
+    assert err.startswith(f"embed.py: error: {ro / 'e.npy'}: ") and err.count("\n") == 1 and "permissions" in err, err
     # A broken image read by a loader worker: torch re-raises it with the worker's traceback as its message.
     (folder / "0000001" / "zz_broken.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
     assert embed_main(common + ["--workers", "1", "--output", str(tmp_path / "w.npy")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: cannot decode image") and "zz_broken.jpg" in err, err
+    assert err.startswith("embed.py: error: cannot decode image") and "zz_broken.jpg" in err, err
     assert err.count("\n") == 1 and "Traceback" not in err and "worker" not in err

@@ -13,8 +13,7 @@ from PIL import Image
 import hostile
 from uniformface.binfile import write_bin
 from uniformface.checkpoint import export_weights
-from uniformface.embedding import crop_offset, fit_to_input
-from uniformface.evaluate import bin_embeddings, center_stats, evaluate_bin, evaluate_pairs, merge_results
+from uniformface.evaluate import bin_embeddings, evaluate_bin, evaluate_pairs
 from uniformface.models import build_model
 from uniformface.pairs import read_pairs
 
@@ -151,27 +150,6 @@ def test_cli_writes_results_roc_and_center_distance_beside_model(tmp_path, lfw_t
         assert len(np.unique(np.asarray(image.convert("L")))) > 10   # a drawn figure, not a blank canvas
 
 
-def test_center_distance_of_head_weights_in_weight_mode():
-    """center_mode: weight keeps no feature centers; the head's class weights are the centers."""
-    rng = np.random.default_rng(3)
-    weight = rng.normal(size=(7, 5))
-    expected = np.mean([min(np.sqrt(((weight[i] - weight[j]) ** 2).sum()) for j in range(7) if j != i)
-                        for i in range(7)])
-    stats = center_stats({"head": {"weight": torch.tensor(weight), "iteration": torch.tensor(3)}})
-    assert stats["centers_from"] == "head weights" and stats["n_centers"] == 7
-    assert abs(stats["mean_min_center_distance"] - expected) < 1e-9
-    unit = weight / np.linalg.norm(weight, axis=1, keepdims=True)
-    expected_angle = np.mean([min(np.degrees(np.arccos(np.clip(unit[i] @ unit[j], -1, 1))) for j in range(7) if j != i)
-                              for i in range(7)])
-    assert abs(stats["mean_min_center_angle"] - expected_angle) < 1e-9
-    # feature centers win over head weights when both exist (center_mode: feature exports both)
-    stats = center_stats({"head": {"weight": torch.tensor(weight)}, "centers": torch.tensor(weight[:3] * 2),
-                          "centers_initialized": torch.tensor([True, True, True])})
-    assert stats["centers_from"] == "feature centers" and stats["n_centers"] == 3
-    assert center_stats({"centers": torch.zeros(3, 2), "centers_initialized": torch.tensor([True, False, False])}) == {}
-    assert center_stats({}) == {}
-
-
 def test_missing_image_is_an_error_unless_allowed(tmp_path, lfw_tree, capsys):
     root, pairs_path = lfw_tree
     _, model_path = saved_model(tmp_path)
@@ -193,16 +171,6 @@ def test_missing_image_is_an_error_unless_allowed(tmp_path, lfw_tree, capsys):
 
 
 # ------------------------------------------------------------------------------------------- .bin sets
-
-def test_crop_offset_is_the_template_shift():
-    assert crop_offset((112, 112), (112, 96)) == (0, 8)      # the 112x112 template: +8 in x
-    assert crop_offset((112, 96), (112, 96)) == (0, 0)
-    assert crop_offset((112, 96), (112, 112)) is None and crop_offset((120, 120), (112, 96)) is None
-    image = torch.arange(3 * 112 * 112).reshape(3, 112, 112)
-    assert torch.equal(fit_to_input(image, (112, 96), "x"), image[:, :, 8:104])
-    with pytest.raises(ValueError, match=r"some/file.jpg: image is 100x90 but the network takes 112x96"):
-        fit_to_input(torch.zeros(3, 100, 90), (112, 96), "some/file.jpg")
-
 
 def face_like_images(n, size=(112, 112), seed=0):
     rng = np.random.default_rng(seed)
@@ -280,15 +248,6 @@ def test_cli_bin_prints_a_row_per_set_and_keeps_the_lfw_results(tmp_path, lfw_tr
     assert set(saved["bin"]) == {"lfw", "cfp_fp"} and len(saved["bin"]["lfw"]["fold_accuracies"]) == 10
     for row, name in zip(rows, ("lfw", "cfp_fp")):
         assert float(row.split("|")[3]) == pytest.approx(100 * saved["bin"][name]["accuracy_mean"], abs=5e-4)
-
-
-def test_merge_results_keeps_the_other_kind():
-    lfw_old, lfw_new = {"accuracy_mean": 0.5, "stale": 1}, {"accuracy_mean": 0.7}
-    merged = merge_results({**lfw_old, "bin": {"lfw": {"a": 1}, "calfw": {"a": 2}}}, bins={"lfw": {"a": 3}})
-    assert merged == {"accuracy_mean": 0.5, "stale": 1, "bin": {"lfw": {"a": 3}, "calfw": {"a": 2}}}
-    merged = merge_results(merged, lfw=lfw_new)
-    assert merged == {"accuracy_mean": 0.7, "bin": {"lfw": {"a": 3}, "calfw": {"a": 2}}}
-    assert merge_results(None, lfw=lfw_new) == lfw_new
 
 
 def test_shared_small_lfw_bin(tmp_path):

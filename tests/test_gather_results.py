@@ -106,9 +106,8 @@ def test_cli_names_output_and_errors(tmp_path, capsys):
     gather = load_script()
     assert gather.main([str(a), str(tmp_path / "missing")]) == 1
     assert str(tmp_path / "missing" / "lfw_results.json") in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_code:
-        gather.main([str(a), "--names", "x", "y"])
-    assert exit_code.value.code == 2 and "2 names for 1 runs" in capsys.readouterr().err
+    assert gather.main([str(a), "--names", "x", "y"]) == 2
+    assert "2 names for 1 runs" in capsys.readouterr().err
 
 
 def test_damaged_results_name_the_file(tmp_path):
@@ -133,7 +132,7 @@ def test_an_existing_output_and_a_broken_config_are_one_line_errors(tmp_path, ca
     notes.write_text("my notes\n")
     assert gather.main([str(a), "--output", str(notes)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and f"{notes} already exists" in err and "--overwrite" in err
+    assert err.startswith("gather_results.py: error: ") and err.count("\n") == 1 and f"{notes} already exists" in err and "--overwrite" in err
     assert notes.read_text() == "my notes\n"
     assert gather.main([str(a), "--output", str(notes), "--overwrite"]) == 0
     assert "LFW accuracy" in notes.read_text()
@@ -142,4 +141,31 @@ def test_an_existing_output_and_a_broken_config_are_one_line_errors(tmp_path, ca
     config.write_text("alpha: [1.0\n")
     assert gather.main([str(a)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {config}:") and "not valid YAML" in err and err.count("\n") == 1, err
+    assert err.startswith(f"gather_results.py: error: {config}:") and "not valid YAML" in err and err.count("\n") == 1, err
+
+
+def test_a_run_resumed_with_other_settings_is_reported_with_them_and_its_history(tmp_path, tree_factory, capsys):
+    """train.py --resume --set lr=0.01 --set beta=0.25: gather_results reads the rewritten config.yaml
+    (the row is named by the final beta) and lists the change with the iteration it took effect."""
+    import train as train_cli
+
+    tree = tree_factory(tmp_path / "train", n_classes=2, per_class=4)
+    args = ["--config", str(ROOT / "code" / "configs" / "toy.yaml"), "--logdir", str(tmp_path / "log"),
+            "--run_name", "run", "--no_progress"]
+    for item in (f"dataset.train={tree}", "dataset.exclude_identities=[]", "model_name=sphereface4", "emb_dim=8",
+                 "batch_size=4", "num_workers=0", "max_iters=2", "checkpoint_every=1", "log_every=1",
+                 "warmup_iters=0", "lr=0.05", "device=cpu"):
+        args += ["--set", item]
+    assert train_cli.main(args) == 0
+    assert train_cli.main(args + ["--resume", "--set", "max_iters=3", "--set", "lr=0.01", "--set", "beta=0.25"]) == 0
+    run = tmp_path / "log" / "run"
+    (run / "lfw_results.json").write_text(json.dumps({"protocol": "sphereface", "fold_accuracies": [0.9, 0.8],
+                                                      "accuracy_mean": 0.85}))  # as test.py writes it
+    loaded = load_run(run)
+    assert (loaded.config["lr"], loaded.config["beta"], loaded.config["max_iters"]) == (0.01, 0.25, 3)
+    assert [entry["iteration"] for entry in loaded.history] == [2]
+    capsys.readouterr()
+    assert load_script().main([str(run)]) == 0
+    out = capsys.readouterr().out
+    assert list(table_rows(out, "- LFW accuracy")) == ["alpha=1.0/beta=0.25"]
+    assert "  - alpha=1.0/beta=0.25: from iteration 2: lr 0.05 -> 0.01, max_iters 2 -> 3, beta 0.5 -> 0.25" in out

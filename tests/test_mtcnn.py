@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from facenet_pytorch.models.utils.detect_face import detect_face
 from test_align import SHARED, astronaut_view
 
-from uniformface.align import MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS, load_rgb
+from uniformface.align import MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS
+from uniformface.images import decode_rgb
 from uniformface.mtcnn import AreaSampler, _inside_parts, detect_faces, scale_pyramid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -97,7 +98,7 @@ def test_cascade_finds_facenets_faces_and_landmarks(detector):
 
 @pytest.mark.skipif(not (SHARED / "images" / "t1.jpg").exists(), reason="shared group photo not present")
 def test_cascade_on_a_group_photo_matches_facenet(detector):
-    photo = np.array(load_rgb(SHARED / "images" / "t1.jpg", max_side=640))  # writable, for torch.from_numpy
+    photo = np.array(decode_rgb(SHARED / "images" / "t1.jpg", max_side=640))  # writable, for torch.from_numpy
     m = detector.mtcnn
     with torch.inference_mode():
         ours = detect_faces(torch.from_numpy(photo[None]), m.pnet, m.rnet, m.onet, MIN_FACE_SIZE, THRESHOLDS,

@@ -8,9 +8,7 @@ from PIL import Image
 
 import pack_dataset as cli
 from uniformface.config import load_config
-from uniformface.data import ImageFolderTrainSet, mix_seed, open_train_set
-from uniformface.packed import PackedTrainSet, pack
-from uniformface.recordio import write_record_file
+from uniformface.datasets import ImageFolderTrainSet, PackedTrainSet, mix_seed, open_train_set, pack, write_record_file
 from uniformface.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +49,7 @@ def test_pack_keeps_decoded_pixels_labels_and_flips(tmp_path, aligned_tree, caps
             flips.append(flipped)
     assert 0 < np.mean(flips) < 1
 
-    assert run_cli("--dataset", aligned_tree, "--output", out) == 2  # refuses to overwrite
+    assert run_cli("--dataset", aligned_tree, "--output", out) == 1  # refuses to overwrite
     assert "exists" in capsys.readouterr().err
     assert run_cli("--dataset", aligned_tree, "--output", out, "--exclude", "0000000", "--overwrite") == 0
     assert len(open_train_set(out)) == 17 and open_train_set(out).classes == ["0000001", "0000002", "0000003"]

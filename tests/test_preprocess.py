@@ -11,7 +11,8 @@ from skimage import data
 
 import preprocess as cli
 from uniformface import preprocessing
-from uniformface.align import FaceDetector, align_face, load_rgb
+from uniformface.align import FaceDetector, align_face
+from uniformface.images import JPEG_QUALITY, decode_rgb
 from uniformface.preprocessing import LANDMARKS_NAME, REPORT_NAME, looks_like_test_set, read_landmark_file
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -102,7 +103,7 @@ def test_training_tree_with_broken_files_and_odd_modes(tmp_path, capsys, detecto
     logged = read_landmark_file(out / LANDMARKS_NAME)
     assert len(logged) == 8
     for name, points in logged.items():
-        assert np.abs(detector.detect(load_rgb(source / name)) - points).max() <= 0.5, name
+        assert np.abs(detector.detect(decode_rgb(source / name)) - points).max() <= 0.5, name
 
     expected = ["0000045/001.jpg", "0000045/002.jpg", "0000045/003.jpg", "0000099/001.jpg", "0000123/001.jpg", "0000123/002.png",
                 "0000123/003.png", "0000123/004.jpg"]
@@ -143,9 +144,9 @@ def test_test_set_keeps_a_faceless_image_with_the_mean_landmarks_and_reruns_skip
     assert image_files(out) == sorted(files)
 
     # independent: detect the three faces here, average, align the faceless image with that
-    faces = [load_rgb(files[name]) for name in sorted(files) if name.startswith("Eileen")]
+    faces = [decode_rgb(files[name]) for name in sorted(files) if name.startswith("Eileen")]
     mean = np.mean(detector.detect_batch(faces), axis=0)
-    expected = align_face(load_rgb(files["Blank_Wall/Blank_Wall_0001.png"]), mean)
+    expected = align_face(decode_rgb(files["Blank_Wall/Blank_Wall_0001.png"]), mean)
     got = np.asarray(Image.open(out / "Blank_Wall" / "Blank_Wall_0001.png"))
     assert np.abs(got.astype(int) - expected).max() <= 1
     logged = read_landmark_file(out / LANDMARKS_NAME)
@@ -201,11 +202,11 @@ def test_landmark_file_mode_aligns_with_the_given_points_and_no_detector(tmp_pat
     assert report(out) == {"Nobody/Nobody_0001.png": "missing_file", "Eileen_Collins/Eileen_Collins_0003.png": "fallback"}
     for name, points in given.items():
         got = np.asarray(Image.open(out / name))
-        np.testing.assert_array_equal(got, align_face(load_rgb(files[name]), points))
+        np.testing.assert_array_equal(got, align_face(decode_rgb(files[name]), points))
     # the unlisted image borrowed the mean of the given points of its size
     mean = np.mean(list(given.values()), axis=0)
     got = np.asarray(Image.open(out / "Eileen_Collins" / "Eileen_Collins_0003.png"))
-    assert np.abs(got.astype(int) - align_face(load_rgb(files["Eileen_Collins/Eileen_Collins_0003.png"]), mean)).max() <= 1
+    assert np.abs(got.astype(int) - align_face(decode_rgb(files["Eileen_Collins/Eileen_Collins_0003.png"]), mean)).max() <= 1
 
 
 def test_an_image_that_crashes_the_detector_is_reported_and_the_rest_aligned(tmp_path, capsys, monkeypatch):
@@ -224,19 +225,6 @@ def test_an_image_that_crashes_the_detector_is_reported_and_the_rest_aligned(tmp
     assert code == 0 and counts(stdout)["aligned"] == 2 and counts(stdout)["broken"] == 1
     assert report(out) == {"A/3.png": "broken"}
     assert "simulated MTCNN failure" in (out / REPORT_NAME).read_text()
-
-
-def test_an_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
-    def half_written(self, fp, format=None, **params):
-        if hasattr(fp, "write"):  # an open temporary file
-            fp.write(b"\xff\xd8 half a JPEG")
-        else:
-            Path(fp).write_bytes(b"\xff\xd8 half a JPEG")
-        raise KeyboardInterrupt
-    monkeypatch.setattr(Image.Image, "save", half_written)
-    with pytest.raises(KeyboardInterrupt):
-        preprocessing.write_atomic(np.zeros((112, 96, 3), np.uint8), tmp_path / "A" / "1.jpg")
-    assert list((tmp_path / "A").iterdir()) == []
 
 
 def test_malformed_landmark_file_is_an_error_naming_the_line(tmp_path, capsys):
@@ -293,7 +281,7 @@ def test_landmark_file_crops_are_cp2tform_and_imtransform_of_the_decoded_jpeg(tm
 
     def through_jpeg(pixels):
         buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="JPEG", quality=preprocessing.JPEG_QUALITY)
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY)
         return np.asarray(Image.open(buffer)).astype(float)
 
     for size in [(112, 96), (112, 112)]:
@@ -302,7 +290,7 @@ def test_landmark_file_crops_are_cp2tform_and_imtransform_of_the_decoded_jpeg(tm
                                   "--landmarks", tmp_path / "marks.txt", "--output_size", f"{size[0]}x{size[1]}")
         assert code == 0 and counts(stdout)["aligned"] == 2
         for name, numbers in given.items():
-            decoded = load_rgb(source / name)
+            decoded = decode_rgb(source / name)
             points = np.array(numbers, float).reshape(5, 2)
             expected = reference_warp(decoded, points, size)
             got = np.asarray(Image.open(out / name)).astype(float)
@@ -362,15 +350,15 @@ KILLED_RUN = """
 import os, signal, sys
 sys.path.insert(0, {code!r})
 from uniformface import preprocessing
-real, calls = preprocessing.write_atomic, [0]
-def write_then_die(image, destination):  # SIGKILL: no cleanup, no flush, as a real kill
+real, calls = preprocessing.write_image, [0]
+def write_then_die(destination, image):  # SIGKILL: no cleanup, no flush, as a real kill
     calls[0] += 1
     if calls[0] == {kill_at} and {before}:
         os.kill(os.getpid(), signal.SIGKILL)
-    real(image, destination)
+    real(destination, image)
     if calls[0] == {kill_at}:
         os.kill(os.getpid(), signal.SIGKILL)
-preprocessing.write_atomic = write_then_die
+preprocessing.write_image = write_then_die
 import preprocess
 sys.exit(preprocess.main({argv!r}))
 """
@@ -456,10 +444,8 @@ def test_min_face_size_and_other_detector_options_are_validated(tmp_path, capsys
     save(astronaut_view(), tmp_path / "set" / "A" / "1.png")
     for option, value, words in [("--min_face_size", "0", "at least 12"), ("--factor", "1.5", "(0, 1)"),
                                  ("--max_megapixels", "-1", "positive"), ("--device", "gpu", "not a device name")]:
-        with pytest.raises(SystemExit) as exit_status:
-            run_cli(capsys, "--dataset", tmp_path / "set", "--output_dir", tmp_path / "out", option, value)
-        assert exit_status.value.code == 2
-        err = capsys.readouterr().err
+        code, _, err = run_cli(capsys, "--dataset", tmp_path / "set", "--output_dir", tmp_path / "out", option, value)
+        assert code == 2
         assert f"{option} " in err and words in err, err
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="--min_face_size 0"):
@@ -508,4 +494,4 @@ def test_files_in_the_output_folder_this_tool_did_not_write_are_kept(tmp_path, c
         (out / "A" / "A_0001.png").unlink()
     with read_only_folder(tmp_path / "ro") as ro:
         code, _, err = run_cli(capsys, *args[:2], "--output_dir", ro, *args[4:])
-    assert code == 1 and err.startswith("error: ") and str(ro) in err and "Traceback" not in err, err
+    assert code == 1 and err.startswith("preprocess.py: error: ") and str(ro) in err and "Traceback" not in err, err

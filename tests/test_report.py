@@ -34,3 +34,29 @@ def test_bin_table_one_row_per_set_and_dash_without_roc():
     assert cells(lines[3])[4:] == ["-", "-", "-", "-"]
     with pytest.raises(KeyError):
         bin_table([("broken", {"n_pairs": 1})])
+
+
+def test_a_resumed_run_is_named_by_its_final_settings_and_its_changes_listed(tmp_path):
+    import json
+
+    import yaml
+
+    from uniformface.report import gather_markdown, load_run
+
+    for name, history in (("resumed", [{"iteration": 300, "time": "", "changed": {
+            "beta": {"from": 0.5, "to": 0.1}, "milestones": {"from": [16000], "to": [400]}}}]), ("plain", None)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.yaml").write_text(yaml.safe_dump({"alpha": 1.0, "beta": 0.1 if history else 0.5}))
+        (folder / "lfw_results.json").write_text(json.dumps({"fold_accuracies": [0.9], "accuracy_mean": 0.9}))
+        if history:
+            (folder / "config_history.yaml").write_text(yaml.safe_dump(history))
+    runs = [load_run(tmp_path / "resumed"), load_run(tmp_path / "plain")]
+    assert runs[0].config["beta"] == 0.1 and runs[0].history[0]["iteration"] == 300 and runs[1].history == []
+    markdown = gather_markdown(runs)
+    rows = [cells(line)[0] for line in markdown.splitlines() if line.startswith("| alpha")]
+    assert rows == ["alpha=1.0/beta=0.1", "alpha=1.0/beta=0.5"]
+    section = markdown[markdown.index("- settings changed when resumed"):]
+    assert section.splitlines()[2:] == ["  - alpha=1.0/beta=0.1: from iteration 300: beta 0.5 -> 0.1, "
+                                        "milestones [16000] -> [400]"]
+    assert "settings changed" not in gather_markdown(runs[1:])

@@ -151,14 +151,14 @@ def test_final_step_that_blows_up_the_weights_is_no_success(tmp_path, small_tree
     assert all_finite(torch.load(run / "checkpoint.pt", weights_only=True)["model"])
 
 
-def test_corrupt_images_are_skipped_counted_in_logs_and_named_on_the_console(tmp_path, aligned_tree, capsys):
+def test_corrupt_images_are_skipped_counted_in_logs_and_named_on_the_console(tmp_path, aligned_tree, caplog):
     for victim in ("0000000/000.jpg", "0000002/003.jpg"):
         (aligned_tree / victim).write_bytes(b"\xff\xd8 truncated")
     train(tiny_config(aligned_tree, max_iters=9), tmp_path / "run", progress=False)
     lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # 24 images, batch 8 -> 3 iterations an epoch: 9 iterations read each image 3 times
     assert lines[-1]["broken_images"] == 6
-    err = capsys.readouterr().err
+    err = caplog.text  # the library's log, which a script shows on the console (test_cli.py)
     assert f"2 of the 24 training images in {aligned_tree} cannot be read and are skipped" in err
     assert str(aligned_tree / "0000000/000.jpg") in err and str(aligned_tree / "0000002/003.jpg") in err
 
@@ -200,7 +200,7 @@ def test_images_whose_pixels_do_not_decode_stop_the_run_within_an_epoch(tmp_path
     proc, seconds = run_script(cli_args(small_tree, tmp_path / "log", "max_iters=50"), timeout=60)
     assert proc.returncode == 1, proc.stderr[-2000:]
     err = proc.stderr.splitlines()
-    assert err[-1].startswith(f"error: training set {small_tree}: no image of the last 2 batches could be used "
+    assert err[-1].startswith(f"train.py: error: training set {small_tree}: no image of the last 2 batches could be used "
                               "(8 unreadable or wrong-sized images met so far"), err
     assert sum("warning: skipped a training image: cannot decode image" in line for line in err) == 5
     assert "Traceback" not in proc.stderr
@@ -382,3 +382,185 @@ def test_caffe_parameter_multipliers():
     assert sum(p.numel() for g in groups for p in g["params"]) == 22_666_944
     n_bias = sum(p.numel() for g in groups if g["lr_mult"] == 2 for p in g["params"])
     assert n_bias == 64 + 128 + 256 + 512 + 512  # four stage convs + fc5
+
+
+# ------------------------------------------------------------------ resume records what ran
+
+def test_resume_with_set_rewrites_config_and_records_the_change(tmp_path, small_tree, caplog):
+    from uniformface.config import HISTORY_FILE, read_history
+
+    run = tmp_path / "log" / "run"
+    args = cli_args(small_tree, tmp_path / "log")
+    assert train_cli.main(args) == 0
+    assert not (run / HISTORY_FILE).exists()  # a run never resumed has no history
+    assert train_cli.main(args + ["--resume", "--set", "lr=0.01", "--set", "max_iters=3"]) == 0
+    assert "note: --resume: settings changed from iteration 2: lr 0.05 -> 0.01, max_iters 2 -> 3" in caplog.text
+    saved = load_config(run / "config.yaml")
+    assert (saved.lr, saved.max_iters) == (0.01, 3)  # the settings in force at the end
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["config"]["lr"] == 0.01
+    (entry,) = read_history(run)
+    assert entry["iteration"] == 2 and entry["changed"] == {"lr": {"from": 0.05, "to": 0.01},
+                                                            "max_iters": {"from": 2, "to": 3}}
+    # resumed again with the same settings: nothing new to record; with another, a second entry
+    assert train_cli.main(args + ["--resume", "--set", "lr=0.01", "--set", "max_iters=3"]) == 0
+    assert len(read_history(run)) == 1
+    assert train_cli.main(args + ["--resume", "--set", "max_iters=4"]) == 0  # args' own lr=0.05 is in force again
+    history = read_history(run)
+    assert [e["iteration"] for e in history] == [2, 3]
+    assert history[1]["changed"] == {"lr": {"from": 0.01, "to": 0.05}, "max_iters": {"from": 3, "to": 4}}
+    assert load_config(run / "config.yaml").lr == 0.05
+
+
+@pytest.mark.parametrize("left", ["nothing", "config only", "config and a killed write"])
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it(tmp_path, small_tree, caplog, left):
+    """A job script that always passes --resume, killed before the run's first checkpoint was written."""
+    run = tmp_path / "log" / "run"
+    args = cli_args(small_tree, tmp_path / "log")
+    if left != "nothing":
+        from uniformface.config import save_config
+
+        run.mkdir(parents=True)
+        save_config(load_config(TOY, args[args.index("--set"):][1::2]), run / "config.yaml")  # as train.py writes it
+    if left == "config and a killed write":
+        (run / ".checkpoint.pt.0a1b2c3d.partial").write_bytes(b"half")
+        (run / "metrics.jsonl").write_text('{"iteration": 1, "loss": 2.')
+    assert train_cli.main(args + ["--resume"]) == 0
+    assert caplog.text.count("holds no checkpoint yet; starting the run from iteration 0") == 1
+    assert f"{run}" in caplog.text
+    fresh = tmp_path / "fresh"
+    assert train_cli.main(cli_args(small_tree, fresh)) == 0
+    a = torch.load(run / "sphereface4_8.pt", weights_only=True)
+    b = torch.load(fresh / "run" / "sphereface4_8.pt", weights_only=True)
+    assert a["iteration"] == 2 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [json.loads(l)["iteration"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_training_labels_are_checked_once_when_the_set_is_opened(tmp_path, small_tree, monkeypatch):
+    from uniformface.datasets import ImageFolderTrainSet
+
+    original = ImageFolderTrainSet.label
+    monkeypatch.setattr(ImageFolderTrainSet, "label", lambda self, i: 7 if i == 3 else original(self, i))
+    with pytest.raises(ValueError, match=r"0000000/003.jpg has label 7, outside \[0, 2\)"):
+        Trainer(tiny_config(small_tree), tmp_path / "run", progress=False)
+
+
+# ------------------------------------------------------------------ the step does not wait on the device
+
+# Every way Python reads a tensor's value back to the host. On a GPU each one waits until everything
+# queued before it has run (a synchronisation); the steady-state step must make none.
+READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "__array__")
+
+
+def steady_state_trainer(tmp_path, tree, device, **extra):
+    """A Trainer with its batches read ahead (the loader's own work is not the step's), logging every 4
+    iterations, checkpointing only at the end."""
+    import itertools
+
+    cfg = tiny_config(tree, device=device, max_iters=12, log_every=4, checkpoint_every=100, warmup_iters=0,
+                      **extra)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    batches = list(itertools.islice(iter(trainer._loader()), 12))
+    trainer._loader = lambda: batches
+    return trainer
+
+
+@pytest.mark.parametrize("setting", [{}, {"center_mode": "weight", "compute_in_batch": "true", "regularface": 0.1},
+                                     {"normalize_centers": "false", "uniform_reduction": "pairs", "grad_clip": 1}],
+                         ids=["default", "weight-batch-regularface", "raw-pairs-clip"])
+def test_steady_state_steps_read_nothing_back_from_the_device(tmp_path, aligned_tree, monkeypatch, setting):
+    """Counts the reads of tensor values during fit(): none inside any step after the first, none between
+    log points, and exactly one at each log point (metrics, divergence record and figures together)."""
+    trainer = steady_state_trainer(tmp_path, aligned_tree, "cpu", **setting)
+    reads = []
+
+    def counted(name, original):
+        def read(self, *args, **kwargs):
+            reads.append(name)
+            return original(self, *args, **kwargs)
+        return read
+
+    for name in READS:
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    marks, inside = [], []
+    original_step, original_log_point = Trainer.step, Trainer._log_point
+
+    def step(self, images, labels):
+        marks.append(len(reads))
+        before = len(reads)
+        try:
+            return original_step(self, images, labels)
+        finally:
+            inside.append(reads[before:])
+
+    def log_point(self, *args):
+        before = len(reads)
+        try:
+            return original_log_point(self, *args)
+        finally:
+            log_reads.append(reads[before:])
+
+    log_reads = []
+    monkeypatch.setattr(Trainer, "step", step)
+    monkeypatch.setattr(Trainer, "_log_point", log_point)
+    trainer.fit()
+    marks.append(len(reads))
+    assert len(marks) == 13
+    assert all(calls == [] for calls in inside[1:]), inside  # steps 2..12: no read at all
+    per_iteration = {i: reads[marks[i - 1]:marks[i]] for i in range(2, 12)}  # 12 ends with the checkpoint
+    for iteration, calls in per_iteration.items():
+        assert calls == (["tolist"] if iteration % 4 == 0 else []), (iteration, calls)
+    assert log_reads == [["tolist"]] * 3
+
+
+def test_steady_state_steps_do_not_wait_for_the_gpu(tmp_path, aligned_tree, monkeypatch, cuda):
+    """The same on a GPU, where PyTorch itself tells when anything waits for the device: under
+    set_sync_debug_mode("error") every synchronising call raises. Armed from the second step (the first
+    makes the first allocations and reads the centers' state once) to the end of the loop, except in
+    log points and checkpoints, which read the device by design."""
+    trainer = steady_state_trainer(tmp_path, aligned_tree, "cuda")
+    original_step, original_log_point, original_checkpoint = Trainer.step, Trainer._log_point, Trainer._checkpoint
+    state = {"steps": 0, "armed": False}
+
+    def step(self, images, labels):
+        state["steps"] += 1
+        if state["steps"] == 2:
+            state["armed"] = True
+            torch.cuda.set_sync_debug_mode("error")
+        return original_step(self, images, labels)
+
+    def allowed(original):
+        def call(self, *args):
+            torch.cuda.set_sync_debug_mode(0)
+            try:
+                return original(self, *args)
+            finally:
+                if state["armed"] and self.iteration < self.cfg.max_iters:  # steps follow: armed again
+                    torch.cuda.set_sync_debug_mode("error")
+        return call
+
+    monkeypatch.setattr(Trainer, "step", step)
+    monkeypatch.setattr(Trainer, "_log_point", allowed(original_log_point))
+    monkeypatch.setattr(Trainer, "_checkpoint", allowed(original_checkpoint))
+    try:
+        trainer.fit()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert state["steps"] == 12
+
+
+@pytest.mark.parametrize("every_step", [False, True])
+def test_divergence_between_log_points_names_its_step(tmp_path, small_tree, capsys, every_step):
+    """lr 1e30: iteration 1 leaves huge weights, whose loss at iteration 2 is NaN. Checked at log points
+    only (every 4 iterations), the run stops at iteration 4 and still names iteration 2 and the checkpoint
+    of iteration 0; with check_finite_every_step it stops at iteration 2 itself."""
+    run = tmp_path / "log" / "run"
+    args = cli_args(small_tree, tmp_path / "log", "lr=1e30", "max_iters=8", "log_every=4", "checkpoint_every=4",
+                    f"check_finite_every_step={str(every_step).lower()}")
+    assert train_cli.main(args) == 1
+    err = one_error_line(capsys.readouterr().err)
+    assert "loss is not finite at iteration 2 (cross-entropy" in err
+    assert ("found at iteration 4, the next check" in err) != every_step
+    assert f"The last good checkpoint is {run / 'checkpoint.pt'} (iteration 0" in err
+    assert all_finite(torch.load(run / "checkpoint.pt", weights_only=True)["model"])
+    assert not (run / "sphereface4_8.pt").exists()
+    assert not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text()  # nothing logged

@@ -16,7 +16,6 @@ from skimage import data
 from hostile import one_line_error
 from uniformface.align import FaceDetector, align_face
 from uniformface.checkpoint import export_weights
-from uniformface.compare import load_rule
 from uniformface.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,19 +134,6 @@ def test_faceless_photo_and_missing_rule_are_clear_errors(photos, model_path, ca
     assert verify_main([str(photos / "astronaut.jpg"), str(photos / "same.jpg"), "--model_path", str(model_path)]) == 1
     err = capsys.readouterr().err
     assert "lfw_results.json not found" in err and "test.py" in err and "--threshold" in err
-
-
-def test_load_rule_variants(tmp_path):
-    path = tmp_path / "r.json"
-    path.write_text(json.dumps({"protocol": "insightface", "thresholds": [1.2, 1.4]}))
-    rule = load_rule(path)  # an insightface run's thresholds are squared distances of unit vectors
-    assert rule.feature_mean is None and rule.threshold == pytest.approx(1 - 1.3 / 2)
-    path.write_text(json.dumps({"protocol": "sphereface", "thresholds": [0.3, 0.4]}))
-    with pytest.raises(ValueError, match="no 'verify_rule'.*rerun"):
-        load_rule(path)
-    path.write_text("{")
-    with pytest.raises(ValueError, match=r"r.json:1: not valid JSON"):
-        load_rule(path)
 
 
 def test_hostile_inputs_end_in_one_line(photos, model_path, tmp_path, capsys):

@@ -1,3 +1,37 @@
-"""UniformFace (Duan, Lu, Zhou, CVPR 2019) on SphereFace (Liu et al., CVPR 2017), in PyTorch."""
+"""UniformFace (Duan, Lu, Zhou, CVPR 2019) on SphereFace (Liu et al., CVPR 2017), in PyTorch.
+
+    from uniformface import build_model, build_head, uniform_loss, ClassCenters, load_config, Trainer
+
+The names below are loaded on first use, so that `import uniformface.config` (or a script's `--help`)
+does not import torch.
+"""
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "build_model": "models",
+    "build_head": "heads",
+    "uniform_loss": "losses",
+    "ClassCenters": "centers",
+    "load_config": "config",
+    "Trainer": "trainer",
+}
+
+__all__ = ["build_model", "build_head", "uniform_loss", "ClassCenters", "load_config", "Trainer"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

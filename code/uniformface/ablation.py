@@ -22,8 +22,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from .checkpoint import atomic_write_text
-from .config import Config, ConfigError, get_key, load_config, to_dict, yaml_load
+from .atomic import atomic_write_text
+from .config import Config, ConfigError, from_dict, get_key, load_config, to_dict, yaml_load
 from .report import RESULTS_FILE, gather_markdown, load_run, setting_name
 from .trainer import STATE_FILE, TrainingDiverged, weights_filename
 
@@ -31,7 +31,8 @@ DIVERGED_FILE = "diverged.txt"
 RESULTS_MD = "results.md"
 # Keys that change how a run is carried out, not what it computes: a rerun may change them (another
 # machine, more loader workers) and still continue the folder's run.
-RUN_ONLY_KEYS = ("device", "num_workers", "log_every", "checkpoint_every", "eval_every", "compile")
+RUN_ONLY_KEYS = ("device", "num_workers", "log_every", "checkpoint_every", "eval_every", "compile",
+                 "check_finite_every_step")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._=+-]")
 
 
@@ -204,10 +205,13 @@ def run_grid(settings: Sequence[Setting], train_fn: TrainFn, evaluate_fn: Evalua
         s.state, s.note = "done", f"{s.folder / RESULTS_FILE} written"
 
 
-def row_name(setting: Setting) -> str:
-    """The earlier port's row name `alpha=1.0/beta=0.001`, then `/key=value` for the grid's other keys."""
-    extra = "".join(f"/{k}={get_key(setting.cfg, k)}" for k in setting.values if k not in ("alpha", "beta"))
-    return setting_name(to_dict(setting.cfg)) + extra
+def row_name(setting: Setting, cfg: Config | None = None) -> str:
+    """The earlier port's row name `alpha=1.0/beta=0.001`, then `/key=value` for the grid's other keys,
+    read from `cfg` (the run folder's config.yaml: the settings in force at the run's end, which a
+    resume with other settings rewrites) or else from the setting's own config."""
+    cfg = cfg if cfg is not None else setting.cfg
+    extra = "".join(f"/{k}={get_key(cfg, k)}" for k in setting.values if k not in ("alpha", "beta"))
+    return setting_name(to_dict(cfg)) + extra
 
 
 def results_markdown(settings: Sequence[Setting], title: str) -> str:
@@ -216,7 +220,10 @@ def results_markdown(settings: Sequence[Setting], title: str) -> str:
     finished = [s for s in settings if s.state == "done"]
     parts = [f"{title}\n"]
     if finished:
-        parts.append(gather_markdown([load_run(s.folder) for s in finished], [row_name(s) for s in finished]))
+        runs = [load_run(s.folder) for s in finished]
+        names = [row_name(s, from_dict(run.config, str(run.folder / "config.yaml")) if run.config else None)
+                 for s, run in zip(finished, runs)]
+        parts.append(gather_markdown(runs, names))
     diverged = [s for s in settings if s.state == "diverged"]
     if diverged:
         parts.append("- diverged (no results):\n\n" + "".join(f"  - {s.label}: {s.note}\n" for s in diverged))

@@ -1,7 +1,8 @@
 """Face alignment as in the official SphereFace release (`preprocess/code/face_detect_demo.m`,
 `face_align_demo.m`): MTCNN finds 5 landmarks, `cp2tform(landmarks, template, 'similarity')` fits the
 similarity, and `imtransform(img, tform, 'XData', [1 96], 'YData', [1 112], 'Size', [112 96])` warps the
-face (bilinear, fill 0) into a 112x96 crop.
+face (bilinear, fill 0) into a 112x96 crop (docs/DESIGN.md §6.3-§6.5: the template, the fit's direction,
+the sampling).
 
 Coordinates: landmarks and the template are in Matlab's 1-based pixel convention, (x, y) = (column, row)
 with the centre of the top-left pixel at (1, 1). That is how SphereFace's `lfw_landmark.txt` was written
@@ -14,15 +15,14 @@ sampling inside `align_face` turns them into 0-based array indices.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-import warnings
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+
+# the official SphereFace detector settings and the detection size limit, explained in defaults.py
+from .defaults import DETECTION_MAX_SIDE, MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS  # noqa: F401 (re-exported)
 
 # The official 5-point template for a 112x96 (rows x cols) crop, in (x, y) order: left eye, right eye,
 # nose tip, left mouth corner, right mouth corner (`face_align_demo.m`, coord5point).
@@ -34,20 +34,6 @@ TEMPLATE_112x96 = np.array([
     [62.7299, 92.2041],
 ], dtype=np.float64)
 TEMPLATE_112x96.setflags(write=False)
-
-# Official SphereFace detector settings (face_detect_demo.m: minsize 20, threshold [0.6 0.7 0.9],
-# factor 0.85); facenet-pytorch's own defaults are [0.6, 0.7, 0.7] and 0.709.
-MIN_FACE_SIZE = 20
-THRESHOLDS = (0.6, 0.7, 0.9)
-SCALE_FACTOR = 0.85
-
-# Larger images are reduced (area average) before detection and warping: MTCNN's cost grows with the pixel
-# count, and an aligned face is 112 px tall, so more resolution only adds aliasing in the bilinear warp.
-DETECTION_MAX_SIDE = 1600
-
-
-class ImageLoadError(ValueError):
-    """An image file that cannot be decoded; the message names the file."""
 
 
 def template(output_size: Sequence[int] = (112, 96)) -> np.ndarray:
@@ -61,10 +47,12 @@ def template(output_size: Sequence[int] = (112, 96)) -> np.ndarray:
     raise ValueError(f"output_size must be (112, 96) or (112, 112), got {output_size}")
 
 
-def _fit_base_to_input(base: np.ndarray, points: np.ndarray) -> np.ndarray:
+def nonreflective_similarity(base: np.ndarray, points: np.ndarray) -> np.ndarray:
     """cp2tform's findNonreflectiveSimilarity: the least-squares similarity u = a x + b y + c,
     v = -b x + a y + d from `base` (x, y) to `points` (u, v), i.e. with the residual measured among
-    `points`. Returned as the 3x3 matrix M with (u, v, 1) = M (x, y, 1)."""
+    `points` (N >= 2 pairs; with 2 the fit is exact). Returned as the 3x3 matrix M (float64) with
+    (u, v, 1) = M (x, y, 1)."""
+    base, points = np.asarray(base, dtype=np.float64), np.asarray(points, dtype=np.float64)
     n = len(base)
     system = np.zeros((2 * n, 4))
     system[:n, 0], system[:n, 1], system[:n, 2] = base[:, 0], base[:, 1], 1.0
@@ -95,7 +83,7 @@ def cp2tform_similarity(input_points: np.ndarray, base_points: np.ndarray) -> tu
     flip = np.diag([-1.0, 1.0, 1.0])
     candidates = []
     for reflect in (False, True):
-        inverse = _fit_base_to_input(base @ flip[:2, :2] if reflect else base, points)
+        inverse = nonreflective_similarity(base @ flip[:2, :2] if reflect else base, points)
         if reflect:
             inverse = inverse @ flip  # un-reflect: the fit took (-x, y)
         scale = math.sqrt(abs(np.linalg.det(inverse[:2, :2])))
@@ -152,110 +140,17 @@ def align_face(image: np.ndarray, landmarks: np.ndarray, output_size: Sequence[i
     return warped[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-# ----------------------------------------------------------------------------------------------- loading
-
-def _to_rgb_array(img) -> np.ndarray:
-    """Any PIL mode -> uint8 RGB (H, W, 3). 16-bit and 32-bit greys are scaled, not clipped (PIL's own
-    convert('L') would clip everything above 255 to white)."""
-    mode = img.mode
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        values = np.asarray(img, dtype=np.float64)
-        if mode.startswith("I;16"):
-            full_scale = 65535.0
-        else:  # 32-bit int or float: scale by the range the values actually use
-            peak = float(values.max()) if values.size else 0.0
-            full_scale = 255.0 if peak <= 255 else (65535.0 if peak <= 65535 else peak)
-        grey = np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    # RGBA/LA/PA: alpha is dropped, as Matlab's imread (the official pipeline) does; CMYK, P, 1, L,
-    # YCbCr, LAB and HSV go through PIL's conversions.
-    if mode not in ("RGB",):
-        if mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")
-        img = img.convert("RGB")
-    return np.asarray(img, dtype=np.uint8)
-
-
-# Pillow refuses to open an image of more than 2 * Image.MAX_IMAGE_PIXELS pixels (178,956,970 by default) as
-# a possible decompression bomb; read_rgb's `max_pixels` moves that limit for one call.
-PILLOW_MAX_PIXELS = 2 * 89_478_485
-_PIXEL_LIMIT_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _pixel_limit(max_pixels: float | None):
-    """Pillow's decompression-bomb limit set to `max_pixels` (inf: none) while the block runs; None leaves it."""
-    if max_pixels is None:
-        yield
-        return
-    from PIL import Image
-
-    with _PIXEL_LIMIT_LOCK:  # a module global of Pillow's: one reader at a time changes it
-        saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None if math.isinf(max_pixels) else max_pixels / 2  # Pillow refuses > 2x this
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
-
-
-def read_rgb(path: str | Path, max_side: int | None = None,
-             max_pixels: float | None = None) -> tuple[np.ndarray, tuple[float, float]]:
-    """Decode `path` to uint8 RGB (H, W, 3), upright per its EXIF orientation. When `max_side` is given and
-    the image is larger, it is reduced (JPEG DCT scaling, then an area-averaging box filter) so that its
-    longer side is `max_side`. Returns (pixels, (sx, sy)), the original size over the returned size:
-    a point at 1-based position p of the result is at (p - 0.5) * s + 0.5 in the original (`to_original`).
-    Raises ImageLoadError naming the file for empty, truncated or non-image files, and for images over
-    the decompression-bomb limit: Pillow's (178,956,970 pixels) or `max_pixels` (inf: none).
-    """
-    from PIL import Image, ImageOps
-
-    try:
-        with warnings.catch_warnings(), _pixel_limit(max_pixels):
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                width, height = img.size
-                if max_side and max(width, height) > max_side and img.format == "JPEG":
-                    # Decode at 1/2, 1/4 or 1/8 scale straight from the DCT: an 8000x8000 JPEG stays cheap.
-                    ratio = max_side / max(width, height)
-                    img.draft(None, (math.ceil(width * ratio), math.ceil(height * ratio)))
-                img.load()
-                try:
-                    upright = ImageOps.exif_transpose(img)
-                except Exception:  # a damaged EXIF block does not make the pixels unusable
-                    upright = img
-                if upright.size != img.size:  # turned a quarter
-                    width, height = height, width
-                pixels = _to_rgb_array(upright)
-        if max_side and max(pixels.shape[:2]) > max_side:
-            ratio = max_side / max(pixels.shape[:2])
-            target = (max(1, round(pixels.shape[1] * ratio)), max(1, round(pixels.shape[0] * ratio)))
-            pixels = np.asarray(Image.fromarray(pixels).resize(target, Image.Resampling.BOX))
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, DecompressionBomb...)
-        reason = str(exc) or type(exc).__name__
-        if isinstance(exc, Image.UnidentifiedImageError):
-            reason = "not an image file (or an unsupported format)"
-        elif isinstance(exc, Image.DecompressionBombError):
-            reason += " (for a genuine photo this large, raise the limit: preprocess.py --max_megapixels)"
-        raise ImageLoadError(f"cannot decode image {path}: {reason}") from exc
-    if pixels.ndim != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
-        raise ImageLoadError(f"cannot decode image {path}: empty image")
-    return pixels, (width / pixels.shape[1], height / pixels.shape[0])
-
-
-def load_rgb(path: str | Path, max_side: int | None = None) -> np.ndarray:
-    """Decode `path` to uint8 RGB (H, W, 3); see `read_rgb` for the handling of modes and large images."""
-    return read_rgb(path, max_side)[0]
-
+# ------------------------------------------------------------------------------------------ reduced images
 
 def to_original(points: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
-    """Landmarks (1-based, as everywhere here) on a reduced image (read_rgb's scale) -> the same landmarks
-    on the original image. Pixel p covers [p - 0.5, p + 0.5]: edges scale, centres do not."""
+    """Landmarks (1-based, as everywhere here) on a reduced image (`images.read_rgb`'s scale) -> the same
+    landmarks on the original image. Pixel p covers [p - 0.5, p + 0.5]: edges scale, centres do not."""
     return (np.asarray(points, dtype=np.float64) - 0.5) * np.asarray(scale) + 0.5
 
 
 def to_reduced(points: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
-    """Landmarks (1-based) on the original image -> on the reduced image that read_rgb returned with `scale`."""
+    """Landmarks (1-based) on the original image -> on the reduced image that `images.read_rgb` returned
+    with `scale`."""
     return (np.asarray(points, dtype=np.float64) - 0.5) / np.asarray(scale) + 0.5
 
 

@@ -9,15 +9,14 @@ the globals numpy needs to rebuild arrays and scalars and refuses everything els
 """
 from __future__ import annotations
 
-import io
 import pickle
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
-from .checkpoint import atomic_write_bytes
+from .atomic import atomic_write_bytes
+from .images import ImageLoadError, decode_rgb, encode_image
 
 try:  # numpy >= 2 moved numpy.core to numpy._core; pickles name either
     from numpy._core import multiarray as _multiarray, numeric as _numeric
@@ -88,7 +87,7 @@ def write_bin(path: str | Path, images: Sequence, issame: Sequence[bool], qualit
     issame = np.asarray(issame, dtype=bool)
     if len(images) != 2 * len(issame):
         raise ValueError(f"{path}: {len(images)} images for {len(issame)} pairs; need exactly two per pair")
-    bins = [bytes(image) if isinstance(image, (bytes, bytearray)) else _encode_jpeg(image, quality)
+    bins = [bytes(image) if isinstance(image, (bytes, bytearray)) else encode_image(image, "JPEG", quality)
             for image in images]
     atomic_write_bytes(path, pickle.dumps((bins, issame), protocol=4))
 
@@ -104,17 +103,7 @@ def _encoded_bytes(item, path: Path, index: int) -> bytes:
 
 def _decode(data: bytes, path: Path, index: int) -> np.ndarray:
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))
-    except Exception as exc:
-        raise ValueError(f"{path}: image {index} (pair {index // 2}) cannot be decoded: {exc}") from exc
-
-
-def _encode_jpeg(image, quality: int) -> bytes:
-    array = np.asarray(image)
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"images must be uint8 (H, W, 3) RGB arrays or encoded bytes, got {array.dtype} "
-                         f"{array.shape}")
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
+        return decode_rgb(data)
+    except ImageLoadError as exc:
+        raise ImageLoadError(f"{path}: image {index} (pair {index // 2}) cannot be decoded: {exc.reason}",
+                             exc.reason) from exc

@@ -1,6 +1,6 @@
 """Class centers for the uniform loss (UniformFace, Duan et al., CVPR 2019, Eq. 6-7).
 
-`ClassCenters` is the paper as this project reads it (README, "Choices made where the paper is silent"): centers live in feature space (like center loss)
+`ClassCenters` is the paper as this project reads it (docs/DESIGN.md §4.2-§4.5): centers live in feature space (like center loss)
 and move by Eq. 7 after each optimizer step,
     delta_j = sum_i [y_i = j] (c_j - x_i) / (1 + n_j),   c_j <- c_j - rate * delta_j.
 The loss sees, for the classes in the batch, c~_j = c_j - delta_j(x) = (c_j + sum_{i in j} x_i) / (1 + n_j),
@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .distributed import host_group
 from .losses import block_distances, centered_and_scaled, default_chunk_size, exact_matmul
 
 SCOPES = ("all", "batch")
@@ -36,49 +37,84 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def host_labels(labels: torch.Tensor) -> torch.Tensor:
+    """The labels on the host. The training loop passes the data loader's own CPU tensor, used as it is;
+    labels on a GPU are copied back, which waits for everything queued on it."""
+    return labels if labels.device.type == "cpu" else labels.cpu()
+
+
+def gather_labels(labels: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """All ranks' labels concatenated in rank order, on the host, and each rank's count; the local labels
+    and [their count] when not distributed. They travel over `distributed.host_group()` (gloo, host
+    tensors), so the sizes of everything that follows are known without reading the GPU.
+
+    Ranks may hold different batch sizes (a broken image is dropped on one rank only), so the labels are
+    padded to the largest size for the collective and cut back after."""
+    labels = host_labels(labels)
+    if not _distributed():
+        return labels, [len(labels)]
+    world, group = dist.get_world_size(), host_group()
+    size = torch.tensor([len(labels)], dtype=torch.long)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    sizes = torch.cat(sizes).tolist()
+    padded = F.pad(labels, (0, max(sizes) - len(labels)), value=-1)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=group)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]), sizes
+
+
 def global_batch(features: torch.Tensor, labels: torch.Tensor, differentiable: bool
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All ranks' (features, labels) concatenated in rank order; the local ones when not distributed.
+    """All ranks' (features, labels) concatenated in rank order, the labels on the host (`gather_labels`);
+    the local ones when not distributed.
 
-    Ranks may hold different batch sizes (a broken image is dropped on one rank only), so rows are
-    padded to the largest size for the collective and cut back after. With `differentiable`, the
-    features go through the autograd-aware `torch.distributed.nn.functional.all_gather`, whose
-    backward sends each rank the SUM over ranks of the gradients w.r.t. its rows."""
-    if not _distributed():
+    Rows are padded to the largest rank's size for the collective and cut back after. With
+    `differentiable`, the features go through the autograd-aware
+    `torch.distributed.nn.functional.all_gather`, whose backward sends each rank the SUM over ranks of
+    the gradients w.r.t. its rows."""
+    labels, sizes = gather_labels(labels)
+    if len(sizes) == 1:
         return features, labels
-    world = dist.get_world_size()
-    size = torch.tensor([len(labels)], device=labels.device, dtype=torch.long)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    sizes = [int(s) for s in sizes]
-    longest = max(sizes)
-    pad = longest - len(labels)
-    padded_features = F.pad(features, (0, 0, 0, pad))
-    padded_labels = F.pad(labels, (0, pad), value=-1)
-    label_parts = [torch.empty_like(padded_labels) for _ in range(world)]
-    dist.all_gather(label_parts, padded_labels)
+    padded = F.pad(features, (0, 0, 0, max(sizes) - len(features)))
     if differentiable:
         from torch.distributed.nn.functional import all_gather as autograd_all_gather
 
-        feature_parts = list(autograd_all_gather(padded_features))
+        parts = list(autograd_all_gather(padded))
     else:
-        feature_parts = [torch.empty_like(padded_features) for _ in range(world)]
-        dist.all_gather(feature_parts, padded_features)
-    return (torch.cat([part[:n] for part, n in zip(feature_parts, sizes)]),
-            torch.cat([part[:n] for part, n in zip(label_parts, sizes)]))
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]), labels
 
 
-def class_sums(features: torch.Tensor, labels: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(classes present, sorted; per-class feature sums (U, d); counts (U, 1) as features' dtype).
+def batch_classes(labels: torch.Tensor, device: torch.device
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the classes present, sorted, on the host; the same on `device`; each label's position among them
+    and the classes' counts, on `device`) from host labels. Worked out where the labels are and sent
+    without waiting, so the device is never read to learn how many classes a batch holds (a
+    torch.unique on the GPU would wait for every step queued before it)."""
+    classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    return (classes, *(t.to(device, non_blocking=True) for t in (classes, inverse, counts)))
+
+
+def class_sums(features: torch.Tensor, inverse: torch.Tensor, counts: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-class feature sums (U, d); counts (U, 1) as the features' dtype), from `batch_classes`.
 
     The sums are a one-hot matmul rather than index_add_, so that they are deterministic (CUDA's
     index_add_ uses atomics) and every rank computes bit-identical centers."""
-    classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-    one_hot = F.one_hot(inverse, len(classes)).to(features.dtype)
+    one_hot = F.one_hot(inverse, len(counts)).to(features.dtype)
     with exact_matmul(features.device):
         sums = one_hot.T @ features
-    return classes, sums, counts.to(features.dtype).unsqueeze(1)
+    return sums, counts.to(features.dtype).unsqueeze(1)
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The tensor's in-place write counter (None for an inference tensor, which keeps none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
 
 
 def _check_rate(rate: float, who: str) -> float:
@@ -108,8 +144,29 @@ class ClassCenters(nn.Module):
         self.num_classes, self.dim, self.scope, self.normalize = num_classes, dim, scope, normalize
         self.register_buffer("centers", torch.zeros(num_classes, dim))
         self.register_buffer("initialized", torch.zeros(num_classes, dtype=torch.bool))
+        # host copy of a GPU `initialized` (see host_initialized): the copy, the buffer it copies, its version
+        self._host_copy: torch.Tensor | None = None
+        self._host_copy_of: torch.Tensor | None = None
+        self._host_copy_version: int | None = None
 
-    def loss_centers(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def host_initialized(self) -> torch.Tensor:
+        """`initialized` on the host, which sizes the loss's set of centers without reading the device: the
+        buffer itself on the CPU; for a GPU buffer, a copy that `update` keeps in step, read back only when
+        the buffer changed by other means (a loaded state, a move to another device, a caller's own
+        write: its version counter tells)."""
+        buffer = self.initialized
+        if buffer.device.type == "cpu":
+            return buffer
+        if not self._host_copy_current():
+            self._host_copy, self._host_copy_of, self._host_copy_version = buffer.cpu(), buffer, _version(buffer)
+        return self._host_copy
+
+    def _host_copy_current(self) -> bool:
+        version = _version(self.initialized)
+        return (self._host_copy is not None and self._host_copy_of is self.initialized and version is not None
+                and version == self._host_copy_version)
+
+    def loss_centers(self, features: torch.Tensor, labels: torch.Tensor, check_labels: bool = True) -> torch.Tensor:
         """The (M, d) centers that enter Eq. 6 for this (global) batch: c~_j = (c_j + sum_{i in j} x_i)
         / (1 + n_j) for the batch's initialised classes, the mean of the batch's features for a class
         seen for the first time (both differentiable in x), then (scope "all") the other initialised
@@ -118,19 +175,28 @@ class ClassCenters(nn.Module):
         Distributed: every rank builds the same set from the global batch. Each rank computes the same
         L_u, so all_gather's backward hands each rank world_size x dL_u/dx for its own rows; DDP then
         averages the parameter gradients over the ranks, which cancels that factor and leaves exactly
-        the gradient of a single process that ran the whole global batch."""
+        the gradient of a single process that ran the whole global batch.
+
+        Pass the labels as the host holds them (the data loader's CPU tensor): the batch's classes and
+        the set of other centers are then worked out on the host, and nothing is read back from the
+        device. `check_labels`: refuse labels outside [0, num_classes) (the trainer checks its training
+        set's labels once, when it opens the set, and passes False)."""
         features, labels = global_batch(features, labels, differentiable=True)
         dtype = torch.promote_types(features.dtype, self.centers.dtype)
-        classes, sums, counts = class_sums(self._points(features.to(dtype)), labels)
-        _check_labels(classes, self.num_classes, "ClassCenters.loss_centers")
+        host_classes, classes, inverse, counts = batch_classes(labels, self.centers.device)
+        if check_labels:
+            _check_labels(host_classes, self.num_classes, "ClassCenters.loss_centers")
+        sums, counts = class_sums(self._points(features.to(dtype)), inverse, counts)
         stored = self.centers[classes].to(dtype)
         seen_before = self.initialized[classes].unsqueeze(1)
         batch_centers = torch.where(seen_before, (stored + sums) / (1.0 + counts), sums / counts)
         parts = [batch_centers]
         if self.scope == "all":
-            others = self.initialized.clone()
-            others[classes] = False
-            parts.append(self.centers[others].to(dtype))
+            others = self.host_initialized().clone()
+            others[host_classes] = False
+            # row numbers from the host copy: a boolean mask on the device would be read back to size the rows
+            rows = torch.nonzero(others).squeeze(1).to(self.centers.device, non_blocking=True)
+            parts.append(self.centers[rows].to(dtype))
         centers = torch.cat(parts)
         return F.normalize(centers, dim=1) if self.normalize else centers
 
@@ -139,21 +205,36 @@ class ClassCenters(nn.Module):
         return F.normalize(features, dim=1) if self.normalize else features
 
     @torch.no_grad()
-    def update(self, features: torch.Tensor, labels: torch.Tensor, rate: float) -> None:
+    def update(self, features: torch.Tensor, labels: torch.Tensor, rate: float, check_labels: bool = True,
+               check_finite: bool = True) -> None:
         """Eq. 7 after the optimizer step, on the global batch: c_j <- c_j - rate * sum_i [y_i = j]
         (c_j - x_i) / (1 + n_j); a class seen for the first time is set to the mean of its features
-        (whatever the rate, so rate 0 still initialises)."""
+        (whatever the rate, so rate 0 still initialises). Labels as in `loss_centers`.
+
+        `check_finite`: non-finite features are refused with a ValueError, which reads the device.
+        Without it nothing is read: such features leave the centers' values as they were (chosen on the
+        device), and the caller learns of them from its loss, which they make non-finite too (a class
+        first met in such a batch is marked initialised at its zero center; the run is stopping anyway)."""
         rate = _check_rate(rate, "ClassCenters.update")
         features, labels = global_batch(features.detach(), labels, differentiable=False)
-        classes, sums, counts = class_sums(self._points(features.to(self.centers.dtype)), labels)
-        _check_labels(classes, self.num_classes, "ClassCenters.update")
-        if not bool(torch.isfinite(sums).all()):
+        host_classes, classes, inverse, counts = batch_classes(labels, self.centers.device)
+        if check_labels:
+            _check_labels(host_classes, self.num_classes, "ClassCenters.update")
+        sums, counts = class_sums(self._points(features.to(self.centers.dtype)), inverse, counts)
+        finite = torch.isfinite(sums).all()
+        if check_finite and not bool(finite):
             raise ValueError("ClassCenters.update: features contain NaN or inf; the centers were left unchanged")
         stored = self.centers[classes]
         delta = (counts * stored - sums) / (1.0 + counts)
         seen_before = self.initialized[classes].unsqueeze(1)
-        self.centers[classes] = torch.where(seen_before, stored - rate * delta, sums / counts)
-        self.initialized[classes] = True
+        moved = torch.where(seen_before, stored - rate * delta, sums / counts)
+        self.centers[classes] = moved if check_finite else torch.where(finite, moved, stored)
+        copy_current = self._host_copy_current()
+        # index_fill_ takes the value as a kernel argument (`t[i] = True` would copy a host scalar to the GPU)
+        self.initialized.index_fill_(0, classes, True)
+        if copy_current:  # the same write on the host copy keeps it current without a read
+            self._host_copy[host_classes] = True
+            self._host_copy_version = _version(self.initialized)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, dim={self.dim}, scope={self.scope!r}, normalize={self.normalize}"
@@ -195,30 +276,39 @@ class WeightCenters(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.head.weight
 
-    def loss_centers(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss_centers(self, features: torch.Tensor, labels: torch.Tensor, check_labels: bool = True) -> torch.Tensor:
+        """The class weights (scope "batch": those of the global batch's classes, worked out on the host as in
+        `ClassCenters.loss_centers`)."""
         weight = self.weight
         if weight.dtype not in (torch.float32, torch.float64):
             weight = weight.float()
         if self.scope == "batch":
-            _, labels = global_batch(features.detach(), labels, differentiable=False)
+            labels, _ = gather_labels(labels)
             classes = torch.unique(labels)
-            _check_labels(classes, len(weight), "WeightCenters.loss_centers")
-            weight = weight[classes]
+            if check_labels:
+                _check_labels(classes, len(weight), "WeightCenters.loss_centers")
+            weight = weight[classes.to(weight.device, non_blocking=True)]
         return F.normalize(weight, dim=1) if self.normalize else weight
 
     @torch.no_grad()
-    def update(self, features: torch.Tensor, labels: torch.Tensor, rate: float) -> None:
+    def update(self, features: torch.Tensor, labels: torch.Tensor, rate: float, check_labels: bool = True,
+               check_finite: bool = True) -> None:
+        """Eq. 7 on the class weights; the checks as in `ClassCenters.update`."""
         rate = _check_rate(rate, "WeightCenters.update")
         if rate == 0.0:
             return
         weight = self.weight
         features, labels = global_batch(features.detach(), labels, differentiable=False)
-        classes, sums, counts = class_sums(features.to(weight.dtype), labels)
-        _check_labels(classes, len(weight), "WeightCenters.update")
-        if not bool(torch.isfinite(sums).all()):
+        host_classes, classes, inverse, counts = batch_classes(labels, weight.device)
+        if check_labels:
+            _check_labels(host_classes, len(weight), "WeightCenters.update")
+        sums, counts = class_sums(features.to(weight.dtype), inverse, counts)
+        finite = torch.isfinite(sums).all()
+        if check_finite and not bool(finite):
             raise ValueError("WeightCenters.update: features contain NaN or inf; the weights were left unchanged")
         stored = weight[classes]
-        weight[classes] = stored - rate * (counts * stored - sums) / (1.0 + counts)
+        moved = stored - rate * (counts * stored - sums) / (1.0 + counts)
+        weight[classes] = moved if check_finite else torch.where(finite, moved, stored)
 
     def extra_repr(self) -> str:
         return f"scope={self.scope!r}, normalize={self.normalize} (centers = head.weight)"
@@ -251,6 +341,13 @@ def mean_min_distance(centers: torch.Tensor, chunk_size: int | None = None) -> t
 def mean_min_angle(directions: torch.Tensor, chunk_size: int | None = None) -> float:
     """Mean over rows of the angle, in degrees, to the nearest other row, after unit normalisation: how
     far apart the classes' directions are (the quantity the uniform loss should raise on the sphere)."""
+    return float(mean_min_angle_tensor(directions, chunk_size))
+
+
+@torch.no_grad()
+def mean_min_angle_tensor(directions: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """`mean_min_angle` as a float64 0-d tensor on the rows' device, for a caller that reads several
+    figures back from the device at once (the trainer's log points)."""
     if directions.dim() != 2 or len(directions) < 2:
         raise ValueError(f"mean_min_angle: need (M >= 2, d) rows, got shape {tuple(directions.shape)}")
     unit = F.normalize(directions.double(), dim=1)
@@ -262,4 +359,4 @@ def mean_min_angle(directions: torch.Tensor, chunk_size: int | None = None) -> f
         cosine = unit[start:stop] @ unit.T
         cosine.diagonal(offset=start).fill_(-2.0)
         nearest[start:stop] = cosine.max(1).values
-    return float(torch.rad2deg(torch.acos(nearest.clamp(-1.0, 1.0))).mean())
+    return torch.rad2deg(torch.acos(nearest.clamp(-1.0, 1.0))).mean()

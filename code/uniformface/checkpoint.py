@@ -1,6 +1,5 @@
-"""Atomic writes (temp file in the same folder + os.replace) so an interrupted run never leaves a
-half-written checkpoint, config or result behind; the safe reading of a run's `checkpoint.pt`; the lock
-that keeps two runs out of one run folder.
+"""Torch checkpoints: the atomic `torch.save` of a run's files (through `atomic`), the safe reading of a
+run's `checkpoint.pt` and weights file; the lock that keeps two runs out of one run folder.
 
 Nothing here unpickles code: `checkpoint.pt` and the weights file hold tensors and plain values only and
 are read with `torch.load(..., weights_only=True)`, which refuses any other global (README, "Security").
@@ -10,54 +9,23 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import pickle
 import re
 import shutil
 import socket
 import sys
-import tempfile
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
+from .atomic import atomic_write, temporary_path
 
-# Temporaries are hidden files ending in this suffix, so that a later run can sweep up what a killed
-# run left behind (preprocessing does).
-PARTIAL_SUFFIX = ".partial"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb", durable: bool = True) -> None:
-    """Call `write(handle)` on a temporary file beside `path`, then rename it into place. `durable`
-    also fsyncs (checkpoints, results); bulk outputs such as aligned images skip that cost: the rename
-    alone already guarantees that a killed run leaves either the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes private (0600) files; outputs are usually shared
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda h: h.write(text), "w")
-
-
-def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
-    atomic_write(path, lambda h: h.write(data), "wb", durable)
+logger = logging.getLogger(__name__)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -134,10 +102,8 @@ def keep_previous(path: str | Path, previous: str | Path) -> bool:
     path, previous = Path(path), Path(previous)
     if not path.is_file():
         return False
-    fd, tmp = tempfile.mkstemp(dir=previous.parent, prefix=f".{previous.name}.", suffix=PARTIAL_SUFFIX)
-    os.close(fd)
+    tmp = temporary_path(previous)
     try:
-        os.unlink(tmp)
         try:
             os.link(path, tmp)
         except OSError as exc:
@@ -149,23 +115,6 @@ def keep_previous(path: str | Path, previous: str | Path) -> bool:
         Path(tmp).unlink(missing_ok=True)
         raise
     return True
-
-
-def remove_stale_partials(folder: str | Path, names: Iterable[str]) -> list[Path]:
-    """Delete the temporaries that a killed `atomic_write` of one of `names` left in `folder` (call it only
-    while holding the folder's lock: a live writer's temporary looks the same). Returns what was removed."""
-    folder, removed = Path(folder), []
-    if not folder.is_dir():
-        return removed
-    for name in names:
-        for leftover in folder.glob(f".{glob_escape(name)}.*{PARTIAL_SUFFIX}"):
-            leftover.unlink(missing_ok=True)
-            removed.append(leftover)
-    return sorted(removed)
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 LOCK_FILE = ".lock"
@@ -214,7 +163,7 @@ class FolderLock:
         if self._fd is not None:
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the kernel applies the umask
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -223,8 +172,8 @@ class FolderLock:
             raise FolderBusy(f"{self.folder} is in use by {holder} (lock file {self.path}); wait for that run "
                              "to end, or use another folder") from None
         except OSError as exc:  # a file system without flock (ENOLCK): go on unlocked, and say so
-            print(f"warning: cannot lock {self.path} ({exc.strerror}); a second run into this folder would "
-                  "not be noticed", file=sys.stderr)
+            logger.warning(f"warning: cannot lock {self.path} ({exc.strerror}); a second run into this folder "
+                           "would not be noticed")
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)}
         os.ftruncate(fd, 0)

@@ -1,70 +1,70 @@
-"""One-line errors for the scripts in code/ (README, "Security and reliability").
+"""How every script in code/ (and its installed `uniformface-...` command) behaves on the command line
+(README, "Security and reliability").
 
-A script's expected failures (a missing or unreadable file, a bad value, a full disk, a read-only
-folder, a device that is not there) end in one line `error: <message>` on stderr and exit status 1,
-with no traceback; `--debug` shows the traceback as well. A bug (any other exception) keeps its
-traceback, since that is what a report of it needs.
+- Exit status: 0 success; 2 a usage error, before any work (argparse's own, or a `UsageError` such as a
+  config key out of range); 1 a runtime failure; 130 Ctrl-C.
+- One error format: `<script>: error: <message>` on stderr, the format argparse uses for usage errors
+  (after its `usage:` line). An expected failure (a missing or unreadable file, a bad value, a full disk,
+  a read-only folder, a device that is not there) is that one line, with no traceback; `--debug` (or
+  UNIFORMFACE_DEBUG=1) shows the traceback too. A bug (any other exception) keeps its traceback, since
+  that is what a report of it needs.
+- Help: every option has help text that shows its default (`HelpFormatter`). Scripts import torch only
+  after parsing their arguments, so that `--help` and a usage error answer at once.
+- The library's messages (module loggers under `uniformface`) are shown on stderr while a script runs,
+  beside any live progress bar.
 
-Use in a script:
+A script (uniformface/commands/<name>.py):
 
-    from uniformface.cli import add_debug_flag, run_script, resolve_device
+    NAME = "train"
 
-    def main(argv=None) -> int:
-        parser = argparse.ArgumentParser(...)
-        add_debug_flag(parser)
-        args = parser.parse_args(argv)
-        device = resolve_device(args.device)          # ValueError naming the device and a fix
+    def build_parser():
+        parser = new_parser(NAME, __doc__)                 # with --debug
+        parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+        return parser
+
+    def run(args, parser) -> int:
+        from uniformface.devices import resolve_device     # torch: only after parsing
+        device = resolve_device(args.device)               # ValueError naming the device and a fix
         ...
-        raise ScriptError(f"{path}: ... (fix: ...)")  # or FileNotFoundError / ValueError / OSError
+        raise ScriptError(f"{path}: ... (fix: ...)")       # or FileNotFoundError / ValueError / OSError
         return 0
 
-    if __name__ == "__main__":
-        sys.exit(run_script(main))
-
-The API: `ScriptError`, `EXPECTED`, `describe(exc)`, `run_script(main, argv=None)`,
-`add_debug_flag(parser)`, `resolve_device(text, option="--device")`, `refuse_overwrite(path, ...)`,
-`ensure_writable(path)` (before a long computation: can a file be created beside `path` now?).
+    def main(argv=None) -> int:
+        return run_command(NAME, build_parser, run, argv)
 """
 from __future__ import annotations
 
-import errno
+import argparse
+import contextlib
+import logging
 import os
 import re
 import sys
-import tempfile
 import traceback
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
+
+from .paths import os_fix
 
 DEBUG_FLAG = "--debug"
+COMMAND_PREFIX = "uniformface-"  # the installed commands: uniformface-train, uniformface-gather-results, ...
+USAGE_STATUS = 2  # argparse's status for a usage error
 
 
 class ScriptError(Exception):
     """An expected failure whose message already names the file / key / device and the fix."""
 
 
+class UsageError(ScriptError):
+    """A command line that cannot be used (a config key out of range, two options that exclude each other),
+    found before any work: exit status 2, as argparse's own usage errors."""
+
+
 # What a script turns into a one-line error. OSError covers FileNotFoundError, PermissionError,
 # IsADirectoryError, a full disk (ENOSPC) and a read-only file system (EROFS).
 EXPECTED: tuple[type[BaseException], ...] = (ScriptError, ValueError, OSError)
 
-_OS_FIXES = {
-    errno.EACCES: "check the permissions, or choose another path",
-    errno.EPERM: "check the permissions, or choose another path",
-    errno.EROFS: "the file system is read-only: choose a writable path",
-    errno.ENOSPC: "free space on that disk (the disk is full), or choose another path",
-    errno.EDQUOT: "free space on that disk (the disk quota is exceeded), or choose another path",
-    errno.ENOENT: "check the path",
-    errno.EISDIR: "this is a folder: give a file path",
-    errno.ENOTDIR: "a part of this path is a file, not a folder",
-}
-
-
-def os_fix(number: int | None) -> str | None:
-    """What to do about a system error of this errno (a full disk, a read-only folder, ...), or None."""
-    return _OS_FIXES.get(number)
-
-
-# checkpoint.atomic_write's temporary files: ".<name>.<8 random characters>.partial" beside <name>.
+# atomic.py's temporary files: ".<name>.<8 random characters>.partial" beside <name>.
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.partial$")
 
 
@@ -102,96 +102,153 @@ def describe(exc: BaseException) -> str:
     return "; ".join(lines) if len(lines) <= 3 else f"{lines[0]} ... {lines[-1]}"
 
 
-def _debug_requested(argv: Sequence[str] | None) -> bool:
-    arguments = sys.argv[1:] if argv is None else argv
-    return DEBUG_FLAG in arguments or os.environ.get("UNIFORMFACE_DEBUG", "") not in ("", "0")
+def command_name(name: str) -> str:
+    """The installed console command of script `name`: `gather_results` -> `uniformface-gather-results`."""
+    return COMMAND_PREFIX + name.replace("_", "-")
 
 
-def run_script(main: Callable[..., int | None], argv: Sequence[str] | None = None,
-               expected: tuple[type[BaseException], ...] = EXPECTED) -> int:
-    """`main(argv)`'s exit status; an `expected` exception becomes `error: <describe(exc)>` on stderr and
-    status 1 (with its traceback first when `--debug` is among the arguments or UNIFORMFACE_DEBUG is set).
-    Ctrl-C ends with status 130 and one line. Anything else propagates with its traceback (a bug)."""
-    debug = _debug_requested(argv)
-    try:
-        status = main(argv)
-    except KeyboardInterrupt:
-        if debug:
-            traceback.print_exc()
-        print("interrupted", file=sys.stderr)
-        return 130
-    except expected as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"error: {describe(exc)}", file=sys.stderr)
-        return 1
-    return 0 if status is None else int(status)
+def script_name(name: str) -> str:
+    """What the user typed to run script `name`, for its messages: `train.py` (`python code/train.py`) or
+    `uniformface-train` (the installed command); `train.py` when it runs inside another program (a test)."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return invoked if invoked in (f"{name}.py", command_name(name)) else f"{name}.py"
 
 
-def add_debug_flag(parser) -> None:
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The script's docstring as written, and after each option's help its default: `(default: X)`,
+    `(default: off)` for a flag, nothing where the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.required or action.default is argparse.SUPPRESS
+                or "%(default)" in text or "default" in text.lower()):
+            return text
+        if action.nargs == 0 and action.default is False:  # store_true
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)"
+
+
+def new_parser(name: str, description: str | None) -> argparse.ArgumentParser:
+    """The argument parser of script `name` (its docstring as the description), with `--debug`."""
+    parser = argparse.ArgumentParser(prog=script_name(name), description=description, formatter_class=HelpFormatter)
+    add_debug_flag(parser)
+    return parser
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
     """`--debug` on an argparse parser (run_script reads it from the arguments)."""
     parser.add_argument(DEBUG_FLAG, action="store_true",
                         help="on an error, also show the Python traceback (for a bug report)")
 
 
-def resolve_device(text: str, option: str = "--device", use: str | None = None):
-    """A torch.device that exists on this machine, or ValueError naming it and the fix (an unknown name,
-    CUDA without a GPU, cuda:N beyond the GPUs there are, MPS unavailable). `option` names where the
-    device came from, `use` how to give another one ("{}" is replaced by the device; default: option)."""
-    import torch
+class _ConsoleHandler(logging.Handler):
+    """Each message as one line on the stderr of the moment (a test's captured stream too); through
+    tqdm.write when tqdm is loaded, which keeps a live progress bar intact."""
 
-    use = use or f"{option} {{}}"
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"{option} {text!r}: not a device name (use cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{option} {text}: no CUDA GPU is available to this PyTorch (use {use.format('cpu')})")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise ValueError(f"{option} {text}: this machine has {count} CUDA device(s), "
-                             f"cuda:0..cuda:{count - 1} (use one of them, or {use.format('cpu')})")
-    elif device.type == "mps":
-        backend = getattr(torch.backends, "mps", None)
-        if backend is None or not backend.is_available():
-            raise ValueError(f"{option} {text}: MPS is not available on this machine (use {use.format('cpu')})")
-    elif device.type != "cpu":
-        raise ValueError(f"{option} {text}: unsupported device type {device.type!r} (use cpu or cuda)")
-    return device
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            tqdm = sys.modules.get("tqdm")
+            if tqdm is not None:
+                tqdm.tqdm.write(text, file=sys.stderr)
+            else:
+                sys.stderr.write(text + "\n")
+                sys.stderr.flush()
+        except Exception:  # logging's rule: a failing handler reports itself and never raises into the caller
+            self.handleError(record)
 
 
-def refuse_overwrite(path: str | Path, overwrite: bool, option: str = "--overwrite",
-                     created: set[Path] | None = None) -> None:
-    """Raise FileExistsError (one line, naming the file and `option`) when `path` exists, unless
-    `overwrite` is set or `path` is in `created` (files this run wrote itself)."""
-    path = Path(path)
-    if overwrite or not (path.exists() or path.is_symlink()):
+@contextlib.contextmanager
+def library_messages(level: int = logging.INFO) -> Iterator[None]:
+    """While the block runs, the library's log messages at `level` and above are shown on stderr as they
+    were written (the messages carry their own `note:` / `warning:` prefix)."""
+    logger = logging.getLogger(__name__.rpartition(".")[0] or "uniformface")
+    if any(isinstance(h, _ConsoleHandler) for h in logger.handlers):  # a script run by a script: shown once
+        yield
         return
-    if created is not None and path.resolve() in {Path(p).resolve() for p in created}:
-        return
-    raise FileExistsError(f"{path} already exists and this run did not create it: pass {option} to replace it, "
-                          "or choose another name")
-
-
-def ensure_writable(path: str | Path) -> None:
-    """Check, now, before a long computation whose result would be lost, that `path` can be written: a
-    file can be created in its folder (or, when that folder does not exist yet, in the nearest folder
-    above it that does). Creates nothing; raises the OSError (PermissionError, read-only file system,
-    full disk, a file where a folder should be) with `path` as its file name."""
-    path = Path(path)
+    handler = _ConsoleHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
     try:
-        if path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        folder = path.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        if not folder.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
-        handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".partial")
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
-        if exc.errno is None:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
+
+def _debug_requested(argv: Sequence[str] | None) -> bool:
+    arguments = sys.argv[1:] if argv is None else argv
+    return DEBUG_FLAG in arguments or os.environ.get("UNIFORMFACE_DEBUG", "") not in ("", "0")
+
+
+def _is_expected(exc: BaseException, expected: Sequence[type[BaseException] | str]) -> bool:
+    """`exc` is an instance of one of `expected`: classes, or "module.Class" names of classes in modules that
+    need not be imported yet (an exception of a module that was never imported cannot have been raised)."""
+    if isinstance(exc, UsageError):
+        return True
+    for kind in expected:
+        if isinstance(kind, str):
+            module, _, attribute = kind.rpartition(".")
+            kind = getattr(sys.modules.get(module), attribute, None)
+            if kind is None:
+                continue
+        if isinstance(exc, kind):
+            return True
+    return False
+
+
+def _exit_status(code) -> int:
+    """SystemExit's code as an exit status (None is success; a message is printed and is failure)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def run_script(main: Callable[..., int | None], argv: Sequence[str] | None = None,
+               expected: Sequence[type[BaseException] | str] = EXPECTED, *, prog: str | None = None) -> int:
+    """`main(argv)`'s exit status, with the library's messages shown on stderr meanwhile. argparse's exit
+    (a usage error, `--help`) becomes its status; a UsageError `<prog>: error: <message>` and status 2; an
+    `expected` exception `<prog>: error: <describe(exc)>` and status 1 (with its traceback first when
+    `--debug` is among the arguments or UNIFORMFACE_DEBUG is set); Ctrl-C one line and status 130. Anything
+    else propagates with its traceback (a bug). `prog` is the script's name (`train` for train.py)."""
+    if prog:
+        label = script_name(prog)
+    else:
+        label = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "uniformface"
+    debug = _debug_requested(argv)
+    try:
+        with library_messages():
+            status = main(argv)
+    except SystemExit as exc:
+        return _exit_status(exc.code)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print(f"{label}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if not _is_expected(exc, expected):
             raise
-        raise type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc
+        if debug:
+            traceback.print_exc()
+        print(f"{label}: error: {describe(exc)}", file=sys.stderr)
+        return USAGE_STATUS if isinstance(exc, UsageError) else 1
+    return 0 if status is None else int(status)
+
+
+def run_command(name: str, build_parser: Callable[[], argparse.ArgumentParser],
+                run: Callable[[argparse.Namespace, argparse.ArgumentParser], int | None],
+                argv: Sequence[str] | None = None,
+                expected: Sequence[type[BaseException] | str] = EXPECTED) -> int:
+    """Script `name`'s exit status: its arguments parsed by `build_parser()`, then `run(args, parser)`, all
+    under `run_script`'s rules (the parser comes along for usage errors found after parsing)."""
+    def main(arguments: Sequence[str] | None) -> int | None:
+        parser = build_parser()
+        return run(parser.parse_args(arguments), parser)
+
+    return run_script(main, argv, expected, prog=name)

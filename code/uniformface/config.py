@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import re
 import types
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .atomic import atomic_write_text
+from .registry import ASOFTMAX_GRADIENTS, CENTER_MODES, HEAD_NAMES, MODEL_NAMES, UNIFORM_REDUCTIONS
 
 
 class _Loader(yaml.SafeLoader):
@@ -117,6 +121,10 @@ class Config:
     channels_last: bool = True
     compile: bool = False
     deterministic: bool = False
+    # False: the loss is checked for NaN/inf at each log point (every log_every iterations) and before each
+    # checkpoint, from values summed on the device, so that steps never wait for a GPU; True: at every step
+    # too, which stops a diverging run at the very step (one wait for the device per step)
+    check_finite_every_step: bool = False
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -126,12 +134,13 @@ class Config:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# the registry's lists, which the builders are looked up from
 _CHOICES = {
-    "model_name": ("sphereface4", "sphereface10", "sphereface20", "sphereface36", "sphereface64", "uniformface"),
-    "loss.name": ("sphereface", "cosface", "arcface"),
-    "loss.gradient": ("official", "autograd"),
-    "center_mode": ("feature", "weight"),
-    "uniform_reduction": ("center", "pairs"),
+    "model_name": MODEL_NAMES,
+    "loss.name": HEAD_NAMES,
+    "loss.gradient": ASOFTMAX_GRADIENTS,
+    "center_mode": CENTER_MODES,
+    "uniform_reduction": UNIFORM_REDUCTIONS,
 }
 
 
@@ -311,9 +320,75 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from .checkpoint import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+# --------------------------------------------------------------------------- what a resumed run changed
+
+# Beside a run folder's config.yaml: a YAML list, one entry per resume that changed a setting
+# ({iteration: N, time: ..., changed: {dotted key: {from: old, to: new}}}); config.yaml itself always
+# holds the settings in force at the end.
+HISTORY_FILE = "config_history.yaml"
+
+
+def changed_settings(before: dict, after: dict, prefix: str = "") -> dict[str, dict]:
+    """{dotted key: {"from": old, "to": new}} for every setting that differs between two config
+    mappings (nested sections walked; a key missing on one side counts as None)."""
+    changes: dict[str, dict] = {}
+    for key in list(before) + [k for k in after if k not in before]:
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes.update(changed_settings(old, new, f"{prefix}{key}."))
+        elif old != new:
+            changes[f"{prefix}{key}"] = {"from": old, "to": new}
+    return changes
+
+
+def read_history(folder: str | Path) -> list[dict]:
+    """The run folder's setting changes, oldest first ([] when it has none). A file there that is not a
+    list of entries is a ValueError naming it."""
+    path = Path(folder) / HISTORY_FILE
+    if not path.is_file():
+        return []
+    history = read_yaml(path)
+    if history is None:
+        return []
+    if not isinstance(history, list) or not all(isinstance(e, dict) and isinstance(e.get("changed"), dict)
+                                                for e in history):
+        raise ValueError(f"{path}: expected a list of entries with 'iteration' and 'changed' (written by "
+                         "train.py --resume); fix it or delete it")
+    return history
+
+
+def history_lines(history: list[dict]) -> list[str]:
+    """One line per entry: `from iteration 3: lr 0.05 -> 0.01, beta 0.5 -> 0.1`."""
+    return [f"from iteration {entry.get('iteration')}: "
+            + ", ".join(f"{key} {_setting_text(change.get('from'))} -> {_setting_text(change.get('to'))}"
+                        for key, change in entry["changed"].items() if isinstance(change, dict))
+            for entry in history]
+
+
+def _setting_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)  # 0.01, [16000, 24000], true, null
+
+
+def record_settings(folder: str | Path, before: dict, cfg: Config, iteration: int, when: str = "") -> dict[str, dict]:
+    """At a resume from the checkpoint of `iteration`: when the settings now in force (`cfg`) differ from
+    `before` (those the run had: its config.yaml), append what changed, and from which iteration, to
+    HISTORY_FILE, then rewrite config.yaml with `cfg`; both atomically, the history first, so that a kill
+    between the two leaves the old config.yaml and an entry that the next resume does not repeat.
+    Returns the changes ({} when none: then nothing is written)."""
+    folder = Path(folder)
+    changes = changed_settings(before, to_dict(cfg))
+    if not changes:
+        return changes
+    history = read_history(folder)
+    entry = {"iteration": int(iteration), "time": when, "changed": changes}
+    last = history[-1] if history else {}
+    if (last.get("iteration"), last.get("changed")) != (entry["iteration"], changes):
+        atomic_write_text(folder / HISTORY_FILE, yaml.safe_dump(history + [entry], sort_keys=False))
+    save_config(cfg, folder / "config.yaml")
+    return changes
 
 
 def run_name(cfg: Config) -> str:

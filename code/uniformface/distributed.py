@@ -23,6 +23,10 @@ class Topology:
         return self.rank == 0
 
 
+# the gloo group for host values under NCCL (see host_group)
+_HOST_GROUP = None
+
+
 def setup(device: str) -> tuple[Topology, torch.device]:
     """Initialise the process group when launched by torchrun; NCCL on GPUs, gloo on CPU."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -37,12 +41,15 @@ def setup(device: str) -> tuple[Topology, torch.device]:
         dev, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
+    host_group()  # made here, where every rank passes at the same point (making a group is a collective)
     return Topology(rank, world_size, local_rank), dev
 
 
 def teardown() -> None:
+    global _HOST_GROUP
     if dist.is_initialized():
         dist.destroy_process_group()
+    _HOST_GROUP = None
 
 
 def barrier() -> None:
@@ -50,11 +57,26 @@ def barrier() -> None:
         dist.barrier()
 
 
-def sum_over_ranks(values: Sequence[float], device: torch.device) -> list[float]:
-    """Sum each of a few numbers over the ranks, in one all-reduce (the values themselves when not
-    distributed). For the loop's per-batch counts: one synchronisation a step, not one per count."""
+def host_group():
+    """The process group for numbers the host holds (per-batch counts, labels): gloo, which exchanges CPU
+    tensors, so that sharing them never waits for the GPU's queue to drain (NCCL takes device tensors
+    only, and reading a result back from the device would wait for every step queued before it). None
+    means the default group, when that is gloo already. The first call under NCCL makes the group, a
+    collective: `setup` makes it, at a point every rank passes alike."""
+    global _HOST_GROUP
+    if dist.get_backend() == "gloo":
+        return None
+    if _HOST_GROUP is None:
+        _HOST_GROUP = dist.new_group(backend="gloo")
+    return _HOST_GROUP
+
+
+def sum_over_ranks(values: Sequence[float]) -> list[float]:
+    """Sum each of a few host numbers over the ranks, in one all-reduce on the host group (the values
+    themselves when not distributed). For the loop's per-batch counts: one exchange a step, not one per
+    count, and none that waits for the GPU."""
     if not dist.is_initialized():
         return [float(v) for v in values]
-    t = torch.tensor([float(v) for v in values], device=device, dtype=torch.float64)
-    dist.all_reduce(t)
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    dist.all_reduce(t, group=host_group())
     return t.tolist()

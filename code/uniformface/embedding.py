@@ -2,13 +2,13 @@
 inference with the horizontal flip the protocols use, and a whole folder's embeddings.
 
 Crops of 112x112 (insightface `.bin` sets, `preprocess.py --output_size 112x112`) feed a 112x96 network by
-dropping 8 columns each side: the 112x112 template is the 112x96 one shifted by +8 in x (README, "Preprocessing details";
+dropping 8 columns each side: the 112x112 template is the 112x96 one shifted by +8 in x (docs/DESIGN.md §6.3;
 `align.template`), so the central 96 columns ARE the 112x96 crop, with no resampling.
 """
 from __future__ import annotations
 
 import io
-import os
+import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,11 +17,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .align import template
-from .data import IMAGE_EXTENSIONS, decode_image
+from .atomic import atomic_write_bytes, atomic_write_text
+from .datasets import image_tensor
+from .images import IMAGE_EXTENSIONS, walk_images
 from .models import normalize_pixels
-from .verification import combine_flip
+from .paths import ensure_writable, refuse_overwrite
+from .registry import EMBEDDING_MODES
+from .verification_protocol import combine_flip
 
-EMBEDDING_MODES = ("plain", "sphereface", "insightface")
+log = logging.getLogger(__name__)
 
 
 def crop_offset(image_size: Sequence[int], input_size: Sequence[int]) -> tuple[int, int] | None:
@@ -70,7 +74,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int):
         path = self.root / self.paths[index]
-        return fit_to_input(decode_image(path), self.input_size, str(path)), index  # ValueError naming the file
+        return fit_to_input(image_tensor(path), self.input_size, str(path)), index  # ValueError naming the file
 
 
 class EncodedImages(Dataset):
@@ -86,50 +90,60 @@ class EncodedImages(Dataset):
 
     def __getitem__(self, index: int):
         where = f"{self.source}: image {index}"
-        return fit_to_input(decode_image(bytes(self.encoded[index]), where), self.input_size, where), index
+        return fit_to_input(image_tensor(bytes(self.encoded[index]), where), self.input_size, where), index
+
+
+def check_mode(mode: str) -> None:
+    """ValueError naming the modes unless `mode` is one of EMBEDDING_MODES."""
+    if mode not in EMBEDDING_MODES:
+        raise ValueError(f"unknown embedding mode {mode!r}; expected one of {', '.join(EMBEDDING_MODES)}")
 
 
 @torch.no_grad()
-def extract_features(embed: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, batch_size: int = 128,
-                     num_workers: int = 2, device: str = "cpu", progress: bool = True
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Features of every image of `dataset` and of its horizontal mirror: (f, f_flip), float32 (N, D)
-    each, in dataset order. Both go through the network in one batch."""
+def flip_embed(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str) -> np.ndarray:
+    """The one place where features are formed with the horizontal flip: a batch of normalised images
+    (B, 3, H, W), on the network's device, and its mirror go through `embed` in one call, and each image's
+    f and f_flip are combined as `mode` asks: plain f alone; sphereface [f, f_flip] (evaluation.m's
+    extractDeepFeature); insightface normalise(f + f_flip) (insightface's verification.py), see
+    `verification_protocol.combine_flip`. Returns float64 numpy, (B, D) or (B, 2D) for sphereface.
+
+    plain mode sends the mirrors through as well, so that f comes out of the same batches as in the other
+    modes: float32 kernels may round differently at another batch size."""
+    check_mode(mode)
+    both = embed(torch.cat([images, images.flip(-1)])).double().cpu().numpy()
+    f, f_flip = both[: len(images)], both[len(images):]
+    return f if mode == "plain" else combine_flip(f, f_flip, mode)
+
+
+def extract_features(embed: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, mode: str,
+                     batch_size: int = 128, num_workers: int = 2, device: str = "cpu", progress: bool = True
+                     ) -> np.ndarray:
+    """The feature of every image of `dataset`, in dataset order, formed with the flip as `mode` asks
+    (`flip_embed`, batch by batch): float64 numpy (N, D), or (N, 2D) for sphereface."""
     from tqdm import tqdm
 
+    check_mode(mode)
     if len(dataset) == 0:
         raise ValueError("no images to embed")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                         pin_memory=str(device).startswith("cuda"))
-    plain, flipped = [], []
+    features = []
     for images, _ in tqdm(loader, desc="features", unit="batch", disable=not progress, dynamic_ncols=True):
-        x = normalize_pixels(images.to(device, non_blocking=True))
-        both = embed(torch.cat([x, x.flip(-1)])).float().cpu()
-        plain.append(both[: len(x)])
-        flipped.append(both[len(x):])
-    return torch.cat(plain).numpy(), torch.cat(flipped).numpy()
-
-
-def combine(f: np.ndarray, f_flip: np.ndarray, mode: str) -> np.ndarray:
-    """plain: f alone; sphereface: [f, f_flip]; insightface: normalise(f + f_flip) (evaluation.m; insightface's verification.py)."""
-    if mode == "plain":
-        return np.asarray(f, np.float32)
-    if mode not in EMBEDDING_MODES:
-        raise ValueError(f"unknown embedding mode {mode!r}; expected one of {', '.join(EMBEDDING_MODES)}")
-    return combine_flip(f, f_flip, mode).astype(np.float32)
+        features.append(flip_embed(embed, normalize_pixels(images.to(device, non_blocking=True)), mode))
+    return np.concatenate(features)
 
 
 def list_images(root: str | Path) -> list[str]:
-    """Every image file under `root` (any depth), as sorted POSIX paths relative to it; hidden entries skipped."""
+    """Every image file under `root` (any depth, symbolic links to folders followed: `images.walk_images`),
+    as sorted POSIX paths relative to it; hidden entries skipped. Folders the walk cannot enter (a loop, no
+    permission) are logged as warnings."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    found = []
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-        for name in files:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(Path(folder, name).relative_to(root).as_posix())
+    tree = walk_images(root)
+    for folder, why in tree.skipped:
+        log.warning("warning: %s: %s", root / folder, why)
+    found = tree.images
     if not found:
         raise ValueError(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return sorted(found)
@@ -139,14 +153,14 @@ def embed_folder(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path
                  mode: str = "plain", batch_size: int = 128, num_workers: int = 2, device: str = "cpu",
                  progress: bool = True) -> tuple[np.ndarray, list[str]]:
     """(embeddings float32 (N, D), relative file names) of every image under `root`, sorted by name."""
-    if mode not in EMBEDDING_MODES:
-        raise ValueError(f"unknown embedding mode {mode!r}; expected one of {', '.join(EMBEDDING_MODES)}")
+    check_mode(mode)
     names = list_images(root)
     bad = [n for n in names if "\n" in n or "\r" in n]
     if bad:
         raise ValueError(f"{root}: file names with line breaks cannot be listed one per line: {bad[:3]}")
-    f, f_flip = extract_features(embed, ImageFiles(root, names, input_size), batch_size, num_workers, device, progress)
-    return combine(f, f_flip, mode), names
+    features = extract_features(embed, ImageFiles(root, names, input_size), mode, batch_size, num_workers, device,
+                                progress)
+    return features.astype(np.float32), names
 
 
 NAMES_SUFFIX = ".names.txt"
@@ -162,8 +176,6 @@ def names_path(output: str | Path) -> Path:
 def check_outputs(output: str | Path, overwrite: bool = False) -> Path:
     """Before the embeddings are computed: `output` is a .npy name, neither it nor its names file exists
     (unless `overwrite`), and its folder can be written. Returns the names file."""
-    from .cli import ensure_writable, refuse_overwrite
-
     output = Path(output)
     if output.suffix != ".npy":
         raise ValueError(f"--output {output}: expected a .npy file name")
@@ -178,8 +190,6 @@ def save_embeddings(output: str | Path, embeddings: np.ndarray, names: Sequence[
     """`output` (.npy, float32 (N, D), row i = names[i]) and the names one per line (UTF-8) in
     `names_path(output)`, both written atomically; an existing file of either name is refused unless
     `overwrite`. Returns the names file."""
-    from .checkpoint import atomic_write_bytes, atomic_write_text
-
     output = Path(output)
     listing = check_outputs(output, overwrite)
     if len(embeddings) != len(names):

@@ -19,17 +19,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .atomic import atomic_write_bytes
+from .defaults import DEFAULT_OPSET, DEFAULT_TOLERANCE  # the opset and tolerance, explained there
 from .models import normalize_pixels
 
-DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "images", "embeddings"
-# Worst element-wise difference allowed, relative to the largest embedding magnitude. Both sides compute in
-# float32 and differ only in summation order (oneDNN/cuDNN vs onnxruntime's MLAS kernels): each layer adds
-# a relative error of a few float32 epsilons (1.2e-7) times sqrt(fan_in) (fc5: 21,504 terms, ~150) at
-# worst, ~2e-5 summed over 21 layers. Measured: 1e-6 to 3e-6 for SphereFace-20 (at init, after 20 steps,
-# 112x112), SphereFace-4 and the figure net. 1e-4 passes that with a margin, yet fails a mismatch as small
-# as one layer's weights off by 0.1% (the test checks that); a wrong op or layout gives errors of order 1.
-DEFAULT_TOLERANCE = 1e-4
 
 
 def export_onnx(model: nn.Module, input_size: Sequence[int], output: str | Path, opset: int = DEFAULT_OPSET,
@@ -56,8 +50,6 @@ def export_onnx(model: nn.Module, input_size: Sequence[int], output: str | Path,
         entry = graph.metadata_props.add()
         entry.key, entry.value = str(key), str(value)
     output = Path(output)
-    from .checkpoint import atomic_write_bytes
-
     atomic_write_bytes(output, graph.SerializeToString())
     return output
 

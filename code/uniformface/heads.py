@@ -22,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .models import caffe_xavier_
+from .registry import ASOFTMAX_GRADIENTS, HEAD_CLASSES
 
 
 def _check_inputs(x: torch.Tensor, labels: torch.Tensor, in_features: int) -> None:
@@ -97,7 +98,7 @@ def _margin_coefficients(c: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.T
 
 class _OfficialASoftmax(torch.autograd.Function):
     """The A-Softmax forward with the official layer's backward (`margin_inner_product_layer.cpp`,
-    Backward_cpu), which is not the derivative of the forward:
+    Backward_cpu), which is not the derivative of the forward (docs/DESIGN.md §3.3 derives the coefficients):
 
     - class weights: dL/dW = top_diff^T x, with no margin factor and no Jacobian of the row normalisation;
     - features: each logit j sends back top_diff_j w_j, except the target's margin part for m >= 2, whose
@@ -133,7 +134,7 @@ class _OfficialASoftmax(torch.autograd.Function):
         return grad_x, grad_weight.to(unit.dtype), None, None, None
 
 
-GRADIENTS = ("official", "autograd")
+GRADIENTS = ASOFTMAX_GRADIENTS
 
 
 class ASoftmax(_NormalizedLinear):
@@ -241,7 +242,8 @@ class ArcFace(_NormalizedLinear):
             return self.s * cos.scatter(1, labels, target)
 
 
-HEADS = {"sphereface": ASoftmax, "cosface": CosFace, "arcface": ArcFace}
+# name -> class, from the one table of head names (registry.HEAD_CLASSES: name -> class name)
+HEADS = {name: globals()[class_name] for name, class_name in HEAD_CLASSES.items()}
 
 
 def build_head(name: str, in_features: int, num_classes: int, **kwargs) -> nn.Module:

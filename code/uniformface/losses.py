@@ -5,10 +5,11 @@ O(chunk x M) however many classes there are (100,000 x 512 centers fit in well u
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 import torch.nn.functional as F
+
+from .registry import UNIFORM_REDUCTIONS
 
 # Elements of one (chunk x M) block of pairwise values; a few such blocks are alive at once.
 CHUNK_ELEMENTS = 1 << 24
@@ -45,21 +46,28 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return t.dtype if t.dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def centered_and_scaled(points: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """(points - mean) / scale and scale, the largest centered norm (so the result lies in the unit ball).
+def centered_and_scaled(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(points - mean) / scale and scale, the largest centered norm (so the result lies in the unit ball);
+    scale is a 0-d tensor on the points' device.
 
     Distances are translation invariant, and the expansion |a|^2 + |b|^2 - 2 a.b loses precision in
     proportion to the norms, so centering first keeps the cancellation small; the scaling keeps the
     squares far from overflow (and underflow) however far the points drift. An uncentered, unscaled
-    expansion gives negative squared distances, hence NaN, once centers grow large."""
-    magnitude = float(points.abs().max()) if points.numel() else 0.0
-    if magnitude == 0.0 or not math.isfinite(magnitude):
-        return points - points.mean(0, keepdim=True), 1.0  # all zero, or NaN/inf that must show
+    expansion gives negative squared distances, hence NaN, once centers grow large.
+
+    The magnitudes stay on the device and the special cases are chosen there (torch.where), not by
+    reading them back: a read would make every training step wait for the GPU. Dividing by exactly 1
+    leaves values unchanged, so each case gives what the branches it replaces gave."""
+    if not points.numel():
+        return points - points.mean(0, keepdim=True), points.new_ones(())
+    magnitude = points.abs().max()
+    # all zero, or NaN/inf that must show: not rescaled (scale 1), only centered
+    usable = torch.isfinite(magnitude) & (magnitude != 0)
+    magnitude = torch.where(usable, magnitude, 1.0)
     centered = points / magnitude  # first, so that the mean of huge values cannot overflow either
     centered -= centered.mean(0, keepdim=True)
-    spread = float(centered.norm(dim=1).max())
-    if spread == 0.0:  # all points coincide
-        return centered, magnitude
+    spread = centered.norm(dim=1).max()
+    spread = torch.where(usable & (spread != 0), spread, 1.0)  # spread 0: all points coincide
     return centered.div_(spread), magnitude * spread
 
 
@@ -77,7 +85,7 @@ def _gradient_floor(dtype: torch.dtype) -> float:
     return 4.0 * torch.finfo(dtype).eps ** 0.5
 
 
-REDUCTIONS = ("center", "pairs")
+REDUCTIONS = UNIFORM_REDUCTIONS
 
 
 class _UniformLoss(torch.autograd.Function):
@@ -128,7 +136,8 @@ class _UniformLoss(torch.autograd.Function):
 
 def uniform_loss(centers: torch.Tensor, chunk_size: int | None = None, reduction: str = "pairs",
                  batch_size: int = 1) -> torch.Tensor:
-    """UniformFace Eq. 6 without its weight lambda (the caller multiplies), over the (M, d) `centers`:
+    """UniformFace Eq. 6 without its weight lambda (the caller multiplies), over the (M, d) `centers`
+    (docs/DESIGN.md §4.1, §4.4):
 
     - reduction "pairs" (Eq. 6 as printed): 1 / (M (M - 1)) * sum over ordered pairs j1 != j2 of
       1 / (|c_j1 - c_j2|_2 + 1), the mean potential of a pair. The force on one center is then a mean

@@ -1,5 +1,5 @@
 """Backbones: SphereFace-4/10/20/36/64 (Liu et al., CVPR 2017; official `sphereface_model.prototxt`)
-and the [2,3,5,2] net of UniformFace's Fig. 3 (Duan et al., CVPR 2019).
+and the [2,3,5,2] net of UniformFace's Fig. 3 (Duan et al., CVPR 2019). Described in docs/DESIGN.md §2.
 
 SphereFace stage: conv3x3 stride 2 pad 1 (with bias) -> PReLU, then n residual units
 conv3x3 -> PReLU -> conv3x3 -> PReLU added to the unit's input (convs bias-free: Caffe froze their
@@ -17,15 +17,8 @@ import math
 import torch
 import torch.nn as nn
 
-SPHEREFACE_UNITS = {
-    "sphereface4": (0, 0, 0, 0),
-    "sphereface10": (0, 1, 2, 0),
-    "sphereface20": (1, 2, 4, 1),
-    "sphereface36": (2, 4, 8, 2),
-    "sphereface64": (3, 8, 16, 3),
-}
-UNIFORMFACE_UNITS = (2, 3, 5, 2)
-MODEL_NAMES = (*SPHEREFACE_UNITS, "uniformface")
+from .registry import BACKBONES, MODEL_NAMES  # the names and their residual units, torch-free
+
 STAGE_CHANNELS = (64, 128, 256, 512)
 PRELU_INIT = 0.25
 RESIDUAL_STD = 0.01
@@ -129,8 +122,7 @@ def build_model(name: str, embedding_size: int = 512, input_size: tuple[int, int
     input_size = tuple(int(v) for v in input_size)
     if len(input_size) != 2:
         raise ValueError(f"input_size must be (height, width), got {input_size}")
-    if name in SPHEREFACE_UNITS:
-        return FaceNet(SPHEREFACE_UNITS[name], embedding_size, input_size)
-    if name == "uniformface":
-        return FaceNet(UNIFORMFACE_UNITS, embedding_size, input_size, pool_stages=True)
-    raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    if name not in BACKBONES:
+        raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    backbone = BACKBONES[name]
+    return FaceNet(backbone.units, embedding_size, input_size, pool_stages=backbone.pool_stages)

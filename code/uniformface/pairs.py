@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .checkpoint import atomic_write_text
+from .atomic import atomic_write_text
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -31,9 +30,11 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from .align import DETECTION_MAX_SIDE, FaceDetector, ImageLoadError, align_face, read_rgb, to_original, to_reduced
-from .checkpoint import PARTIAL_SUFFIX, atomic_write, atomic_write_text
-from .data import IMAGE_EXTENSIONS
+from .align import DETECTION_MAX_SIDE, FaceDetector, align_face, to_original, to_reduced
+from .atomic import PARTIAL_SUFFIX, atomic_write_text
+from .defaults import SMALLEST_MIN_FACE_SIZE
+from .images import ImageLoadError, ImageTooLargeError, image_header_size, read_rgb, walk_images, write_image
+from .registry import FALLBACKS
 
 REPORT_NAME = "preprocess_report.tsv"
 LANDMARKS_NAME = "landmarks.txt"
@@ -41,9 +42,6 @@ REPORT_HEADER = ["path", "status", "detail"]
 DETECTOR_FAILED = "face detector failed"
 # A run's fallback rows as they happen (a killed run's report is never written); removed when a run completes.
 JOURNAL_NAME = ".preprocess_journal.tsv"
-# Below the P-net's 12 px window MTCNN's pyramid enlarges every image by 12 / min_face_size.
-SMALLEST_MIN_FACE_SIZE = 12
-JPEG_QUALITY = 95
 LFW_NAME = re.compile(r"^(?P<identity>[^/]+)/(?P=identity)_\d{4}\.[A-Za-z]+$")
 # Misses waiting for the mean landmarks keep their pixels up to this many bytes; beyond, they are decoded again.
 MISS_PIXEL_BUDGET = 512 * 2**20
@@ -102,50 +100,6 @@ class Summary:
 
 # ------------------------------------------------------------------------------------------------ inputs
 
-def scan_tree(root: Path, skipped: list[tuple[str, str]] | None = None,
-              avoid: Path | None = None) -> tuple[list[str], list[str]]:
-    """Relative POSIX paths of the image files under `root` (sorted, hidden entries skipped), and of the
-    other files (reported as ignored). Folders reached through a symbolic link are walked like the others
-    (as train.py's scan does), except a link that leads back to a folder on its own path from `root` (a
-    loop) or to `avoid` (the output folder) or inside it: those go to `skipped` as (relative path, reason),
-    as do folders that cannot be listed."""
-    images, others = [], []
-    skipped = [] if skipped is None else skipped
-    avoid_real = os.path.realpath(avoid) if avoid is not None else None
-
-    def walk(folder: str, relative: str, chain: dict[str, str]) -> None:
-        try:
-            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
-        except OSError as exc:
-            skipped.append((relative or ".", f"folder cannot be listed: {exc.strerror or exc}"))
-            return
-        folders = []
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            path = entry.name if not relative else f"{relative}/{entry.name}"
-            try:
-                is_folder = entry.is_dir()  # follows links; a dangling link is a file (reported when read)
-            except OSError:
-                is_folder = False
-            if is_folder:
-                folders.append((entry, path))
-            else:
-                (images if entry.name.lower().endswith(IMAGE_EXTENSIONS) else others).append(path)
-        for entry, path in folders:
-            real = os.path.realpath(entry.path)
-            if real in chain:
-                skipped.append((path, f"symbolic link to {chain[real] or 'the dataset root'}, one of the folders "
-                                      "that contain it: a loop, not followed"))
-            elif avoid_real is not None and (real == avoid_real or real.startswith(avoid_real + os.sep)):
-                skipped.append((path, "symbolic link into --output_dir: not followed"))
-            else:
-                walk(entry.path, path, {**chain, real: path})
-
-    walk(str(root), "", {os.path.realpath(root): ""})
-    return images, others
-
-
 def looks_like_test_set(relative_paths: Sequence[str]) -> bool:
     """LFW naming, `<identity>/<identity>_NNNN.<ext>`, for most (more than half) of the files: a
     verification set. One stray file does not change the verdict for a whole set."""
@@ -158,8 +112,8 @@ def choose_fallback(option: str, images: Sequence[str]) -> tuple[bool, str]:
     the names: mean when more than half of the image files are named as LFW's (a test set, where every
     pair must keep its images), skip otherwise (a training set, where a face the detector missed is as
     likely to be no face at all)."""
-    if option not in ("auto", "mean", "skip"):
-        raise ValueError(f"fallback must be auto, mean or skip, got {option!r}")
+    if option not in FALLBACKS:
+        raise ValueError(f"fallback must be {', '.join(FALLBACKS[:-1])} or {FALLBACKS[-1]}, got {option!r}")
     if option != "auto":
         return option == "mean", f"fallback: {option} (--fallback {option})"
     strays = [p for p in images if not LFW_NAME.match(p)]
@@ -203,20 +157,6 @@ def parse_landmark_line(line: str) -> tuple[str, np.ndarray]:
     if not np.isfinite(values).all():
         raise ValueError("non-finite coordinate")
     return fields[0].replace("\\", "/"), values.reshape(5, 2)
-
-
-def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) of the upright image from its header, or None when unreadable."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                width, height = height, width
-            return width, height
-    except Exception:
-        return None
 
 
 def locate_faces(detector: FaceDetector, items: list[dict]) -> list[np.ndarray | None]:
@@ -274,7 +214,7 @@ class _ChunkSet(Dataset):
                 pixels, scale = read_rgb(self.root / relative, self.max_side, self.max_pixels)
                 items.append({"path": relative, "pixels": pixels, "scale": scale, "error": None})
             except ImageLoadError as exc:
-                items.append({"path": relative, "pixels": None, "scale": None, "error": str(exc)})
+                items.append({"path": relative, "pixels": None, "scale": None, "error": load_error(exc)})
         if self.detector_options is not None:
             if self.detector is None:
                 self.detector = FaceDetector(**self.detector_options)
@@ -286,15 +226,12 @@ class _ChunkSet(Dataset):
 
 # ----------------------------------------------------------------------------------------------- outputs
 
-def write_atomic(image: np.ndarray, destination: Path) -> None:
-    """Encode in the format the file name asks for (JPEG at quality 95), atomically: a killed run never
-    leaves a partial output (checkpoint.atomic_write)."""
-    from PIL import Image
-
-    image_format = Image.registered_extensions().get(destination.suffix.lower(), "JPEG")
-    options = {"quality": JPEG_QUALITY} if image_format in ("JPEG", "WEBP") else {}
-    atomic_write(destination, lambda handle: Image.fromarray(image).save(handle, format=image_format, **options),
-                 durable=False)
+def load_error(exc: ImageLoadError) -> str:
+    """The report's line for an image that cannot be decoded; for one over the decompression-bomb limit,
+    with the option that raises it."""
+    if isinstance(exc, ImageTooLargeError):
+        return f"{exc} (for a genuine photo this large, raise the limit: preprocess.py --max_megapixels)"
+    return str(exc)
 
 
 def _format_points(points: np.ndarray, separator: str = "\t", decimals: int = 2) -> str:
@@ -372,7 +309,7 @@ class _Run:
             self.report(item["path"], "broken", f"alignment failed: {exc}")
             return False
         record()
-        write_atomic(face, self.options.output_dir / item["path"])
+        write_image(self.options.output_dir / item["path"], face)
         return True
 
     def handle(self, item: dict, points_reduced: np.ndarray | None, landmarks_log) -> None:
@@ -420,7 +357,7 @@ class _Run:
                 self.handle(item, item["points"], landmarks_log)
 
     def finish_misses(self, journal) -> None:
-        """Fallback: align each missed face with the mean landmarks of its size (README, "Preprocessing details"). Each fallback's
+        """Fallback: align each missed face with the mean landmarks of its size (docs/DESIGN.md §6.6). Each fallback's
         report row goes to the journal (line-buffered) before its output is renamed into place."""
         self.add_previous_landmarks()
         writer = csv.writer(journal, delimiter="\t", lineterminator="\n")
@@ -431,7 +368,7 @@ class _Run:
                                                              self.options.max_pixels)
                 except ImageLoadError as exc:  # changed on disk since the first read
                     self.summary.broken += 1
-                    self.report(miss["path"], "broken", str(exc))
+                    self.report(miss["path"], "broken", load_error(exc))
                     continue
             mean, how = self.means.mean_for(miss["size"])
             if mean is None:
@@ -451,9 +388,11 @@ class _Run:
         for relative, points in sorted(self.previous_landmarks.items()):
             if relative in self.new_landmarks or relative not in self.done:
                 continue
-            size = image_size(self.options.dataset / relative)
-            if size is not None:
-                self.means.add(points, size)
+            try:
+                height, width = image_header_size(self.options.dataset / relative, max_pixels=self.options.max_pixels)
+            except ImageLoadError:
+                continue
+            self.means.add(points, (width, height))
 
     def run(self) -> Summary:
         from tqdm import tqdm
@@ -470,8 +409,8 @@ class _Run:
         check_own_files(report_path, landmarks_path, options.overwrite)
         output_dir.mkdir(parents=True, exist_ok=True)
 
-        skipped: list[tuple[str, str]] = []
-        images, others = scan_tree(dataset, skipped, avoid=output_dir)
+        tree = walk_images(dataset, avoid=output_dir, avoid_label="--output_dir")
+        images, others, skipped = tree.images, tree.others, tree.skipped
         for relative in others:
             self.summary.ignored += 1
             self.report(relative, "ignored", "not an image file name (extension)")

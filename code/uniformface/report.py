@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+from .config import history_lines, read_history, read_yaml
 
 RESULTS_FILE = "lfw_results.json"
 # insightface's usual order of its verification sets; others follow alphabetically.
@@ -91,13 +93,14 @@ def bin_accuracy_table(rows: Sequence[tuple[str, dict]]) -> str:
 class Run:
     folder: Path            # the run's folder (where lfw_results.json and config.yaml are)
     results: dict
-    config: dict | None     # the run's config.yaml, None when absent
+    config: dict | None     # the run's config.yaml (the settings in force at its end), None when absent
+    history: list[dict] = field(default_factory=list)  # settings changed on resume (config.HISTORY_FILE)
 
 
 def load_run(path: str | Path) -> Run:
-    """A run folder (holding lfw_results.json, and config.yaml as train.py writes it) or a results file."""
-    from .config import read_yaml
-
+    """A run folder (holding lfw_results.json, and config.yaml as train.py writes it) or a results file.
+    A run resumed with changed settings is read with those in force at its end (train.py rewrites
+    config.yaml) and the history of the changes."""
     path = Path(path)
     results_path = path if path.suffix == ".json" else path / RESULTS_FILE
     if not results_path.is_file():
@@ -115,7 +118,8 @@ def load_run(path: str | Path) -> Run:
         raise ValueError(f"{exc}; fix it, or pass the results file itself") from None
     if config is not None and not isinstance(config, dict):
         raise ValueError(f"{config_path}: expected a mapping of settings")
-    return Run(results_path.parent, results, config)
+    history = read_history(results_path.parent) if config is not None else []
+    return Run(results_path.parent, results, config, history)
 
 
 def setting_name(config: dict | None) -> str | None:
@@ -172,6 +176,11 @@ def gather_markdown(runs: Sequence[Run], names: Sequence[str] | None = None) -> 
     if bins:
         sections.append("- insightface .bin sets, accuracy (10-fold, insightface protocol)\n\n"
                         + bin_accuracy_table(bins))
+    changed = [(name, run.history) for name, run in zip(names, runs) if run.history]
+    if changed:
+        sections.append("- settings changed when resumed (the rows show those in force at the end)\n\n"
+                        + "\n".join(f"  - {name}: {line}" for name, history in changed
+                                    for line in history_lines(history)))
     return "\n\n".join(sections) + "\n"
 
 

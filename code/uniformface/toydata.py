@@ -18,7 +18,6 @@ raw pixels a poor identity cue: tint and background are drawn afresh for every i
 """
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write_bytes
+from .atomic import atomic_write_bytes
+from .images import decode_rgb, write_image
 from .pairs import write_pairs
 
 IMAGE_SIZE = 250  # CASIA-WebFace and LFW images are 250x250
@@ -56,13 +56,13 @@ _BACKGROUND_FILES = ("brick.png", "grass.png", "gravel.png", "coffee.png", "rock
 
 @dataclass(frozen=True)
 class ToySettings:
-    """The generator's knobs. Defaults give a set that generates in under a minute, aligns and trains
-    within the demo's ten minutes on two CPU cores, and on which raw pixels stay a weak baseline.
-    Measured with these defaults, seed 0, through `make demo` (MTCNN alignment, configs/toy.yaml):
-    MTCNN found 98.1 % of the faces (1472/1500 train, 365/372 test); on the 600 toy pairs raw pixels
-    scored 0.683, the untrained sphereface4 0.683, the trained one 0.952."""
+    """The generator's knobs. Defaults give a set that `make demo` generates, aligns, trains on and
+    verifies in a few minutes on two CPU cores, on which MTCNN finds nearly every face and raw pixels stay
+    a weak baseline. The demo's measured figures (detection rate, accuracies, time) are kept in one place,
+    the README's "Measured on the 2-core development CPU" table, so that they are updated together."""
     # Sizes. ~100 classes x 15 images is ~1,500 training images: enough classes for a margin loss to
-    # learn a general embedding, few enough for ~40 epochs in a 4-minute CPU run.
+    # learn a general embedding, few enough for several epochs in the demo's CPU run (configs/toy.yaml:
+    # 200 iterations of 64 images, about 8 epochs).
     train_identities: int = 100
     images_per_identity: int = 15
     # 60 test people in 10 folds of 6 (LFW's folds hold disjoint people), 4-8 images each: every fold has
@@ -114,12 +114,9 @@ class _Source:
 
 def _source_photographs() -> dict[str, np.ndarray]:
     import matplotlib
-    from PIL import Image
     from skimage import data
 
-    hopper_path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    with Image.open(hopper_path) as img:
-        hopper = np.asarray(img.convert("RGB"))
+    hopper = decode_rgb(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
     return {"astronaut": data.astronaut(), "grace_hopper": hopper}
 
 
@@ -127,11 +124,14 @@ def _source_photographs() -> dict[str, np.ndarray]:
 def _sources() -> tuple[_Source, ...]:
     from scipy.ndimage import gaussian_filter, map_coordinates
 
+    # align imports torch (its detector): here, so that make_toy_data.py --help (ToySettings) needs none
+    from .align import nonreflective_similarity
+
     out = []
     for name, image in _source_photographs().items():
         measured = np.asarray(SOURCE_LANDMARKS[name], dtype=np.float64)
-        to_source = _similarity(CANONICAL_LANDMARKS[:2], measured[:2])
-        to_canonical = _similarity(measured[:2], CANONICAL_LANDMARKS[:2])
+        to_source = nonreflective_similarity(CANONICAL_LANDMARKS[:2], measured[:2])[:2]
+        to_canonical = nonreflective_similarity(measured[:2], CANONICAL_LANDMARKS[:2])[:2]
         step = math.hypot(to_source[0, 0], to_source[1, 0])  # source pixels per canonical pixel
         pixels = image.astype(np.float32) / 255.0
         if step > 1.2:  # shrinking (Grace Hopper's face is twice the size): low-pass first, against aliasing
@@ -146,18 +146,6 @@ def _sources() -> tuple[_Source, ...]:
     return tuple(out)
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (2x3) mapping points `src` onto `dst` (Umeyama without reflection)."""
-    src_mean, dst_mean = src.mean(0), dst.mean(0)
-    a, b = src - src_mean, dst - dst_mean
-    # Complex-number form: dst = z * src with z = s * e^{i theta}.
-    za = a[:, 0] + 1j * a[:, 1]
-    zb = b[:, 0] + 1j * b[:, 1]
-    z = (np.conj(za) @ zb) / (np.conj(za) @ za)
-    m = np.array([[z.real, -z.imag], [z.imag, z.real]])
-    return np.hstack([m, (dst_mean - m @ src_mean)[:, None]])
-
-
 @lru_cache(maxsize=1)
 def _lfw_faces() -> np.ndarray:
     """The 100 real LFW face crops (25x25 greyscale, 0..1) of `skimage.data.lfw_subset()` (the other 100
@@ -170,14 +158,9 @@ def _lfw_faces() -> np.ndarray:
 @lru_cache(maxsize=1)
 def _background_pool() -> tuple[np.ndarray, ...]:
     import skimage.data
-    from PIL import Image
 
     folder = Path(skimage.data.__file__).parent
-    pool = []
-    for name in _BACKGROUND_FILES:
-        with Image.open(folder / name) as img:
-            pool.append(np.asarray(img.convert("RGB")))
-    return tuple(pool)
+    return tuple(decode_rgb(folder / name) for name in _BACKGROUND_FILES)
 
 
 # Approximate eye centres and mouth centre of the mean `lfw_subset` face, (x, y) in its 25x25 crop.
@@ -335,7 +318,9 @@ def _draw_structure(rgb: np.ndarray, face: np.ndarray, skin: np.ndarray, strengt
     own lighting and size do not come along."""
     from scipy.ndimage import gaussian_filter, map_coordinates
 
-    to_crop = _similarity(np.array([lm[0], lm[1], lm[3:5].mean(0)]), _LFW_SUBSET_POINTS)
+    from .align import nonreflective_similarity
+
+    to_crop = nonreflective_similarity(np.array([lm[0], lm[1], lm[3:5].mean(0)]), _LFW_SUBSET_POINTS)
     xs, ys = _coords()
     cx = to_crop[0, 0] * xs + to_crop[0, 1] * ys + to_crop[0, 2]
     cy = to_crop[1, 0] * xs + to_crop[1, 1] * ys + to_crop[1, 2]
@@ -603,14 +588,6 @@ def render_image(identity: Identity, rng: np.random.Generator, settings: ToySett
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), truth
 
 
-def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
-    return buffer.getvalue()
-
-
 # --------------------------------------------------------------------------------------------------- pairs
 
 def make_pairs(rng: np.random.Generator, image_counts: dict[str, int], folds: int, per_fold: int
@@ -698,7 +675,7 @@ def _write_identity(item) -> dict[str, np.ndarray]:
         image, points = render_image(identity, rng, settings)
         quality = int(rng.integers(settings.jpeg_quality[0], settings.jpeg_quality[1] + 1))
         file = f"{j + 1:03d}.jpg" if role == "train" else f"{name}_{j + 1:04d}.jpg"
-        atomic_write_bytes(folder / file, encode_jpeg(image, quality), durable=False)
+        write_image(folder / file, image, quality)
         landmarks[f"{role}/{name}/{file}"] = points
     return landmarks
 
@@ -793,7 +770,6 @@ def detection_check(summary: ToySummary, n_images: int = 60, seed: int = 0, devi
     """Run the project's MTCNN (official SphereFace settings; or `detector`, an `align.FaceDetector`) on a
     random sample of the generated images, half training and half test: how many faces it finds, and how
     close its landmarks are to the true ones."""
-    from PIL import Image
     from tqdm import tqdm
 
     from .align import FaceDetector
@@ -809,10 +785,7 @@ def detection_check(summary: ToySummary, n_images: int = 60, seed: int = 0, devi
     batch = detector.batch_size
     for start in tqdm(range(0, len(chosen), batch), desc="MTCNN check", unit="batch", disable=not progress):
         paths = chosen[start:start + batch]
-        images = []
-        for rel in paths:
-            with Image.open(summary.output / rel) as img:
-                images.append(np.asarray(img.convert("RGB")))
+        images = [decode_rgb(summary.output / rel) for rel in paths]
         for rel, points in zip(paths, detector.detect_batch(images)):
             truth = summary.landmarks[rel]
             eyes.append(float(np.linalg.norm(truth[1] - truth[0])))

@@ -7,8 +7,8 @@ after the optimizer step the centers move: c <- c - beta * delta_c (Eq. 7).
 from __future__ import annotations
 
 import json
+import logging
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +19,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import distributed
-from .centers import ClassCenters, WeightCenters, mean_min_angle, mean_min_distance
-from .checkpoint import (CheckpointError, FolderBusy, FolderLock, atomic_torch_save, atomic_write_text,
-                         exception_summary, export_weights, keep_previous, remove_stale_partials, safe_torch_load)
-from .cli import os_fix, resolve_device
-from .config import Config, save_config, to_dict
-from .data import GlobalBatchSampler, check_images, open_train_set, training_loader
+from .centers import ClassCenters, WeightCenters, mean_min_angle_tensor, mean_min_distance
+from .atomic import atomic_write_text, remove_stale_partials
+from .checkpoint import (CheckpointError, FolderBusy, FolderLock, atomic_torch_save, exception_summary, export_weights,
+                         keep_previous, safe_torch_load)
+from .config import HISTORY_FILE, Config, ConfigError, history_lines, load_config, record_settings, save_config, to_dict
+from .datasets import GlobalBatchSampler, check_images, open_train_set, training_loader
+from .devices import resolve_device
 from .heads import build_head
 from .losses import regularface_loss, uniform_loss
 from .models import build_model, normalize_pixels
+from .paths import os_fix
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "checkpoint.pt"
 # The checkpoint before the latest, kept while training (a hard link, no copy where the file system has
@@ -120,11 +124,17 @@ def build_centers(cfg: Config, num_classes: int, head: nn.Module):
 
 @dataclass
 class StepMetrics:
-    loss: float
-    ce: float
-    uniform: float
-    regular: float
-    accuracy: float
+    """One step's figures as 0-d tensors on the training device: reading one (float(m.loss)) waits for the
+    device to finish the step, so the loop sums them there and reads the sums at its log points."""
+    loss: torch.Tensor
+    ce: torch.Tensor
+    uniform: torch.Tensor
+    regular: torch.Tensor
+    accuracy: torch.Tensor
+
+    def stacked(self) -> torch.Tensor:
+        """(loss, ce, uniform, regular, accuracy) as one float64 (5,) tensor on the device."""
+        return torch.stack([self.loss, self.ce, self.uniform, self.regular, self.accuracy]).double()
 
 
 def _rng_state() -> dict:
@@ -177,13 +187,6 @@ def _truncate_jsonl(path: Path, last_iteration: int) -> list[str]:
     return warnings
 
 
-def _say(text: str) -> None:
-    """A console line beside a live progress bar (tqdm.write keeps the bar intact)."""
-    from tqdm import tqdm
-
-    tqdm.write(text, file=sys.stderr)
-
-
 class Trainer:
     """One run in one run folder. The folder is locked (`checkpoint.FolderLock`) from construction until
     `close()` (which `train()` calls): a second run into it is refused at once, naming this one. Pass
@@ -207,13 +210,13 @@ class Trainer:
         self.lock = lock_folder(self.run_dir, self.lock)
         removed = remove_stale_partials(self.run_dir, self._written_names())
         if removed:
-            print(f"note: removed {len(removed)} temporary file(s) that a killed write left in {self.run_dir}: "
-                  + ", ".join(p.name for p in removed), file=sys.stderr)
+            logger.info(f"note: removed {len(removed)} temporary file(s) that a killed write left in {self.run_dir}: "
+                        + ", ".join(p.name for p in removed))
 
     def _written_names(self) -> list[str]:
         """What a run writes into its folder (atomically: a killed write leaves `.<name>.*.partial`)."""
-        return [STATE_FILE, PREVIOUS_STATE_FILE, "config.yaml", METRICS_FILE, weights_filename(self.cfg),
-                "diverged.txt"]
+        return [STATE_FILE, PREVIOUS_STATE_FILE, "config.yaml", HISTORY_FILE, METRICS_FILE,
+                weights_filename(self.cfg), "diverged.txt"]
 
     def close(self) -> None:
         """Release the folder's lock (when this Trainer took it)."""
@@ -235,13 +238,14 @@ class Trainer:
         check = check_images(self.dataset, cfg.input_size, cfg.dataset.train)
         if self.topology.is_main:
             for line in check.lines(cfg.dataset.train):
-                print(line, file=sys.stderr)
+                logger.warning(line)
         # the skipped images were named above; the loop names only the new ones it meets
         self._reported = {f"{self.dataset.describe(i)}: {why}" for i, why in self.dataset.skip.items()}
         self._new_problems = 0
         num_classes = self.dataset.num_classes
         if num_classes < 2:
             raise ValueError(f"training set {cfg.dataset.train} has {num_classes} class; at least 2 are needed")
+        self._check_labels()
 
         backbone = build_model(cfg.model_name, cfg.emb_dim, tuple(cfg.input_size))
         head = build_head(cfg.loss.name, cfg.emb_dim, num_classes, **_head_kwargs(cfg))
@@ -256,8 +260,20 @@ class Trainer:
         # iterations held by checkpoint.pt and checkpoint.prev.pt (None: no such file of this run)
         self._saved_iteration: int | None = None
         self._previous_iteration: int | None = None
+        # iteration, cross-entropy and uniform loss of the first step whose loss was not finite (iteration
+        # -1: none yet), kept on the device and read at the next check (see _raise_if_diverged)
+        self._first_non_finite = torch.full((3,), -1.0, dtype=torch.float64, device=self.device)
+        if resume and not self.state_path().is_file():
+            # stopped before its first checkpoint (or never started): a job script that always passes
+            # --resume starts the run here
+            if self.topology.is_main:
+                logger.info(f"note: --resume: {self.run_dir} holds no checkpoint yet; starting the run from "
+                            "iteration 0")
+            resume = False
         if resume:
-            self._load_state()
+            saved = self._load_state()
+            if self.topology.is_main:
+                self._record_settings(saved)
         elif self.topology.is_main:
             try:
                 save_config(cfg, self.run_dir / "config.yaml")
@@ -275,20 +291,47 @@ class Trainer:
     def state_path(self) -> Path:
         return self.run_dir / STATE_FILE
 
+    def _check_labels(self) -> None:
+        """Every label of the training set in [0, num_classes), checked once, here: the training step takes
+        the labels as they come (checking each batch's would read them back from the device)."""
+        n = self.dataset.num_classes
+        for index in range(len(self.dataset)):
+            label = self.dataset.label(index)
+            if not 0 <= label < n:
+                raise ValueError(f"training set {self.cfg.dataset.train}: {self.dataset.describe(index)} has "
+                                 f"label {label}, outside [0, {n})")
+
     def _non_finite(self) -> str | None:
-        """What of the training state is not finite (named), or None."""
+        """What of the training state is not finite (named), or None; one read of the device for all of it."""
         parts = [("the weights", self.model.state_dict()), ("the class centers", self.centers.state_dict()),
                  ("the optimizer's momentum buffers", {f"{i}.{k}": v for i, st in self.optimizer.state.items()
                                                for k, v in st.items()})]
-        for what, tensors in parts:
-            for name, value in tensors.items():
-                if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                    return f"{what} ({name})"
+        named = [(what, name, value) for what, tensors in parts for name, value in tensors.items()
+                 if torch.is_tensor(value) and value.is_floating_point()]
+        if not named:
+            return None
+        finite = torch.stack([torch.isfinite(value).all().to(self.device) for _, _, value in named]).tolist()
+        for (what, name, _), ok in zip(named, finite):
+            if not ok:
+                return f"{what} ({name})"
         return None
+
+    def _raise_if_diverged(self, record: list[float] | None = None) -> None:
+        """TrainingDiverged when a step's loss was not finite since the last check. `record`: the values of
+        `_first_non_finite`, already read with others (else they are read here). Unless
+        `check_finite_every_step`, the loss is checked here, at each log point and before each checkpoint,
+        not at every step: a divergence is found up to log_every - 1 steps late, and named by the step
+        where it happened."""
+        iteration, ce, uniform = record if record is not None else self._first_non_finite.tolist()
+        if iteration >= 0:
+            late = "" if iteration == self.iteration else f"; found at iteration {self.iteration}, the next check"
+            raise self._diverged(f"loss is not finite at iteration {int(iteration)} (cross-entropy {ce:.4g}, "
+                                 f"uniform {uniform:.4g}{late})", poisoned=int(iteration) - 1)
 
     def _checkpoint(self) -> None:
         """Save the state, unless it is not finite: then the run stops (a checkpoint is never replaced
         by a broken state). The previous checkpoint is kept as checkpoint.prev.pt (see _diverged)."""
+        self._raise_if_diverged()
         bad = self._non_finite()
         if bad is not None:
             raise self._diverged(f"{bad} are not finite after iteration {self.iteration}")
@@ -323,7 +366,8 @@ class Trainer:
                 f"{self._saved_iteration} is intact: {fix}, then continue with train.py --resume "
                 f"--logdir {self.run_dir.parent} --run_name {self.run_dir.name}")
 
-    def _load_state(self) -> None:
+    def _load_state(self) -> dict | None:
+        """Continue from checkpoint.pt; returns the settings it was written with (its "config")."""
         path = self.state_path()
         if not path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
@@ -346,6 +390,30 @@ class Trainer:
         self.iteration = state["iteration"]
         self.broken_images = int(state.get("broken_images", 0))
         self._saved_iteration = self.iteration
+        return state.get("config") if isinstance(state.get("config"), dict) else None
+
+    def _record_settings(self, saved: dict | None) -> None:
+        """At a resume with other settings than the run's config.yaml (`--resume --set lr=0.01`): what
+        changed, and from which iteration, is appended to config_history.yaml and config.yaml is rewritten
+        with the settings now in force, so that test.py, gather_results.py and ablate.py's tables show
+        the run with the settings it ended with, and its history."""
+        path = self.run_dir / "config.yaml"
+        try:
+            before = to_dict(load_config(path))
+        except ConfigError:  # missing or unusable: the settings the checkpoint was written with
+            before = saved or {}
+        try:
+            if not before:
+                save_config(self.cfg, path)
+                return
+            changes = record_settings(self.run_dir, before, self.cfg, self.iteration,
+                                      time.strftime("%Y-%m-%d %H:%M:%S %Z"))
+        except OSError as exc:
+            raise TrainingError(self._write_failure(path, exc)) from exc
+        if changes:
+            (line,) = history_lines([{"iteration": self.iteration, "changed": changes}])
+            logger.info(f"note: --resume: settings changed {line}; config.yaml now holds them, {HISTORY_FILE} "
+                        "records the change")
 
     def _diverged(self, what: str, poisoned: int | None = None) -> TrainingDiverged:
         """The exception for a run that stopped being finite, naming a checkpoint to continue from that
@@ -388,6 +456,10 @@ class Trainer:
         return training_loader(self.dataset, sampler, self.cfg.num_workers, pin_memory=self.device.type == "cuda")
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> StepMetrics:
+        """One iteration on a batch, `labels` as the data loader gives them (on the host). Nothing is read
+        back from the device, so the host can queue the next steps while this one runs: the metrics
+        come back as tensors on the device, and a non-finite loss is noted there for the next check
+        (`_raise_if_diverged`), unless `check_finite_every_step` asks for a check (a read) now."""
         cfg = self.cfg
         lr = learning_rate(cfg, self.iteration)
         for group in self.optimizer.param_groups:
@@ -395,6 +467,9 @@ class Trainer:
         x = normalize_pixels(images.to(self.device, non_blocking=True))
         if cfg.channels_last and self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
+        # the centers work out a batch's classes from the host's labels; the training set's labels were
+        # range-checked once, when it was opened
+        host_labels = labels
         labels = labels.to(self.device, non_blocking=True)
         use_amp = cfg.amp and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -403,27 +478,35 @@ class Trainer:
         ce = F.cross_entropy(logits.float(), labels)
         uniform = torch.zeros((), device=self.device)
         if cfg.alpha > 0:
-            uniform = uniform_loss(self.centers.loss_centers(features, labels), reduction=cfg.uniform_reduction,
-                                   batch_size=cfg.batch_size)
+            uniform = uniform_loss(self.centers.loss_centers(features, host_labels, check_labels=False),
+                                   reduction=cfg.uniform_reduction, batch_size=cfg.batch_size)
         regular = torch.zeros((), device=self.device)
         if cfg.regularface > 0:
             regular = regularface_loss(self.model.head.weight)
         loss = ce + cfg.alpha * uniform + cfg.regularface * regular
-        if not torch.isfinite(loss):
-            raise self._diverged(f"loss is not finite at iteration {self.iteration + 1} (cross-entropy "
-                                 f"{ce.item():.4g}, uniform {uniform.item():.4g})", poisoned=self.iteration)
+        if cfg.check_finite_every_step:
+            if not bool(torch.isfinite(loss)):
+                raise self._diverged(f"loss is not finite at iteration {self.iteration + 1} (cross-entropy "
+                                     f"{ce.item():.4g}, uniform {uniform.item():.4g})", poisoned=self.iteration)
+        else:
+            with torch.no_grad():
+                noted = torch.stack([torch.full((), self.iteration + 1.0, dtype=torch.float64, device=self.device),
+                                     ce.double(), uniform.double()])
+                first = ~torch.isfinite(loss) & (self._first_non_finite[0] < 0)
+                self._first_non_finite = torch.where(first, noted, self._first_non_finite)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         # Always called: with beta = 0 it still sets a class's center on its first appearance.
-        self.centers.update(features.detach(), labels, cfg.beta)
+        self.centers.update(features.detach(), host_labels, cfg.beta, check_labels=False,
+                            check_finite=cfg.check_finite_every_step)
         self.iteration += 1
         with torch.no_grad():
             cosine = F.linear(F.normalize(features.detach()), F.normalize(self.model.head.weight.float()))
             accuracy = (cosine.argmax(1) == labels).float().mean()
-        return StepMetrics(loss.item(), ce.item(), uniform.item(), regular.item(), accuracy.item())
+        return StepMetrics(loss.detach(), ce.detach(), uniform.detach(), regular.detach(), accuracy)
 
     def fit(self) -> Path:
         """Train to `max_iters`, checkpointing every `checkpoint_every`; returns the final weights' path."""
@@ -436,12 +519,12 @@ class Trainer:
 
             writer = SummaryWriter(str(self.run_dir), purge_step=self.iteration or None)
             for warning in _truncate_jsonl(self.run_dir / METRICS_FILE, self.iteration):
-                print(warning, file=sys.stderr)
+                logger.warning(warning)
         if self._saved_iteration is None:
             self._checkpoint()  # the initial state: a run that diverges early still has a checkpoint to go back to
         bar = tqdm(total=cfg.max_iters, initial=self.iteration, disable=not (main and self.progress),
                    desc="train", unit="it", dynamic_ncols=True)
-        sums, count, seen, t0 = np.zeros(5), 0, 0, time.perf_counter()
+        sums, count, seen, t0 = self._no_sums(), 0, 0, time.perf_counter()
         loader = iter(self._loader()) if self.iteration < cfg.max_iters else None
         empty = 0
         try:
@@ -451,7 +534,7 @@ class Trainer:
                     self._report(problems)
                 # Every rank decides alike: a rank that skipped while the others stepped would leave
                 # DDP's all-reduce waiting forever. So a batch empty on any rank is skipped by all.
-                broken, empty_ranks = distributed.sum_over_ranks([len(problems), len(labels) == 0], self.device)
+                broken, empty_ranks = distributed.sum_over_ranks([len(problems), len(labels) == 0])
                 self.broken_images += int(broken)
                 if empty_ranks > 0:
                     empty += 1
@@ -459,17 +542,16 @@ class Trainer:
                         raise TrainingError(self._nothing_decodes(empty))
                     continue
                 empty = 0
-                m = self.step(images, labels)
-                sums += [m.loss, m.ce, m.uniform, m.regular, m.accuracy]
+                sums += self.step(images, labels).stacked()  # summed on the device, read at the log point
                 count += 1
                 seen += len(labels) * self.topology.world_size
                 bar.update(1)
                 if self.iteration % cfg.log_every == 0 or self.iteration == cfg.max_iters:
-                    elapsed = time.perf_counter() - t0
-                    self._log(writer, sums / count, seen / max(elapsed, 1e-9))
-                    bar.set_postfix(loss=f"{sums[0] / count:.3f}", acc=f"{sums[4] / count:.3f}")
-                    sums, count, seen, t0 = np.zeros(5), 0, 0, time.perf_counter()
+                    loss, accuracy = self._log_point(writer, sums, count, seen, t0)
+                    bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}")
+                    sums, count, seen, t0 = self._no_sums(), 0, 0, time.perf_counter()
                 if cfg.eval_every and self.iteration % cfg.eval_every == 0:
+                    self._raise_if_diverged()
                     self._evaluate(writer)
                 if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.max_iters:
                     self._checkpoint()
@@ -488,8 +570,8 @@ class Trainer:
                 raise TrainingError(self._write_failure(weights, exc)) from exc
             (self.run_dir / PREVIOUS_STATE_FILE).unlink(missing_ok=True)  # the run is done: no way back needed
             if self.broken_images:
-                print(f"note: {self.broken_images} unreadable or wrong-sized training images were skipped in all "
-                      f"(each time met; metrics.jsonl counts them as broken_images)", file=sys.stderr)
+                logger.warning(f"note: {self.broken_images} unreadable or wrong-sized training images were skipped "
+                               "in all (each time met; metrics.jsonl counts them as broken_images)")
         distributed.barrier()
         return weights
 
@@ -501,10 +583,10 @@ class Trainer:
             self._new_problems += 1
             if self._new_problems <= 5:
                 self._reported.add(problem)
-                _say(f"warning: skipped a training image: {problem}")
+                logger.warning(f"warning: skipped a training image: {problem}")
             elif self._new_problems == 6:
-                _say("warning: more training images cannot be used and are skipped; metrics.jsonl counts "
-                     "them (broken_images)")
+                logger.warning("warning: more training images cannot be used and are skipped; metrics.jsonl "
+                               "counts them (broken_images)")
 
     def _nothing_decodes(self, batches: int) -> str:
         named = sorted(self._reported)[:3]
@@ -522,23 +604,51 @@ class Trainer:
             extra["centers_initialized"] = self.centers.initialized.detach().cpu()
         return extra
 
-    def _log(self, writer, means: np.ndarray, images_per_s: float) -> None:
+    def _no_sums(self) -> torch.Tensor:
+        """Sums of (loss, ce, uniform, regular, accuracy) over the steps since the last log point: none yet."""
+        return torch.zeros(5, dtype=torch.float64, device=self.device)
+
+    def _log_point(self, writer, sums: torch.Tensor, count: int, seen: int, t0: float) -> tuple[float, float]:
+        """A log point: one read of the device for all it needs (the first non-finite step, the metrics
+        summed since the last point and, on the main process, the log's figures of the head, centers and
+        weights), then the divergence check, then metrics.jsonl and TensorBoard. Returns the window's
+        mean loss and accuracy (for the progress bar)."""
+        figures = self._figures() if writer is not None else {}
+        values = torch.cat([self._first_non_finite, sums,
+                            *(value.reshape(1).to(torch.float64) for value in figures.values())]).tolist()
+        images_per_s = seen / max(time.perf_counter() - t0, 1e-9)  # after the read: the steps are done
+        self._raise_if_diverged(values[:3])
+        means = [value / count for value in values[3:8]]
+        self._log(writer, means, dict(zip(figures, values[8:])), images_per_s)
+        return means[0], means[4]
+
+    def _figures(self) -> dict[str, torch.Tensor]:
+        """The log's figures that live on the device, as tensors, to be read with the metrics."""
+        head, figures = self.model.head, {}
+        if hasattr(head, "lambda_at"):  # A-Softmax (not hasattr "lamb": evaluating that property reads the device)
+            figures["head_iteration"] = head.iteration  # lambda follows from it (head.lambda_at)
+        centers = self._center_matrix()
+        if centers is not None and len(centers) > 1:
+            figures["mean_min_center_distance"] = mean_min_distance(centers)
+            figures["mean_min_center_angle"] = mean_min_angle_tensor(centers)
+        figures["mean_min_weight_angle"] = mean_min_angle_tensor(head.weight.detach())
+        return figures
+
+    def _log(self, writer, means: list[float], figures: dict[str, float], images_per_s: float) -> None:
         if writer is None:
             return
-        loss, ce, uni, reg, acc = (float(v) for v in means)
+        loss, ce, uni, reg, acc = means
         head = self.model.head
         record = {"iteration": self.iteration, "loss": loss, "cross_entropy": ce, "uniform_loss": uni,
                   "accuracy": acc, "lr": learning_rate(self.cfg, self.iteration - 1), "images_per_s": images_per_s,
                   "broken_images": self.broken_images}
         if self.cfg.regularface > 0:
             record["regularface_loss"] = reg
-        if hasattr(head, "lamb"):
-            record["lambda"] = float(head.lamb)
-        centers = self._center_matrix()
-        if centers is not None and len(centers) > 1:
-            record["mean_min_center_distance"] = float(mean_min_distance(centers))
-            record["mean_min_center_angle"] = mean_min_angle(centers)
-        record["mean_min_weight_angle"] = mean_min_angle(head.weight.detach())
+        if "head_iteration" in figures:
+            record["lambda"] = head.lambda_at(int(figures["head_iteration"]))
+        for key in ("mean_min_center_distance", "mean_min_center_angle", "mean_min_weight_angle"):
+            if key in figures:
+                record[key] = figures[key]
         for key, value in record.items():
             if key != "iteration":
                 writer.add_scalar(f"train/{key}", value, self.iteration)
@@ -570,7 +680,9 @@ class Trainer:
 
     def _center_matrix(self) -> torch.Tensor | None:
         if isinstance(self.centers, ClassCenters):
-            return self.centers.centers[self.centers.initialized].detach()
+            # row numbers from the host's copy of `initialized`: a mask on the device would be read back
+            rows = torch.nonzero(self.centers.host_initialized()).squeeze(1).to(self.device, non_blocking=True)
+            return self.centers.centers[rows].detach()
         return self.model.head.weight.detach()
 
 

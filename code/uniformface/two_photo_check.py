@@ -18,9 +18,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .align import DETECTION_MAX_SIDE, FaceDetector, align_face, read_rgb
+from .align import DETECTION_MAX_SIDE, FaceDetector, align_face
+from .embedding import flip_embed
+from .images import read_rgb
 from .models import normalize_pixels
-from .verification import combine_flip
+from .verification_protocol import check_protocol
 
 
 class FaceNotFoundError(ValueError):
@@ -72,7 +74,7 @@ def load_rule(results_path: str | Path) -> Rule:
 def align_photos(paths: Sequence[str | Path], output_size: Sequence[int], detector: FaceDetector
                  ) -> list[np.ndarray]:
     """Each photo's most central face, aligned to `output_size` (uint8 (rows, cols, 3)). Raises
-    FaceNotFoundError naming every photo without a face; unreadable files raise align.ImageLoadError."""
+    FaceNotFoundError naming every photo without a face; unreadable files raise images.ImageLoadError."""
     decoded = [read_rgb(p, DETECTION_MAX_SIDE)[0] for p in paths]
     landmarks = detector.detect_batch(decoded)
     faceless = [str(p) for p, points in zip(paths, landmarks) if points is None]
@@ -81,13 +83,12 @@ def align_photos(paths: Sequence[str | Path], output_size: Sequence[int], detect
     return [align_face(pixels, points, tuple(output_size)) for pixels, points in zip(decoded, landmarks)]
 
 
-@torch.no_grad()
 def face_features(embed: Callable[[torch.Tensor], torch.Tensor], faces: Sequence[np.ndarray], protocol: str,
                   device: str = "cpu") -> np.ndarray:
     """One feature per aligned face, formed with the flip as `protocol` asks (float64)."""
-    x = normalize_pixels(torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).to(device))
-    both = embed(torch.cat([x, x.flip(-1)])).double().cpu().numpy()
-    return combine_flip(both[: len(faces)], both[len(faces):], protocol)
+    check_protocol(protocol)
+    images = normalize_pixels(torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).to(device))
+    return flip_embed(embed, images, protocol)
 
 
 def pair_cosine(feature_a: np.ndarray, feature_b: np.ndarray, feature_mean: np.ndarray | None) -> float:

@@ -3,8 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from uniformface.data import (GlobalBatchSampler, ImageFolderTrainSet, collate_skip_broken, mix_seed,
-                              open_train_set)
+from uniformface.datasets import (GlobalBatchSampler, ImageFolderTrainSet, ReportingView, check_images,
+                                  collate_report_broken, collate_skip_broken, mix_seed, open_train_set,
+                                  write_record_file)
 
 
 def make_tree(root, counts, size=(96, 112)):
@@ -27,6 +28,25 @@ def test_labels_follow_sorted_names_and_exclusions(tmp_path):
     # decoded pixels equal PIL's decoding of the same JPEG (RGB, (3,H,W) layout)
     reference = np.asarray(Image.open(ds.samples[3].path).convert("RGB"))
     assert np.abs(image.permute(1, 2, 0).numpy().astype(int) - reference).max() <= 2
+
+
+def test_identity_folders_are_found_as_preprocessing_finds_them(tmp_path):
+    """The folder scan is `images.walk_images` at depth 2: a symlinked identity folder is a class, hidden
+    entries, loose files and deeper folders are not; a dangling link is an image that is named unreadable."""
+    root = make_tree(tmp_path / "t", {"b": 2, ".hidden": 1})
+    elsewhere = make_tree(tmp_path / "elsewhere", {"a": 2})
+    (root / "a").symlink_to(elsewhere / "a", target_is_directory=True)
+    (root / "b" / "deeper").mkdir()
+    Image.fromarray(np.zeros((112, 96, 3), np.uint8)).save(root / "b" / "deeper" / "x.jpg")
+    Image.fromarray(np.zeros((112, 96, 3), np.uint8)).save(root / "loose.jpg")
+    (root / "b" / "002.jpg").symlink_to(tmp_path / "absent.jpg")
+    ds = ImageFolderTrainSet(root)
+    assert ds.classes == ["a", "b"]
+    assert [s.path for s in ds.samples] == [str(root / "a" / "000.jpg"), str(root / "a" / "001.jpg"),
+                                            str(root / "b" / "000.jpg"), str(root / "b" / "001.jpg"),
+                                            str(root / "b" / "002.jpg")]
+    check = check_images(ds, [112, 96], root)
+    assert len(check.unreadable) == 1 and check.unreadable[0].startswith(f"{root / 'b' / '002.jpg'}: cannot read")
 
 
 def test_flip_depends_only_on_seed_epoch_index(tmp_path):
@@ -94,8 +114,6 @@ def bomb_png(width=20000, height=20000):
 def test_sizes_are_checked_from_headers_and_bad_images_skipped_by_name(tmp_path):
     """Every file's header, before training; unreadable and wrong-sized ones are skipped
     by name (a decompression bomb among them: it used to escape decode_image as a loader traceback)."""
-    from uniformface.data import ReportingView, check_images, collate_report_broken
-
     root = make_tree(tmp_path / "t", {"a": 3, "b": 3})
     odd = root / "b" / "002.jpg"
     Image.fromarray(np.zeros((112, 112, 3), np.uint8)).save(odd)
@@ -121,8 +139,6 @@ def test_sizes_are_checked_from_headers_and_bad_images_skipped_by_name(tmp_path)
 
 
 def test_no_readable_or_no_right_sized_image_is_an_error_naming_the_folder(tmp_path):
-    from uniformface.data import check_images
-
     root = make_tree(tmp_path / "t", {"a": 2, "b": 2})
     for path in root.glob("*/*.jpg"):
         path.write_bytes(b"not an image")
@@ -137,9 +153,6 @@ def test_no_readable_or_no_right_sized_image_is_an_error_naming_the_folder(tmp_p
 
 def test_recordio_image_of_another_size_is_skipped_by_name_when_met(tmp_path):
     """A .rec has no cheap per-image header: its first images set the check, later ones are checked as met."""
-    from uniformface.data import ReportingView, check_images
-    from uniformface.recordio import write_record_file
-
     def jpeg(height, width):
         import io
 

@@ -2,11 +2,11 @@
 
 Layout of a `NAME.packed/` folder (written by `code/pack_dataset.py`, atomically: a temporary folder
 renamed into place):
-    images.u8    uint8, C order, shape (N, 3, H, W): RGB pixels exactly as `data.decode_image` gives them
+    images.u8    uint8, C order, shape (N, 3, H, W): RGB pixels exactly as the source set's items give them
     labels.npy   int64 (N,): class index of each row
     meta.json    {"format": "uniformface-packed", "version": 1, "shape": [N, 3, H, W],
                   "classes": [...] (names, index = label), "source": "...", "skipped": [[item, reason], ...]}
-`data.open_train_set` takes a folder whose name ends in `.packed`, or any folder holding `meta.json` and
+`datasets.open_train_set` takes a folder whose name ends in `.packed`, or any folder holding `meta.json` and
 `images.u8`. Undecodable source images, and images whose size differs from the first one's, are left out
 at pack time and listed in `skipped`; classes stay as the source had them (so labels match the source).
 """
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .data import TrainSet, select_classes
+from .base import TrainSet, select_classes
 
 SUFFIX = ".packed"
 IMAGES_FILE, LABELS_FILE, META_FILE = "images.u8", "labels.npy", "meta.json"
@@ -42,7 +42,7 @@ def packed_path(output: str | Path) -> Path:
 
 
 class PackedTrainSet(TrainSet):
-    """A `NAME.packed/` folder with the interface of `data.ImageFolderTrainSet`: items keyed by
+    """A `NAME.packed/` folder with the interface of `folder.ImageFolderTrainSet`: items keyed by
     (epoch, index), flip a function of (seed, epoch, index), uint8 (3,H,W) RGB tensors. `exclude` and
     `min_images_per_class` act on the stored class names as they do on identity folders.
     The memory map is opened on first use in each process."""
@@ -123,24 +123,28 @@ class PackSummary:
 def _describe(dataset: Dataset, index: int) -> str:
     if hasattr(dataset, "describe"):
         return dataset.describe(index)
-    return str(dataset.samples[index].path)  # data.ImageFolderTrainSet
+    return str(dataset.samples[index].path)  # folder.ImageFolderTrainSet
 
 
 def _as_list(batch):
     return batch
 
 
-def pack(source: str | Path, output: str | Path, exclude: Sequence[str] = (), min_images_per_class: int = 0,
-         workers: int = 0, overwrite: bool = False, progress: bool = True) -> PackSummary:
-    """Decode every image of `source` (anything `data.open_train_set` reads) into `PREFIX.packed`."""
-    from tqdm import tqdm
-
-    from .data import open_train_set
-
+def packed_output(output: str | Path, overwrite: bool = False) -> Path:
+    """`packed_path(output)`, refused (FileExistsError) when it exists and not `overwrite`."""
     final = packed_path(output)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists (pass overwrite=True / --overwrite to replace it)")
-    dataset = open_train_set(source, exclude=exclude, min_images_per_class=min_images_per_class)
+    return final
+
+
+def write_packed(dataset: Dataset, output: str | Path, source: str | Path, workers: int = 0,
+                 overwrite: bool = False, progress: bool = True) -> PackSummary:
+    """Decode every item of `dataset` (a training set read from `source`, named in meta.json) into
+    `PREFIX.packed` (`datasets.pack` opens the source and calls this)."""
+    from tqdm import tqdm
+
+    final = packed_output(output, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

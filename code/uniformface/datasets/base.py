@@ -1,50 +1,28 @@
-"""Training and evaluation image sets, and the deterministic batch order.
+"""What every training set shares: the `TrainSet` base class, class selection, the per-item random
+streams, the image checks made before training, the collate functions and the deterministic batch order.
 
-Label ids come from the SORTED identity folder names (the earlier port iterated a `set`, so ids changed
-between runs). Augmentation randomness derives from (seed, epoch, index) only, so the number of loader
-workers and a resume change nothing.
+Labels are positions in the SORTED class names (the earlier port iterated a `set`, so ids changed between
+runs). Augmentation randomness derives from (seed, epoch, index) only, so the number of loader workers
+and a resume change nothing.
 """
 from __future__ import annotations
 
-import io
-import os
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-
-
-def decode_image(source: str | Path | bytes, name: str | None = None) -> torch.Tensor:
-    """A file (or encoded bytes) -> uint8 RGB tensor (3, H, W). Raises ValueError naming the file (or
-    `name`) when it cannot be decoded."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as img:
-            pixels = np.array(img.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot decode image {name or source}: {exc}") from exc
-    return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+from ..images import decode_rgb
 
 
-def header_size(path: str | Path) -> tuple[int, int] | str:
-    """(height, width) read from an image file's header, without decoding its pixels (tens of
-    microseconds a file), or the reason it cannot be read."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        return f"cannot read its header ({exc})"
-    return height, width
+def image_tensor(source: str | Path | bytes, name: str | None = None) -> torch.Tensor:
+    """A file (or encoded bytes) -> uint8 RGB tensor (3, H, W), decoded by `images.decode_rgb` as on every
+    other path. Raises ValueError (`images.ImageLoadError`) naming the file (or `name`)."""
+    return torch.from_numpy(decode_rgb(source, name=name)).permute(2, 0, 1).contiguous()
 
 
 def mix_seed(*values: int) -> int:
@@ -81,28 +59,6 @@ def select_classes(labels: np.ndarray, names: Sequence[str], exclude: Sequence[s
         at_least = f" with at least {min_images_per_class} images" if min_images_per_class else ""
         raise ValueError(f"training set {source} holds no images in its classes{at_least}")
     return [names[c] for c in np.flatnonzero(keep)], rows, new_label[labels[rows]].astype(np.int64)
-
-
-def scan_image_folder(root: str | Path, exclude: Sequence[str] = (), min_images_per_class: int = 0
-                      ) -> tuple[list[str], list[Sample]]:
-    """`root/<identity>/<file>` -> (sorted class names, samples). Hidden files and non-images are ignored."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"training set not found: {root} is not a folder")
-    names, paths, labels = [], [], []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if not entry.is_dir() or entry.name.startswith("."):
-            continue
-        files = sorted(f.name for f in os.scandir(entry.path)
-                       if f.is_file() and not f.name.startswith(".") and f.name.lower().endswith(IMAGE_EXTENSIONS))
-        if files:
-            paths += [os.path.join(entry.path, f) for f in files]
-            labels += [len(names)] * len(files)
-            names.append(entry.name)
-    if not paths:
-        raise ValueError(f"training set {root} holds no images in <identity>/<file> folders")
-    classes, rows, new_labels = select_classes(np.array(labels), names, exclude, min_images_per_class, root)
-    return classes, [Sample(paths[r], int(label)) for r, label in zip(rows, new_labels)]
 
 
 class TrainSet(Dataset):
@@ -176,44 +132,6 @@ class ReportingView(Dataset):
         return self.dataset.item(key)
 
 
-class ImageFolderTrainSet(TrainSet):
-    """Aligned faces in `root/<identity>/<file>`."""
-
-    def __init__(self, root: str | Path, exclude: Sequence[str] = (), min_images_per_class: int = 0,
-                 flip: bool = False, seed: int = 0):
-        self.root = Path(root)
-        self.classes, self.samples = scan_image_folder(root, exclude, min_images_per_class)
-        self.flip = flip
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def label(self, index: int) -> int:
-        return self.samples[index].label
-
-    def load(self, index: int) -> torch.Tensor:
-        return decode_image(self.samples[index].path)
-
-    def describe(self, index: int) -> str:
-        return str(self.samples[index].path)
-
-    def header_sizes(self) -> tuple[np.ndarray, dict[int, str]]:
-        """Every file's header read (8 threads: on a cold or network disk the time is the reads)."""
-        paths = [s.path for s in self.samples]
-        chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            results = [r for chunk in pool.map(lambda c: [header_size(p) for p in c], chunks) for r in chunk]
-        sizes = np.full((len(paths), 2), -1, dtype=np.int64)
-        unreadable = {}
-        for index, result in enumerate(results):
-            if isinstance(result, str):
-                unreadable[index] = result
-            else:
-                sizes[index] = result
-        return sizes, unreadable
-
-
 def _stack(good: list) -> tuple[torch.Tensor, torch.Tensor]:
     if not good:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
@@ -231,14 +149,6 @@ def collate_report_broken(batch):
     (images, labels, [problem of each dropped item])."""
     good = [(img, lab) for img, lab, _ in batch if img is not None]
     return (*_stack(good), [problem for img, _, problem in batch if img is None])
-
-
-def training_loader(dataset: TrainSet, sampler: Sampler, num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """The training loop's loader: `sampler`'s batches of (image, label) with unusable images dropped and
-    named (`ReportingView` + `collate_report_broken`), worker processes kept for the whole run."""
-    return DataLoader(ReportingView(dataset), batch_sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate_report_broken, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers else None)
 
 
 @dataclass
@@ -320,27 +230,6 @@ def _size_message(source, found: tuple[int, int], wanted: tuple[int, int]) -> st
     (height, width), (rows, cols) = found, wanted
     return (f"training images in {source} are {height}x{width} but input_size is [{rows}, {cols}]; set "
             f"--set input_size=[{height},{width}] or align with preprocess.py --output_size {rows}x{cols}")
-
-
-def open_train_set(path: str | Path, **kwargs) -> Dataset:
-    """The public entry point (README, "Training data formats"): a Dataset whose item is (uint8 (3,H,W) RGB tensor, label), over
-    - `X.rec` (insightface RecordIO, `X.idx` beside it), or a folder holding `train.rec` and no identity
-      folders (insightface's download layout): `recordio.RecordTrainSet`;
-    - `X.packed/` (or a folder with `meta.json` + `images.u8`), from `code/pack_dataset.py`:
-      `packed.PackedTrainSet`;
-    - otherwise an aligned image folder `<identity>/<file>`: `ImageFolderTrainSet`.
-    Keyword arguments (exclude, min_images_per_class, flip, seed) mean the same for all three."""
-    from .packed import PackedTrainSet, is_packed
-    from .recordio import RecordTrainSet
-
-    path = Path(path)
-    if path.suffix == ".rec":
-        return RecordTrainSet(path, **kwargs)
-    if is_packed(path):
-        return PackedTrainSet(path, **kwargs)
-    if (path / "train.rec").is_file() and not any(entry.is_dir() for entry in os.scandir(path)):
-        return RecordTrainSet(path / "train.rec", **kwargs)
-    return ImageFolderTrainSet(path, **kwargs)
 
 
 class GlobalBatchSampler(Sampler):

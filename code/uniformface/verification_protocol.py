@@ -1,4 +1,5 @@
-"""10-fold face verification accuracy (SphereFace's evaluation.m; insightface's verification.py), two protocols.
+"""10-fold face verification accuracy (SphereFace's evaluation.m; insightface's verification.py), two protocols
+(docs/DESIGN.md §7).
 
 * ``sphereface`` follows the official SphereFace `test/code/evaluation.m` (wy1iu/sphereface): a feature is
   [f(img); f(flip(img))]; for held-out fold k, mu = the mean of the left AND right features of the other
@@ -32,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write_bytes
+from .atomic import atomic_write_bytes
+from .registry import PROTOCOLS
 
-PROTOCOLS = ("sphereface", "insightface")
 # evaluation.m: thresholds = (-thrNum:thrNum) / thrNum with thrNum = 10000.
 SPHEREFACE_THRESHOLDS = np.arange(-10000, 10001) / 10000
 # insightface verification.py: thresholds = np.arange(0, 4, 0.01).
@@ -80,7 +81,7 @@ def kfold_accuracy(feat_left, feat_right, is_same, protocol: str = "sphereface",
     flipped image by `combine_flip`. is_same: N bools (or 0/1, or evaluation.m's 1/-1 flags).
     invalid: optional N bools, pairs to count as wrong without moving the folds.
     """
-    _check_protocol(protocol)
+    check_protocol(protocol)
     left, right = _features(feat_left, "feat_left"), _features(feat_right, "feat_right")
     same = _labels(is_same, "is_same")
     n = len(same)
@@ -170,7 +171,7 @@ def combine_flip(f, f_flip, protocol: str = "sphereface") -> np.ndarray:
     """One feature per image from its features with and without horizontal flip:
     sphereface [f, f_flip] (concatenated, evaluation.m `extractDeepFeature`);
     insightface normalise(f + f_flip) (insightface `test`: embeddings summed, then `normalize`)."""
-    _check_protocol(protocol)
+    check_protocol(protocol)
     f, f_flip = _features(f, "f"), _features(f_flip, "f_flip")
     if f.shape != f_flip.shape:
         raise ValueError(f"f {f.shape} and f_flip {f_flip.shape} must have the same shape")
@@ -183,7 +184,7 @@ def pair_scores(feat_left, feat_right, protocol: str = "sphereface") -> np.ndarr
     """One similarity per pair, higher = more alike, for ROC curves over all pairs at once.
     sphereface: cosine after subtracting the mean of all left and right features (evaluation.m's
     centring, with every pair in the mean); insightface: minus the squared distance of unit vectors."""
-    _check_protocol(protocol)
+    check_protocol(protocol)
     left, right = _features(feat_left, "feat_left"), _features(feat_right, "feat_right")
     if left.shape != right.shape:
         raise ValueError(f"feat_left {left.shape} and feat_right {right.shape} must have the same shape")
@@ -257,7 +258,8 @@ def save_roc_png(fpr, tpr, path: str | Path, label: str | None = None, title: st
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _check_protocol(protocol: str) -> None:
+def check_protocol(protocol: str) -> None:
+    """ValueError naming the protocols unless `protocol` is one of them."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
 

@@ -1,15 +1,21 @@
 """k-fold verification against independent float64 references written from the protocol text (SphereFace's evaluation.m, insightface's verification.py):
-plain loops over folds and over every grid threshold, no code shared with `uniformface.verification`."""
+plain loops over folds and over every grid threshold, no code shared with `uniformface.verification_protocol`."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from uniformface.verification import (INSIGHTFACE_THRESHOLDS, SPHEREFACE_THRESHOLDS, combine_flip, fold_ids,
-                                      insightface_threshold, kfold_accuracy, pair_scores, roc_metrics,
-                                      roc_points, save_roc_png, sphereface_threshold)
+from uniformface.verification_protocol import (INSIGHTFACE_THRESHOLDS, SPHEREFACE_THRESHOLDS, check_protocol,
+                                               combine_flip, fold_ids, insightface_threshold, kfold_accuracy,
+                                               pair_scores, roc_metrics, roc_points, save_roc_png,
+                                               sphereface_threshold)
 
+CODE = Path(__file__).resolve().parents[1] / "code"
 GRID_SPHEREFACE = [k / 10000 for k in range(-10000, 10001)]   # evaluation.m: (-thrNum:thrNum)/thrNum
 GRID_INSIGHTFACE = np.arange(0, 4, 0.01)                      # insightface verification.py
 
@@ -362,3 +368,20 @@ def test_save_roc_png_is_atomic(tmp_path):
     with Image.open(path) as image:
         assert image.size == (500, 500)
     assert [p.name for p in path.parent.iterdir()] == ["lfw_roc.png"]
+
+
+def test_check_protocol_names_the_protocols():
+    check_protocol("sphereface")
+    check_protocol("insightface")
+    with pytest.raises(ValueError, match="unknown protocol 'plain'; expected one of sphereface, insightface"):
+        check_protocol("plain")
+
+
+@pytest.mark.parametrize("module", ["verification_protocol", "pairs", "binfile"])
+def test_protocol_and_file_format_modules_import_no_torch(module):
+    """The LFW protocol and the pairs.txt / .bin readers are usable (and fast to import) without torch."""
+    code = f"import sys; import uniformface.{module}; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(CODE)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False", f"importing uniformface.{module} imports torch"

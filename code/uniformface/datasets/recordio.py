@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -25,7 +24,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .data import TrainSet, decode_image, select_classes
+from ..atomic import atomic_open
+from .base import TrainSet, image_tensor, select_classes
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -193,7 +193,7 @@ def class_label(header: RecordHeader) -> float:
 
 
 class RecordTrainSet(TrainSet):
-    """An insightface `.rec` as a training set, with the interface of `data.ImageFolderTrainSet`:
+    """An insightface `.rec` as a training set, with the interface of `folder.ImageFolderTrainSet`:
     items keyed by (epoch, index), flip a function of (seed, epoch, index), uint8 (3,H,W) RGB images,
     `(None, label)` for an undecodable image.
 
@@ -255,7 +255,7 @@ class RecordTrainSet(TrainSet):
 
     def load(self, index: int) -> torch.Tensor:
         # RecordIOError is a ValueError: a damaged record counts as a broken image
-        return decode_image(self.read_encoded(index), self.describe(index))
+        return image_tensor(self.read_encoded(index), self.describe(index))
 
 
 def _encoded_bytes(image: bytes | str | Path) -> bytes:
@@ -281,36 +281,19 @@ def write_record_file(rec_path: str | Path, idx_path: str | Path,
     n = len(samples)
     identity_start = n + 1
     rec_path, idx_path = Path(rec_path), Path(idx_path)
-    for folder in (rec_path.parent, idx_path.parent):
-        folder.mkdir(parents=True, exist_ok=True)
-    fd_rec, tmp_rec = tempfile.mkstemp(dir=rec_path.parent, prefix=f".{rec_path.name}.", suffix=".tmp")
-    fd_idx, tmp_idx = tempfile.mkstemp(dir=idx_path.parent, prefix=f".{idx_path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        for fd in (fd_rec, fd_idx):  # mkstemp makes private (0600) files; a data set is usually shared
-            os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd_rec, "wb") as rec, os.fdopen(fd_idx, "w") as idx:
-            def put(key: int, payload: bytes) -> None:
-                idx.write(f"{key}\t{rec.tell()}\n")
-                rec.write(encode_record(payload))
+    # The index is renamed into place last: until then the previous pair's index is there (or none).
+    with atomic_open(idx_path, "w") as idx, atomic_open(rec_path, "wb") as rec:
+        def put(key: int, payload: bytes) -> None:
+            idx.write(f"{key}\t{rec.tell()}\n")
+            rec.write(encode_record(payload))
 
-            put(0, pack_payload([identity_start, identity_start + len(ranges)]))
-            items = samples
-            if progress:
-                from tqdm import tqdm
-                items = tqdm(samples, desc=f"write {rec_path.name}", unit="img", dynamic_ncols=True)
-            for key, (image, label) in enumerate(items, 1):
-                put(key, pack_payload(label, _encoded_bytes(image), record_id=key))
-            for key, span in enumerate(ranges.values(), identity_start):
-                put(key, pack_payload(span, record_id=key))
-            for handle in (rec, idx):
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp_rec, rec_path)
-        os.replace(tmp_idx, idx_path)
-    except BaseException:
-        Path(tmp_rec).unlink(missing_ok=True)
-        Path(tmp_idx).unlink(missing_ok=True)
-        raise
+        put(0, pack_payload([identity_start, identity_start + len(ranges)]))
+        items = samples
+        if progress:
+            from tqdm import tqdm
+            items = tqdm(samples, desc=f"write {rec_path.name}", unit="img", dynamic_ncols=True)
+        for key, (image, label) in enumerate(items, 1):
+            put(key, pack_payload(label, _encoded_bytes(image), record_id=key))
+        for key, span in enumerate(ranges.values(), identity_start):
+            put(key, pack_payload(span, record_id=key))
     return n

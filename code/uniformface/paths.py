@@ -1,0 +1,66 @@
+"""Checks on the files a command is about to write, before the work whose result they would hold, and the
+one table of what to do about a system error (torch-free).
+
+`refuse_overwrite(path, overwrite)`: a file that exists and that this run did not write is kept unless the
+user asked for it to be replaced (README, "Security and reliability"). `ensure_writable(path)`: can the file
+be created now? (a read-only folder or a full disk found before an hour of work, not after it).
+`os_fix(errno)`: the fix to name for a permission, read-only, full-disk or missing-path error.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+_OS_FIXES = {
+    errno.EACCES: "check the permissions, or choose another path",
+    errno.EPERM: "check the permissions, or choose another path",
+    errno.EROFS: "the file system is read-only: choose a writable path",
+    errno.ENOSPC: "free space on that disk (the disk is full), or choose another path",
+    errno.EDQUOT: "free space on that disk (the disk quota is exceeded), or choose another path",
+    errno.ENOENT: "check the path",
+    errno.EISDIR: "this is a folder: give a file path",
+    errno.ENOTDIR: "a part of this path is a file, not a folder",
+}
+
+
+def os_fix(number: int | None) -> str | None:
+    """What to do about a system error of this errno (a full disk, a read-only folder, ...), or None."""
+    return _OS_FIXES.get(number)
+
+
+def refuse_overwrite(path: str | Path, overwrite: bool, option: str = "--overwrite",
+                     created: set[Path] | None = None) -> None:
+    """Raise FileExistsError (one line, naming the file and `option`) when `path` exists, unless
+    `overwrite` is set or `path` is in `created` (files this run wrote itself)."""
+    path = Path(path)
+    if overwrite or not (path.exists() or path.is_symlink()):
+        return
+    if created is not None and path.resolve() in {Path(p).resolve() for p in created}:
+        return
+    raise FileExistsError(f"{path} already exists and this run did not create it: pass {option} to replace it, "
+                          "or choose another name")
+
+
+def ensure_writable(path: str | Path) -> None:
+    """Check, now, before a long computation whose result would be lost, that `path` can be written: a
+    file can be created in its folder (or, when that folder does not exist yet, in the nearest folder
+    above it that does). Creates nothing; raises the OSError (PermissionError, read-only file system,
+    full disk, a file where a folder should be) with `path` as its file name."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-test.", suffix=".partial")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(path)) from exc

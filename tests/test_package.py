@@ -1,0 +1,141 @@
+"""The package as pip installs it (pyproject.toml, uniformface/__init__.py): the public names, a wheel built
+offline from this tree with every subpackage and console command, the installed editable copy, and
+dependency ranges that hold the exact pins of requirements.txt."""
+import importlib
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from uniformface.cli import command_name
+from uniformface.commands import INSTALLED
+
+ROOT = Path(__file__).resolve().parents[1]
+PUBLIC = ["build_model", "build_head", "uniform_loss", "ClassCenters", "load_config", "Trainer"]
+
+
+def pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def expected_scripts():
+    return {command_name(name): f"uniformface.commands.{name}:main" for name in INSTALLED}
+
+
+def test_the_public_names_are_the_library_objects():
+    import uniformface
+    from uniformface import ClassCenters, Trainer, build_head, build_model, load_config, uniform_loss
+    from uniformface.centers import ClassCenters as centers_class
+    from uniformface.config import load_config as config_loader
+    from uniformface.heads import build_head as head_builder
+    from uniformface.losses import uniform_loss as loss
+    from uniformface.models import build_model as model_builder
+    from uniformface.trainer import Trainer as trainer_class
+
+    assert uniformface.__all__ == PUBLIC and set(PUBLIC) <= set(dir(uniformface))
+    assert (build_model, build_head, uniform_loss, ClassCenters, load_config, Trainer) == \
+        (model_builder, head_builder, loss, centers_class, config_loader, trainer_class)
+    with pytest.raises(AttributeError, match="no attribute 'build_modle'"):
+        uniformface.build_modle
+
+
+def test_importing_the_package_or_its_config_imports_no_torch():
+    probe = ("import json, sys; import uniformface, uniformface.config, uniformface.registry, uniformface.cli; "
+             "before = 'torch' in sys.modules; uniformface.build_model; "
+             "print(json.dumps([before, 'torch' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "code")})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [False, True]  # torch arrives with the first name that needs it
+
+
+def test_a_wheel_builds_offline_from_the_tree_with_every_subpackage_and_command(tmp_path):
+    """`pip install .`: the wheel pip builds from this tree with the environment's setuptools and no index."""
+    source = tmp_path / "src"
+    shutil.copytree(ROOT / "code", source / "code", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                           "--quiet", "--wheel-dir", str(tmp_path / "dist"), str(source)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("uniformface-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        info = next(n.rsplit("/", 1)[0] for n in names if n.endswith(".dist-info/METADATA"))
+        entry_points = archive.read(f"{info}/entry_points.txt").decode()
+        metadata = archive.read(f"{info}/METADATA").decode()
+    packages = {p.parent.relative_to(ROOT / "code").as_posix()
+                for p in (ROOT / "code" / "uniformface").rglob("__init__.py")}
+    assert {"uniformface", "uniformface/commands", "uniformface/datasets"} <= packages
+    for package in packages:
+        modules = {p.relative_to(ROOT / "code").as_posix() for p in (ROOT / "code" / package).glob("*.py")}
+        assert modules <= names, (package, modules - names)
+    assert not {n for n in names if not n.startswith(("uniformface/", info))}, "only the package goes in the wheel"
+    section = entry_points.split("[console_scripts]")[1].split("\n[")[0]
+    scripts = dict(line.replace(" ", "").split("=", 1) for line in section.splitlines() if "=" in line)
+    assert scripts == expected_scripts()
+    version = importlib.import_module("uniformface").__version__
+    assert f"Version: {version}\n" in metadata
+    assert "Provides-Extra: export" in metadata and "Provides-Extra: dev" in metadata
+
+
+def test_the_console_commands_are_the_scripts_mains():
+    assert pyproject()["project"]["scripts"] == expected_scripts()
+    for target in expected_scripts().values():
+        module, function = target.split(":")
+        main = getattr(importlib.import_module(module), function)
+        assert callable(main) and main.__module__ == module
+
+
+def test_the_installed_package_is_this_tree():
+    """`make` installs the package editable into .venv: its console commands and its code are this tree's."""
+    try:
+        distribution = importlib.metadata.distribution("uniformface")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the package is not installed in this environment (`make` installs it; the Docker image "
+                    "runs the scripts from PYTHONPATH)")
+    scripts = {ep.name: ep.value for ep in distribution.entry_points if ep.group == "console_scripts"}
+    assert scripts == expected_scripts(), "reinstall: pip install --no-build-isolation --no-deps -e ."
+    for ep in distribution.entry_points:
+        assert callable(ep.load()), ep
+    assert Path(importlib.import_module("uniformface").__file__).resolve().parent == ROOT / "code" / "uniformface"
+    assert distribution.version == importlib.import_module("uniformface").__version__
+
+
+def test_the_dependency_ranges_hold_the_pins_and_every_pin_is_a_dependency():
+    packaging = pytest.importorskip("packaging.requirements")
+    project = pyproject()["project"]
+    ranges = [packaging.Requirement(text) for text in project["dependencies"]]
+    extras = project["optional-dependencies"]
+    ranges += [packaging.Requirement(text) for group in extras.values() for text in group
+               if not text.startswith("uniformface")]
+    assert extras["export"] and {"onnx", "onnxruntime"} == {packaging.Requirement(t).name for t in extras["export"]}
+    assert "pytest" in {packaging.Requirement(t).name for t in extras["dev"] if not t.startswith("uniformface")}
+
+    def key(name):
+        return name.lower().replace("_", "-")
+
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"requirements.txt: {line!r} is not an exact pin"
+            pins[key(name)] = version
+    build_tools = {"setuptools"}  # pinned for the build of the package itself, not a runtime dependency
+    assert {key(r.name) for r in ranges} == set(pins) - build_tools
+    for requirement in ranges:
+        assert requirement.specifier, f"{requirement.name}: give a version range"
+        pin = pins[key(requirement.name)]
+        assert requirement.specifier.contains(pin), (str(requirement), pin)
+    build = pyproject()["build-system"]["requires"]
+    assert any(packaging.Requirement(t).specifier.contains(pins["setuptools"])
+               for t in build if t.startswith("setuptools"))

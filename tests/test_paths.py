@@ -1,0 +1,42 @@
+"""uniformface.paths: a file this run did not write is kept unless asked; a write is checked before the work."""
+import errno
+
+import pytest
+
+from hostile import read_only_folder
+from uniformface.paths import ensure_writable, os_fix, refuse_overwrite
+
+
+def test_refuse_overwrite(tmp_path):
+    target = tmp_path / "pairs.txt"
+    refuse_overwrite(target, overwrite=False)  # absent: fine
+    target.write_text("10\t300\n")
+    with pytest.raises(FileExistsError, match="pairs.txt already exists .* --overwrite"):
+        refuse_overwrite(target, overwrite=False)
+    refuse_overwrite(target, overwrite=True)
+    refuse_overwrite(target, overwrite=False, created={target})
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")  # a link is something there too
+    with pytest.raises(FileExistsError, match="--replace"):
+        refuse_overwrite(tmp_path / "dangling", overwrite=False, option="--replace")
+
+
+def test_ensure_writable_names_the_target_and_creates_nothing(tmp_path):
+    ensure_writable(tmp_path / "new" / "deeper" / "r.json")   # its folder will be created by the write itself
+    assert list(tmp_path.iterdir()) == []
+    with read_only_folder(tmp_path / "ro") as ro:
+        with pytest.raises(OSError) as caught:
+            ensure_writable(ro / "sub" / "r.json")
+        assert caught.value.filename == str(ro / "sub" / "r.json") and list(ro.iterdir()) == []
+    with pytest.raises(IsADirectoryError):
+        ensure_writable(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError) as caught:
+        ensure_writable(tmp_path / "file" / "r.json")
+    assert caught.value.filename == str(tmp_path / "file" / "r.json")
+
+
+def test_os_fix_names_a_fix_for_the_errors_a_user_can_fix():
+    assert "disk is full" in os_fix(errno.ENOSPC)
+    assert "read-only" in os_fix(errno.EROFS)
+    assert "permissions" in os_fix(errno.EACCES)
+    assert os_fix(errno.EINTR) is None and os_fix(None) is None

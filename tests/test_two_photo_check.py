@@ -1,0 +1,57 @@
+"""The two-photo check behind verify.py: the rule read from test.py's results file, each aligned face's
+feature formed with the flip of the rule's protocol, and the cosine after the stored feature mean.
+verify.py itself, end to end on real photos, is tested in test_verify.py."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from uniformface.models import build_model
+from uniformface.two_photo_check import face_features, load_rule, pair_cosine
+
+
+def test_load_rule_variants(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"protocol": "insightface", "thresholds": [1.2, 1.4]}))
+    rule = load_rule(path)  # an insightface run's thresholds are squared distances of unit vectors
+    assert rule.feature_mean is None and rule.threshold == pytest.approx(1 - 1.3 / 2)
+    path.write_text(json.dumps({"protocol": "sphereface", "thresholds": [0.3, 0.4]}))
+    with pytest.raises(ValueError, match="no 'verify_rule'.*rerun"):
+        load_rule(path)
+    path.write_text("{")
+    with pytest.raises(ValueError, match=r"r.json:1: not valid JSON"):
+        load_rule(path)
+
+
+def test_face_features_use_the_protocols_flip():
+    """Against each face run alone through the network, normalised in numpy and mirrored by slicing:
+    sphereface [f, f_flip]; insightface (f + f_flip) / |f + f_flip|; float64 out."""
+    torch.manual_seed(0)
+    model = build_model("sphereface4", 16).eval()
+    faces = list(np.random.default_rng(1).integers(0, 256, (3, 112, 96, 3), dtype=np.uint8))
+    expected = []
+    for face in faces:
+        pixels = (face.astype(np.float64) - 127.5) / 128
+        views = [pixels, pixels[:, ::-1]]
+        with torch.no_grad():
+            f, f_flip = (model(torch.from_numpy(v.astype(np.float32).transpose(2, 0, 1).copy())[None])[0]
+                         .double().numpy() for v in views)
+        expected.append((f, f_flip))
+    sphereface = face_features(model, faces, "sphereface")
+    assert sphereface.dtype == np.float64 and sphereface.shape == (3, 32)
+    np.testing.assert_allclose(sphereface, [np.concatenate(e) for e in expected], rtol=1e-5, atol=1e-6)
+    insightface = face_features(model, faces, "insightface")
+    assert insightface.shape == (3, 16)
+    np.testing.assert_allclose(insightface, [(f + g) / np.linalg.norm(f + g) for f, g in expected], rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="unknown protocol 'plain'"):  # a rule holds one of the two protocols
+        face_features(model, faces, "plain")
+
+
+def test_pair_cosine_subtracts_the_stored_mean():
+    a, b, mean = np.array([1.0, 2.0, 2.0]), np.array([2.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    assert pair_cosine(a, b, None) == pytest.approx(8 / 9, abs=1e-15)
+    assert pair_cosine(a, b, mean) == pytest.approx(4 / 5, abs=1e-15)    # (0,1,2).(1,0,2) / 5
+    with pytest.raises(ValueError, match="stored feature mean has 2 values but the model's features have 3"):
+        pair_cosine(a, b, np.zeros(2))

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TOY := data/toy
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench venv clean figure
 
 venv: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): requirements.txt pyproject.toml
 
 demo: $(STAMP)
 	$(PY) code/demo.py
+
+# UniformFace's hypersphere picture on the toy set, alpha = 0 beside the default uniform loss (a few minutes
+# on a 2-core CPU): log/figure/hypersphere.png and log/figure/curves.png.
+figure: $(STAMP)
+	$(PY) code/figure.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -5,18 +5,15 @@ the ratio of images/s (the loader must deliver >= 5x what the model consumes).
     PYTHONPATH=code python bench/bench_loader.py [--model sphereface20] [--batch 32] [--workers 2]
 """
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from conftest import write_aligned_tree  # noqa: E402
-from uniformface.config import load_config  # noqa: E402
-from uniformface.trainer import Trainer  # noqa: E402
+from common import write_aligned_tree
+from uniformface.config import load_config
+from uniformface.trainer import Trainer
 
 
 def main():

@@ -7,15 +7,12 @@ decoding and copying, not the disk.
     PYTHONPATH=code python bench/bench_packed.py [--workers 0 2] [--batch 64] [--batches 30]
 """
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from conftest import write_aligned_tree  # noqa: E402
-from uniformface.datasets import (GlobalBatchSampler, ImageFolderTrainSet, open_train_set, pack,  # noqa: E402
+from common import write_aligned_tree
+from uniformface.datasets import (GlobalBatchSampler, ImageFolderTrainSet, open_train_set, pack,
                                   training_loader, write_record_file)
 
 

@@ -10,10 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from conftest import write_aligned_tree  # noqa: E402
-from stability import stability_run  # noqa: E402
+from common import stability_run, write_aligned_tree
 
 
 def main() -> int:

@@ -5,7 +5,6 @@ alternately in the same process. Prints images/s of both and the ratio (ours / p
     PYTHONPATH=code python bench/bench_train_step.py [--model sphereface4] [--batch 32] [--steps 10]
 """
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,13 +12,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from conftest import write_aligned_tree  # noqa: E402
-from uniformface.config import load_config  # noqa: E402
-from uniformface.heads import ASoftmax  # noqa: E402
-from uniformface.models import build_model, normalize_pixels  # noqa: E402
-from uniformface.trainer import Trainer  # noqa: E402
+from common import write_aligned_tree
+from uniformface.config import load_config
+from uniformface.heads import ASoftmax
+from uniformface.models import build_model, normalize_pixels
+from uniformface.trainer import Trainer
 
 
 def plain_step(model, head, optimizer, centers, images, labels, beta):

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "code"))
 
 from uniformface.centers import ClassCenters, mean_min_angle  # noqa: E402
 from uniformface.config import load_config  # noqa: E402
@@ -68,7 +67,9 @@ def _median_ratio(cfg, model, centers, images, labels) -> float:
     uniform = cfg.alpha * uniform_loss(centers.loss_centers(features, labels), reduction=cfg.uniform_reduction,
                                        batch_size=cfg.batch_size)
     (ce_grad,) = torch.autograd.grad(ce, features)
-    (uniform_grad,) = torch.autograd.grad(uniform, features)
+    (uniform_grad,) = torch.autograd.grad(uniform, features, allow_unused=True)
+    if uniform_grad is None:  # center_mode=weight: L_u acts on the head's weights, not on the features
+        return 0.0
     return float((uniform_grad.norm(dim=1) / ce_grad.norm(dim=1).clamp_min(1e-30)).median())
 
 
@@ -96,6 +97,26 @@ def run(cfg_path: Path, data: Path, overrides: list[str], seed: int, run_dir: Pa
             "ratio": ratio}
 
 
+def free_centers(seed: int = 0, m: int = 100, dim: int = 512, rank: int = 40, steps: int = 400, step: float = 0.5) -> None:
+    """Eq. 6 on free unit centers (no network): M centers clustered in a rank-`rank` subspace around a common
+    direction, as trained centers are, descend L_u (`center` reduction) by projected gradient steps; prints
+    the energy, the squared norm of the centers' mean (what Eq. 6 asks to vanish to first order) and the
+    mean nearest-center angle along the way."""
+    generator = torch.Generator().manual_seed(seed)
+    basis = torch.randn(rank, dim, generator=generator, dtype=torch.float64)
+    common = torch.randn(dim, generator=generator, dtype=torch.float64) * 1.5
+    centers = F.normalize(torch.randn(m, rank, generator=generator, dtype=torch.float64) @ basis + common, dim=1)
+    print("step | Eq. 6 energy | squared norm of the mean | mean nearest-center angle °")
+    for index in range(steps + 1):
+        if index in (0, 10, 50, 100, 200, 400) or index == steps:
+            energy = float(uniform_loss(centers, reduction="pairs"))
+            print(f"{index} | {energy:.5f} | {float(centers.mean(0).square().sum()):.4f} | {mean_min_angle(centers):.2f}")
+        x = centers.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(uniform_loss(x, reduction="center", batch_size=1), x)
+        grad -= (grad * centers).sum(1, keepdim=True) * centers  # along the sphere
+        centers = F.normalize(centers - step * grad, dim=1)
+
+
 def spread(values: list[float], digits: int = 2) -> str:
     deviation = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.{digits}f} ± {deviation:.{digits}f}"
@@ -113,7 +134,12 @@ def main() -> int:
     parser.add_argument("--no_default", action="store_true", help="only alpha=0 and the --setting/--variants ones")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra override for every setting (e.g. max_iters=400)")
+    parser.add_argument("--free_centers", action="store_true",
+                        help="only Eq. 6 on free unit centers (no network, seconds), then exit")
     args = parser.parse_args()
+    if args.free_centers:
+        free_centers()
+        return 0
     data = Path(args.data)
     ensure_toy_set(data)
     settings = ([] if args.no_baseline else [BASELINE]) + ([] if args.no_default else [DEFAULT]) + (VARIANTS if args.variants else []) \

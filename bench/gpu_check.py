@@ -43,14 +43,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
+from uniformface import trainer as trainer_module
+from uniformface.config import load_config
+from uniformface.embedding import ImageFiles, extract_features
+from uniformface.models import build_model, normalize_pixels
 
-from uniformface import trainer as trainer_module  # noqa: E402
-from uniformface.config import load_config  # noqa: E402
-from uniformface.embedding import ImageFiles, extract_features  # noqa: E402
-from uniformface.models import build_model, normalize_pixels  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CASIA_CLASSES = 10_572  # CASIA-WebFace's 10,575 identities minus the 3 that are in LFW (SphereFace's release drops them)
 LFW_IMAGES = 13_233
@@ -151,7 +149,7 @@ def train_rate(device: torch.device, model: str, batch: int, classes: int, warmu
 
 def loader_rate(workers: int, batch: int, batches: int, scratch: Path) -> float:
     """images/s of the training DataLoader (Trainer._loader) over real JPEG files."""
-    from conftest import write_aligned_tree
+    from common import write_aligned_tree
 
     tree = write_aligned_tree(scratch / "loader_tree", n_classes=16, per_class=max(4, batch // 8))
     cfg = load_config(None, [f"dataset.train={tree}", "dataset.exclude_identities=[]", "model_name=sphereface4",

@@ -1,7 +1,40 @@
+"""Fixtures and test data shared by the test files.
+
+Where a test goes (tests mirror the code):
+- a library module code/uniformface/<module>.py: tests/test_<module>.py (the package's own __init__.py,
+  its public names and its installation: tests/test_package.py);
+- the subpackage datasets/: tests/test_datasets.py for its shared part (__init__.py: open_train_set and the
+  training loader; base.py; folder.py: the image-folder set), tests/test_recordio.py for datasets/recordio.py
+  and tests/test_packed.py for datasets/packed.py;
+- a script, code/<script>.py and uniformface/commands/<script>.py (its argument parsing and what it prints
+  and writes, run end to end through its main or as a process): tests/test_<script>.py, named after the
+  script (train.py: test_train.py, test.py: test_test.py, pack_dataset.py: test_pack_dataset.py); export.py
+  is both a module and a script, and test_export.py holds both. What every script shares (uniformface/cli.py
+  and the list of scripts in commands/__init__.py) is tested in tests/test_cli.py;
+- tests/test_repository.py, test_docker.py and test_gpu_check.py check files outside code/ (comments and
+  docs, the container files, bench/gpu_check.py).
+A test file may import helpers from the test file of a module below it (test_test.py from test_evaluate.py)
+and from bench/ (bench/common.py), never the reverse; benchmarks import nothing from tests/. Data makers
+that several test files use live here.
+"""
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from common import write_aligned_tree  # bench/common.py: the benchmarks make the same trees
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    """code/<name>.py as a module (loaded from its path: `import test` would find Python's own test package)."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "code" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +72,6 @@ def detector():
     return FaceDetector()
 
 
-def write_aligned_tree(root, n_classes=4, per_class=6, size=(112, 96), seed=0):
-    """A small aligned-face-like training tree of real JPEG files: each class a smooth pattern of its own
-    plus per-image noise, so that a few iterations can reduce the loss."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size[0], 0:size[1]] / max(size)
-    for c in range(n_classes):
-        freq = rng.uniform(2, 9, size=(3, 2))
-        base = np.stack([np.sin(2 * np.pi * (f[0] * yy + f[1] * xx)) for f in freq], -1)
-        (root / f"{c:07d}").mkdir(parents=True)
-        for i in range(per_class):
-            pixels = 127.5 + 90 * base + rng.normal(0, 20, base.shape)
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / f"{c:07d}" / f"{i:03d}.jpg", quality=90)
-    return root
-
-
 @pytest.fixture
 def aligned_tree(tmp_path):
     return write_aligned_tree(tmp_path / "train")
@@ -62,6 +80,11 @@ def aligned_tree(tmp_path):
 @pytest.fixture
 def tree_factory():
     return write_aligned_tree
+
+
+@pytest.fixture
+def small_tree(tmp_path):
+    return write_aligned_tree(tmp_path / "train", n_classes=2, per_class=4)
 
 
 def write_lfw_tree(root, n_names=6, per_name=3, n_folds=2, n_per_side=3, seed=1):
@@ -91,3 +114,31 @@ def write_lfw_tree(root, n_names=6, per_name=3, n_folds=2, n_per_side=3, seed=1)
 @pytest.fixture
 def lfw_tree(tmp_path):
     return write_lfw_tree(tmp_path)
+
+
+def bomb_png(width=20000, height=20000):
+    """A PNG header announcing 400 megapixels (above Pillow's 178,956,970): no pixel data needed to open it."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+def write_bin(path, images, issame, quality=95):
+    """Write an insightface `.bin`: uint8 (H, W, 3) arrays are JPEG-encoded, bytes are stored as they are.
+    issame is stored as a numpy bool array; the write is atomic."""
+    import pickle
+
+    from uniformface.atomic import atomic_write_bytes
+    from uniformface.images import encode_image
+
+    issame = np.asarray(issame, dtype=bool)
+    if len(images) != 2 * len(issame):
+        raise ValueError(f"{path}: {len(images)} images for {len(issame)} pairs; need exactly two per pair")
+    bins = [bytes(image) if isinstance(image, (bytes, bytearray)) else encode_image(image, "JPEG", quality)
+            for image in images]
+    atomic_write_bytes(path, pickle.dumps((bins, issame), protocol=4))

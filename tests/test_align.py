@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from uniformface.align import (TEMPLATE_112x96, align_face, crop_to_image, similarity_transform, template, to_original,
+from uniformface.align import (TEMPLATE_112x96, align_face, cp2tform_similarity, crop_to_image, template, to_original,
                                to_reduced)
 from uniformface.images import decode_rgb, read_rgb
 
@@ -20,6 +20,13 @@ FACE_CENTRE = (226, 122)  # the astronaut's face in data.astronaut(), (x, y)
 # The row of SphereFace's LFW landmark file where fitting template -> image (cp2tform) and image -> template
 # disagree most (found by test_the_row_where_the_fitting_directions_disagree_most...): a face in profile.
 WORST_ROW = ("Franz_Muentefering/Franz_Muentefering_0003.jpg", [95, 117, 110, 121, 85, 146, 107, 165, 126, 165])
+
+
+def similarity_transform(input_points: np.ndarray, base_points: np.ndarray) -> np.ndarray:
+    """The 3x3 matrix (float64, column vectors) of `cp2tform(input_points, base_points, 'similarity')`,
+    mapping the input points (image landmarks) towards the base points (template); see
+    `cp2tform_similarity`. NOT the least-squares fit from input to base: cp2tform fits base -> input."""
+    return cp2tform_similarity(input_points, base_points)[0]
 
 
 def astronaut_view(angle=0.0, scale=1.0, shift=(0, 0), size=250):

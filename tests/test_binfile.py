@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uniformface.binfile import RefusedGlobal, read_bin, write_bin
+from conftest import write_bin
+from uniformface.binfile import RefusedGlobal, read_bin
 
 SHARED_BIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "insightface" / "small_lfw.bin"
 

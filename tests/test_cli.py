@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from hostile import read_only_folder
-from uniformface.cli import ScriptError, UsageError, add_debug_flag, describe, new_parser, run_script
+from uniformface.cli import (ERRORS_EPILOG, ScriptError, UsageError, add_debug_flag, describe, new_parser,
+                             run_script)
 from uniformface.commands import INSTALLED, SCRIPTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +180,7 @@ def test_the_scripts_of_code_are_the_commands():
     for name in SCRIPTS:
         text = (ROOT / "code" / f"{name}.py").read_text()
         assert f"from uniformface.commands.{name} import main" in text and "sys.path" not in text, name
-    assert set(INSTALLED) == set(SCRIPTS) - {"demo"}
+    assert set(INSTALLED) == set(SCRIPTS) - {"demo", "figure"}
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -203,6 +204,15 @@ def test_help_imports_no_torch_and_shows_every_options_default(name):
         shown = formatter._expand_help(action)
         if action.option_strings and not action.required:
             assert "default" in shown and "(default: None)" not in shown, (name, action.option_strings, shown)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_scripts_help_ends_with_the_one_error_convention(name):
+    """The exit statuses and the error line are told once, in cli.py, and every script's --help ends with
+    them under its own name."""
+    text = command(name).build_parser().format_help()
+    assert text.endswith(ERRORS_EPILOG % {"prog": f"{name}.py"} + "\n"), text[-400:]
+    assert f"`{name}.py: error: ...`" in text and "2 for a usage" in text and "130 for Ctrl-C" in text
 
 
 def usage_errors(tmp):
@@ -229,6 +239,9 @@ def runtime_failures(tmp: Path):
         "pack_dataset": ["--dataset", missing, "--output", str(tmp / "packed"), "--no_progress"],
         "make_toy_data": ["--output", str(tmp / "file" / "toy"), "--check_images", "0", "--no_progress"],
         "demo": ["--data", str(tmp / "file" / "toy"), "--logdir", str(tmp / "log")],
+        "plot_runs": [missing, "--output", str(tmp / "curves.png")],
+        "plot_sphere": [*model, "--dataset", str(tmp), "--output", str(tmp / "sphere.png"), "--device", "cpu"],
+        "figure": ["--data", str(tmp / "file" / "figure"), "--logdir", str(tmp / "log")],
     }
 
 

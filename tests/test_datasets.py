@@ -3,6 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import bomb_png
 from uniformface.datasets import (GlobalBatchSampler, ImageFolderTrainSet, ReportingView, check_images,
                                   collate_report_broken, collate_skip_broken, mix_seed, open_train_set,
                                   write_record_file)
@@ -97,18 +98,6 @@ def test_sampler_ranks_split_the_global_batch_and_resume_continues():
     assert [next(resumed) for _ in range(5)] == first[9:14]
     with pytest.raises(ValueError, match="not divisible"):
         GlobalBatchSampler(n, 9, seed=0, world_size=2)
-
-
-def bomb_png(width=20000, height=20000):
-    """A PNG header announcing 400 megapixels (PIL refuses above ~179): no pixel data needed to open it."""
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IEND", b""))
 
 
 def test_sizes_are_checked_from_headers_and_bad_images_skipped_by_name(tmp_path):

@@ -1,5 +1,4 @@
 """embed.py: a folder's embeddings in a .npy with the file names beside it."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -7,19 +6,29 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import load_script
 from hostile import one_line_error
 from uniformface.checkpoint import export_weights
-from uniformface.embedding import list_images, load_embeddings
+from uniformface.embedding import list_images, names_path
 from uniformface.models import build_model
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def embed_main(args):
-    spec = importlib.util.spec_from_file_location("script_embed", ROOT / "code" / "embed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(args)
+    return load_script("embed").main(args)
+
+
+def load_embeddings(output):
+    """Read back what `save_embeddings` wrote."""
+    output = Path(output)
+    embeddings = np.load(output, allow_pickle=False)
+    listing = names_path(output)
+    if not listing.is_file() and output.with_suffix(".txt").is_file():
+        raise FileNotFoundError(f"{listing} not found; {output.with_suffix('.txt')} may be the names list of an "
+                                f"older embed.py: rename it to {listing.name} if it is")
+    names = listing.read_text(encoding="utf-8").splitlines()
+    if len(names) != len(embeddings):
+        raise ValueError(f"{output}: {len(embeddings)} rows but {names_path(output)} lists {len(names)} names")
+    return embeddings, names
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
-"""Evaluation front end: features through the DataLoader equal a direct computation;
-test.py's results file (ROC metrics, ROC figure, the rule verify.py applies, class-center spread);
-missing images; insightface .bin sets with the 112x112 -> 112x96 crop."""
-import importlib.util
-import json
+"""Evaluation front end: features through the DataLoader equal a direct computation, and so do the rule
+verify.py applies and the ROC figures; insightface .bin sets with the 112x112 -> 112x96 crop. test.py's
+own tests (its results file, missing images, hostile inputs) are in test_test.py."""
 from pathlib import Path
 
 import numpy as np
@@ -10,23 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-import hostile
-from uniformface.binfile import write_bin
+from conftest import write_bin
 from uniformface.checkpoint import export_weights
 from uniformface.evaluate import bin_embeddings, evaluate_bin, evaluate_pairs
 from uniformface.models import build_model
 from uniformface.pairs import read_pairs
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED_BIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "insightface" / "small_lfw.bin"
 SPEC_112x96 = {"model_name": "sphereface4", "emb_dim": 32, "input_size": [112, 96]}
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "code" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def saved_model(tmp_path, extra=None):
@@ -126,50 +115,6 @@ def test_insightface_protocol_on_pairs_stores_its_rule_as_a_cosine(tmp_path, lfw
     assert abs(rule["cosine_threshold"] - (1 - t / 2)) < 1e-9
 
 
-def test_cli_writes_results_roc_and_center_distance_beside_model(tmp_path, lfw_tree, capsys):
-    root, pairs_path = lfw_tree
-    _, model_path = saved_model(tmp_path)
-    code = load_script("test").main(["--model_path", str(model_path), "--dataset", str(root), "--pairs_path",
-                                     str(pairs_path), "--no_progress", "--workers", "0"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "|    Avg. |" in out and "LFW accuracy" in out
-    result = json.loads((model_path.parent / "lfw_results.json").read_text())
-    for key in ("accuracy_mean", "accuracy_std", "fold_accuracies", "thresholds", "protocol", "auc", "eer",
-                "tar_at_far_1e-3", "tar_at_far_1e-2", "verify_rule"):
-        assert key in result, key
-    assert len(result["fold_accuracies"]) == 2 and all(0 <= a <= 1 for a in result["fold_accuracies"])
-    assert np.isclose(result["accuracy_mean"], np.mean(result["fold_accuracies"]))
-    # initialised centers (0,0) (3,4) (6,8): nearest distances 5, 5, 5; the uninitialised (50,50) is left out
-    assert np.isclose(result["mean_min_center_distance"], 5.0) and result["centers_from"] == "feature centers"
-    assert "5.0000" in out
-    roc = model_path.parent / "lfw_roc.png"
-    assert result["roc_png"] == str(roc)
-    with Image.open(roc) as image:
-        assert image.format == "PNG" and image.size == (500, 500)
-        assert len(np.unique(np.asarray(image.convert("L")))) > 10   # a drawn figure, not a blank canvas
-
-
-def test_missing_image_is_an_error_unless_allowed(tmp_path, lfw_tree, capsys):
-    root, pairs_path = lfw_tree
-    _, model_path = saved_model(tmp_path)
-    test_script = load_script("test")
-    pairs = read_pairs(pairs_path)
-    victim = pairs[0].left
-    (root / victim).unlink()
-    common = ["--model_path", str(model_path), "--dataset", str(root), "--pairs_path", str(pairs_path),
-              "--no_progress", "--workers", "0"]
-    assert test_script.main(common) == 1
-    err = capsys.readouterr().err
-    assert victim in err and "--allow_missing" in err
-    assert test_script.main(common + ["--allow_missing", "--json", str(tmp_path / "r.json")]) == 0
-    result = json.loads((tmp_path / "r.json").read_text())
-    affected = sum(victim in (p.left, p.right) for p in pairs)
-    assert result["n_missing_pairs"] == affected and len(result["fold_accuracies"]) == 2
-    assert "counted as wrong" in capsys.readouterr().out
-    assert (tmp_path / "r_roc.png").is_file()
-
-
 # ------------------------------------------------------------------------------------------- .bin sets
 
 def face_like_images(n, size=(112, 112), seed=0):
@@ -228,28 +173,6 @@ def test_bin_set_is_cropped_and_scored_with_the_insightface_protocol(tmp_path):
     assert result["n_pairs"] == 20 and len(result["thresholds"]) == 10 and 0 <= result["auc"] <= 1
 
 
-def test_cli_bin_prints_a_row_per_set_and_keeps_the_lfw_results(tmp_path, lfw_tree, capsys):
-    _, model_path = saved_model(tmp_path)
-    results = model_path.parent / "lfw_results.json"
-    results.write_text(json.dumps({"accuracy_mean": 0.9, "fold_accuracies": [0.9], "protocol": "sphereface"}))
-    paths = []
-    for name, seed in (("lfw", 1), ("cfp_fp", 2)):
-        paths.append(tmp_path / f"{name}.bin")
-        write_bin(paths[-1], face_like_images(40, seed=seed), [True, False] * 10)
-    code = load_script("test").main(["--model_path", str(model_path), "--bin", *map(str, paths), "--no_progress",
-                                     "--workers", "0"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "centre-cropped" in out and "+8 in x" in out
-    rows = [line for line in out.splitlines() if line.startswith("| lfw ") or line.startswith("| cfp_fp ")]
-    assert len(rows) == 2
-    saved = json.loads(results.read_text())
-    assert saved["accuracy_mean"] == 0.9                                   # the LFW run's results stay
-    assert set(saved["bin"]) == {"lfw", "cfp_fp"} and len(saved["bin"]["lfw"]["fold_accuracies"]) == 10
-    for row, name in zip(rows, ("lfw", "cfp_fp")):
-        assert float(row.split("|")[3]) == pytest.approx(100 * saved["bin"][name]["accuracy_mean"], abs=5e-4)
-
-
 def test_shared_small_lfw_bin(tmp_path):
     if not SHARED_BIN.is_file():
         pytest.skip(f"{SHARED_BIN} not present")
@@ -263,89 +186,3 @@ def test_shared_small_lfw_bin(tmp_path):
     np.testing.assert_allclose(result["fold_accuracies"], insightface_reference(reference, issame))
     if issame.all() or not issame.any():  # the shared sample holds same pairs only: no ROC to draw
         assert result["auc"] is None and "only" in result["roc_note"]
-
-
-# ------------------------------------------------------------------ hostile inputs (README, "Security and reliability")
-
-def one_line_error(capsys, *words):
-    return hostile.one_line_error(capsys.readouterr().err, *words)
-
-
-def test_broken_config_refused_bin_and_devices_are_one_line_errors(tmp_path, lfw_tree, capsys):
-    root, pairs_path = lfw_tree
-    _, model_path = saved_model(tmp_path)
-    test_script = load_script("test")
-    config = model_path.parent / "config.yaml"
-    config.write_text("model_name: sphereface4\ndataset: {test: [unclosed\n")
-    assert test_script.main(["--model_path", str(model_path), "--no_progress"]) == 1
-    one_line_error(capsys, f"{config}:", "not valid YAML", "--dataset and --pairs_path")
-    config.write_text("- a list\n- not a mapping\n")
-    assert test_script.main(["--model_path", str(model_path), "--no_progress"]) == 1
-    one_line_error(capsys, str(config), "expected a mapping")
-    # --dataset and --pairs_path leave nothing to read from it
-    explicit = ["--model_path", str(model_path), "--dataset", str(root), "--pairs_path", str(pairs_path),
-                "--no_progress", "--workers", "0"]
-    assert test_script.main(explicit + ["--json", str(tmp_path / "r.json")]) == 0
-    capsys.readouterr()
-
-    evil = tmp_path / "evil.bin"
-    evil.write_bytes(b"cos\nsystem\n(S'touch " + str(tmp_path / "pwned").encode() + b"'\ntR.")
-    assert test_script.main(["--model_path", str(model_path), "--bin", str(evil), "--no_progress"]) == 1
-    one_line_error(capsys, str(evil), "refused to unpickle global 'os.system'")
-    assert not (tmp_path / "pwned").exists()
-
-    assert test_script.main(explicit + ["--device", "tpu:0"]) == 1
-    one_line_error(capsys, "--device 'tpu:0'", "use cpu")
-    if not torch.cuda.is_available():
-        assert test_script.main(explicit + ["--device", "cuda"]) == 1
-        one_line_error(capsys, "--device cuda", "--device cpu")
-
-
-def test_results_file_test_py_did_not_write_is_kept(tmp_path, lfw_tree, capsys):
-    """--json onto someone else's file replaced it (a broken JSON with a mere warning)."""
-    from hostile import read_only_folder
-
-    root, pairs_path = lfw_tree
-    _, model_path = saved_model(tmp_path)
-    test_script = load_script("test")
-    common = ["--model_path", str(model_path), "--dataset", str(root), "--pairs_path", str(pairs_path),
-              "--no_progress", "--workers", "0"]
-    for content in ('{"name": "a notebook\'s settings"}', "not json at all", "[1, 2]"):
-        foreign = tmp_path / "settings.json"
-        foreign.write_text(content)
-        assert test_script.main(common + ["--json", str(foreign)]) == 1
-        one_line_error(capsys, f"{foreign} exists and is not a results file of test.py", "--overwrite")
-        assert foreign.read_text() == content and not (tmp_path / "settings_roc.png").exists()
-    (tmp_path / "r_roc.png").write_bytes(b"someone's figure")  # a figure with no results file of ours beside it
-    assert test_script.main(common + ["--json", str(tmp_path / "r.json")]) == 1
-    one_line_error(capsys, "r_roc.png exists", "--overwrite")
-    assert (tmp_path / "r_roc.png").read_bytes() == b"someone's figure" and not (tmp_path / "r.json").exists()
-    assert test_script.main(common + ["--json", str(foreign), "--overwrite"]) == 0
-    assert "accuracy_mean" in json.loads(foreign.read_text())
-    assert test_script.main(common + ["--json", str(foreign)]) == 0     # now ours: updated in place
-    capsys.readouterr()
-    with read_only_folder(tmp_path / "ro") as ro:
-        assert test_script.main(common + ["--json", str(ro / "r.json")]) == 1
-    one_line_error(capsys, str(ro / "r.json"), "permissions")
-
-
-def test_weights_that_are_not_weights(tmp_path, lfw_tree, capsys):
-    root, pairs_path = lfw_tree
-    _, model_path = saved_model(tmp_path)
-    test_script = load_script("test")
-    jpeg = tmp_path / "photo.pt"
-    Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(jpeg, format="JPEG")
-    truncated = tmp_path / "cut.pt"
-    truncated.write_bytes(model_path.read_bytes()[:4000])
-    payload = torch.load(model_path, weights_only=True)
-    payload["spec"]["input_size"] = [112, 112]
-    torch.save(payload, tmp_path / "wide.pt")
-    common = ["--dataset", str(root), "--pairs_path", str(pairs_path), "--no_progress", "--workers", "0",
-              "--json", str(tmp_path / "r.json")]
-    for path, words in ((jpeg, ["not a weights file"]), (truncated, ["not a weights file"]),
-                        (tmp_path / "wide.pt", ["do not fit the spec", "input 112x112", "fc5.weight"])):
-        # --baseline untrained reads only the spec: a file that is not weights fails there too
-        for baseline in ([], ["--baseline", "untrained"]) if path != tmp_path / "wide.pt" else ([],):
-            assert test_script.main(["--model_path", str(path), *common, *baseline]) == 1
-            err = one_line_error(capsys, str(path), *words)
-            assert "weights_only=False" not in err

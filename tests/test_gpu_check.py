@@ -2,13 +2,8 @@
 of the paper run's length follows from the measured rate."""
 import json
 import math
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-
-import gpu_check  # noqa: E402
+import gpu_check  # bench/gpu_check.py (pytest.ini puts bench/ on the path)
 
 
 def test_quick_run_on_cpu_fills_the_summary(tmp_path, capsys):

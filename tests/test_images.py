@@ -12,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import bomb_png, write_bin
 from uniformface import images
 from uniformface.atomic import atomic_write
-from uniformface.binfile import read_bin, write_bin
+from uniformface.binfile import read_bin
 from uniformface.datasets import (ImageFolderTrainSet, PackedTrainSet, RecordTrainSet, open_train_set, pack,
                                   write_record_file)
 from uniformface.embedding import EncodedImages, ImageFiles, list_images
@@ -199,18 +200,6 @@ def test_broken_files_raise_a_clear_error_naming_the_file(tmp_path):
             image_header_size(tmp_path / name)
     with pytest.raises(ImageLoadError, match="cannot decode image record 7: not an image file"):
         decode_rgb(b"not a picture", name="record 7")
-
-
-def bomb_png(width=20000, height=20000):
-    """A PNG header announcing 400 megapixels (above Pillow's 178,956,970): no pixel data needed to open it."""
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IEND", b""))
 
 
 def test_the_pixel_limit_is_per_call_and_leaves_pillow_alone(tmp_path):

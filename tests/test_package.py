@@ -139,3 +139,94 @@ def test_the_dependency_ranges_hold_the_pins_and_every_pin_is_a_dependency():
     build = pyproject()["build-system"]["requires"]
     assert any(packaging.Requirement(t).specifier.contains(pins["setuptools"])
                for t in build if t.startswith("setuptools"))
+
+
+# The package's layers, bottom-up (the README's "Code layout" draws the same picture): a module imports
+# only from its own layer or below, and the bottom layer imports no torch at all.
+LAYERS = {
+    0: {"atomic", "paths", "images", "pairs", "binfile", "verification_protocol", "config", "report",
+        "registry", "defaults", "results", "feature_cache"},
+    1: {"datasets", "align", "mtcnn", "models", "heads", "losses", "centers", "distributed", "checkpoint",
+        "devices"},
+    2: {"trainer", "evaluate", "trained_network", "embedding", "two_photo_check", "preprocessing", "export",
+        "ablation", "toydata", "plots", "ytf", "ijb"},
+    3: {"cli", "commands", "__init__"},
+}
+LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
+PACKAGE = ROOT / "code" / "uniformface"
+
+
+def _top_name(path: Path) -> str:
+    """The first component under uniformface/ ("datasets" for datasets/packed.py, "trainer" for trainer.py)."""
+    relative = path.relative_to(PACKAGE)
+    return relative.parts[0] if len(relative.parts) > 1 else relative.stem
+
+
+def _imports(path: Path, depth: int | None = None):
+    """(imported top-level package module, line, at module level?) for every import of the package in a file,
+    relative (`from .x import`, `from ..x import`, `from . import x`) or absolute (`uniformface.x`)."""
+    import ast
+    tree = ast.parse(path.read_text(), filename=str(path))
+    if depth is None:  # 0 for uniformface/x.py, 1 for uniformface/sub/x.py
+        depth = len(path.relative_to(PACKAGE).parts) - 1
+    top_level = set(map(id, tree.body))
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                if node.level - 1 < depth:  # inside the same subpackage
+                    continue
+                base = node.module.split(".")[0] if node.module else None
+                names = [base] if base else [alias.name for alias in node.names]
+            elif node.module and node.module.split(".")[0] == "uniformface":
+                parts = node.module.split(".")
+                names = [parts[1]] if len(parts) > 1 else [alias.name for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [a.name.split(".")[1] for a in node.names if a.name.startswith("uniformface.")]
+        for name in names:
+            yield name, node.lineno, id(node) in top_level
+
+
+def _modules():
+    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_every_module_has_a_layer():
+    unplaced = sorted({_top_name(p) for p in _modules()} - set(LAYER_OF))
+    assert not unplaced, f"place these modules in a layer (LAYERS here, and the README's picture): {unplaced}"
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    wrong = []
+    for path in _modules():
+        own = _top_name(path)
+        for name, line, _ in _imports(path):
+            if name in LAYER_OF and own in LAYER_OF and LAYER_OF[name] > LAYER_OF[own]:
+                wrong.append(f"{path.relative_to(ROOT)}:{line} ({own}, layer {LAYER_OF[own]}) imports {name} "
+                             f"(layer {LAYER_OF[name]})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_bottom_layer_imports_no_torch_at_module_level():
+    import ast
+    heavy = []
+    for path in _modules():
+        if LAYER_OF.get(_top_name(path)) != 0:
+            continue
+        for node in ast.parse(path.read_text()).body:
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            heavy += [f"{path.name}:{node.lineno} {m}" for m in modules if m.split(".")[0] in ("torch", "torchvision")]
+    assert not heavy, heavy
+
+
+def test_the_layer_checks_can_fail(tmp_path):
+    """The import scan sees an import from above (at module level and inside a function), relative and
+    absolute, and an import within a subpackage is not mistaken for one of a top-level module."""
+    probe = tmp_path / "losses.py"
+    probe.write_text("import torch\nfrom .trainer import Trainer\n\ndef f():\n    import uniformface.ablation\n")
+    assert [(name, top) for name, _, top in _imports(probe, depth=0)] == [("trainer", True), ("ablation", False)]
+    assert LAYER_OF["trainer"] > LAYER_OF["losses"] and LAYER_OF["ablation"] > LAYER_OF["losses"]
+    inside = tmp_path / "packed.py"
+    inside.write_text("from .base import TrainSet\nfrom ..images import read_rgb\n")
+    assert [name for name, _, _ in _imports(inside, depth=1)] == ["images"]

@@ -13,9 +13,7 @@ import preprocess as cli
 from uniformface import preprocessing
 from uniformface.align import FaceDetector, align_face
 from uniformface.images import JPEG_QUALITY, decode_rgb
-from uniformface.preprocessing import LANDMARKS_NAME, REPORT_NAME, looks_like_test_set, read_landmark_file
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from uniformface.preprocessing import LANDMARKS_NAME, REPORT_NAME, read_landmark_file
 
 
 def astronaut_view(angle=0.0, scale=1.0, shift=(0, 0), size=250):
@@ -240,26 +238,6 @@ def test_output_inside_the_dataset_is_refused(tmp_path, capsys):
     save(faceless(), tmp_path / "set" / "A" / "A_0001.jpg")
     code, _, stderr = run_cli(capsys, "--dataset", tmp_path / "set", "--output_dir", tmp_path / "set" / "out")
     assert code == 1 and "inside" in stderr
-
-
-def test_lfw_naming_decides_the_automatic_fallback():
-    assert looks_like_test_set(["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Zico/Zico_0003.png"])
-    assert not looks_like_test_set(["0000045/001.jpg"])
-    assert not looks_like_test_set(["Aaron_Eckhart/Aaron_Eckhart_0001.jpg", "Zico/Aaron_Eckhart_0002.jpg"])
-    assert not looks_like_test_set([])
-
-
-@pytest.mark.skipif(not (SHARED / "lfw" / "lfw_landmark.txt").exists(), reason="shared lfw_landmark.txt not present")
-def test_official_lfw_landmark_file_parses():
-    path = SHARED / "lfw" / "lfw_landmark.txt"
-    parsed = read_landmark_file(path)
-    rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
-    assert len(parsed) == len({row[0] for row in rows})
-    first = rows[0]
-    np.testing.assert_array_equal(parsed[first[0]].ravel(), [float(v) for v in first[1:]])
-    points = np.stack(list(parsed.values()))
-    assert points.shape[1:] == (5, 2) and (points >= 0).all() and (points <= 250).all()
-    assert np.mean(points[:, 0, 0] < points[:, 1, 0]) > 0.99  # x1 y1 x2 y2 ...: left eye before right eye
 
 
 def test_landmark_file_crops_are_cp2tform_and_imtransform_of_the_decoded_jpeg(tmp_path, capsys, monkeypatch):

@@ -85,6 +85,7 @@ def test_the_scripts_offer_the_registry_names():
         return tuple(action.choices), action.default
 
     assert choices(test.build_parser(), "--protocol") == (registry.PROTOCOLS, "sphereface")
+    assert choices(test.build_parser(), "--benchmark") == (registry.BENCHMARKS, "lfw")
     assert choices(ablate.build_parser(), "--protocol") == (registry.PROTOCOLS, "sphereface")
     assert choices(test.build_parser(), "--baseline") == (registry.BASELINES, None)
     assert choices(embed.build_parser(), "--mode") == (registry.EMBEDDING_MODES, "plain")

@@ -1,7 +1,11 @@
-"""Result tables in the earlier port's README format."""
-import pytest
+"""Result tables in the earlier port's README format: several runs' lfw_results.json and config.yaml read and
+gathered into them. gather_results.py's own tests are in test_gather_results.py."""
+import json
 
-from uniformface.report import bin_table, center_distance_table, fold_table
+import pytest
+import yaml
+
+from uniformface.report import bin_table, center_distance_table, fold_table, gather_markdown, load_run, setting_names
 
 
 def cells(line):
@@ -60,3 +64,92 @@ def test_a_resumed_run_is_named_by_its_final_settings_and_its_changes_listed(tmp
     assert section.splitlines()[2:] == ["  - alpha=1.0/beta=0.1: from iteration 300: beta 0.5 -> 0.1, "
                                         "milestones [16000] -> [400]"]
     assert "settings changed" not in gather_markdown(runs[1:])
+
+
+# ------------------------------------------------------------------ runs gathered into tables
+
+def make_run(folder, alpha, beta, correct_per_fold, center_distance=None, center_mode="feature", bins=None,
+             beta_text=None):
+    """A run folder as train.py + test.py leave it; folds of 600 pairs with the given numbers right."""
+    folder.mkdir(parents=True)
+    config = {"seed": 0, "model_name": "sphereface20", "alpha": alpha, "beta": beta, "center_mode": center_mode,
+              "loss": {"name": "sphereface", "m": 4}}
+    text = yaml.safe_dump(config, sort_keys=False)
+    if beta_text is not None:  # as a user writes it: PyYAML alone would read 1e-3 as a string
+        text = text.replace(f"beta: {beta}", f"beta: {beta_text}")
+    (folder / "config.yaml").write_text(text)
+    folds = [c / 600 for c in correct_per_fold]
+    results = {"protocol": "sphereface", "fold_accuracies": folds, "accuracy_mean": sum(folds) / len(folds)}
+    if center_distance is not None:
+        results["mean_min_center_distance"] = center_distance
+    if bins:
+        results["bin"] = bins
+    (folder / "lfw_results.json").write_text(json.dumps(results))
+    return folder, folds
+
+
+def table_rows(markdown, title):
+    """{row name: [cells as floats]} of the table after the line starting with `title`."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title)) + 2
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = [float(c) if c != "-" else None for c in cells[1:]]
+    return rows
+
+
+def test_tables_from_three_runs(tmp_path):
+    plain, plain_folds = make_run(tmp_path / "a", 0.0, 0.0, [594, 594, 593, 590, 594, 594, 594, 592, 597, 594], 0.1516)
+    moving, moving_folds = make_run(tmp_path / "b", 1.0, 0.001, [592, 590, 592, 588, 593, 592, 592, 593, 597, 595],
+                                    14.1534, beta_text="1e-3")
+    fixed, fixed_folds = make_run(tmp_path / "c", 1.0, 0.0, [590, 590, 592, 592, 591, 591, 592, 593, 598, 592])
+    markdown = gather_markdown([load_run(plain), load_run(moving / "lfw_results.json"), load_run(fixed)])
+    rows = table_rows(markdown, "- LFW accuracy")
+    assert list(rows) == ["alpha=0.0/beta=0.0", "alpha=1.0/beta=0.001", "alpha=1.0/beta=0.0"]
+    for name, folds in zip(rows, (plain_folds, moving_folds, fixed_folds)):
+        average, *cells = rows[name]
+        assert len(cells) == 10
+        assert average == pytest.approx(100 * sum(folds) / 10, abs=5e-4)
+        assert cells == pytest.approx([100 * f for f in folds], abs=5e-4)
+    assert "(10-fold, sphereface protocol)" in markdown
+    centers = table_rows(markdown, "- average of minimum class distance")
+    assert centers == {"alpha=0.0/beta=0.0": [0.1516], "alpha=1.0/beta=0.001": [14.1534]}   # c reports none
+    assert "insightface .bin" not in markdown
+
+
+def test_runs_sharing_alpha_beta_are_told_apart(tmp_path):
+    folds = [590] * 10
+    runs = [load_run(make_run(tmp_path / name, 1.0, 0.5, folds, center_mode=mode)[0])
+            for name, mode in (("f", "feature"), ("w", "weight"))]
+    runs.append(load_run(make_run(tmp_path / "f_again", 1.0, 0.5, folds)[0]))
+    assert setting_names(runs) == ["alpha=1.0/beta=0.5/center_mode=feature (f)",
+                                   "alpha=1.0/beta=0.5/center_mode=weight",
+                                   "alpha=1.0/beta=0.5/center_mode=feature (f_again)"]
+
+
+def test_bin_sets_get_a_table(tmp_path):
+    run, _ = make_run(tmp_path / "a", 1.0, 0.5, [590] * 10,
+                      bins={"cfp_fp": {"accuracy_mean": 0.9123}, "lfw": {"accuracy_mean": 0.99}})
+    other, _ = make_run(tmp_path / "b", 0.0, 0.0, [580] * 10, bins={"lfw": {"accuracy_mean": 0.985}})
+    markdown = gather_markdown([load_run(run), load_run(other)], names=["uniform", "plain"])
+    table = markdown[markdown.index("- insightface .bin"):]
+    header = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
+    assert header == ["", "lfw", "cfp_fp"]                      # insightface's order, not alphabetical
+    assert table_rows(markdown, "- insightface .bin") == {"uniform": [99.0, 91.23], "plain": [98.5, None]}
+
+
+def test_damaged_results_name_the_file(tmp_path):
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "lfw_results.json").write_text('{"accuracy_mean": 0.9,\n  "fold_accuracies": [0.9')
+    with pytest.raises(ValueError, match=r"r/lfw_results.json:2: not valid JSON"):
+        load_run(folder)
+    (folder / "lfw_results.json").write_text('{"accuracy_mean": 0.9}')
+    with pytest.raises(ValueError, match=r"needs both 'accuracy_mean' and 'fold_accuracies'"):
+        gather_markdown([load_run(folder)])
+    (folder / "lfw_results.json").write_text('{"protocol": "sphereface"}')
+    with pytest.raises(ValueError, match=r"holds neither LFW results"):
+        gather_markdown([load_run(folder)])

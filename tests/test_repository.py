@@ -1,8 +1,10 @@
 """The repository explains itself: the facts the code follows are in docs/DESIGN.md, so no file under
 code/, tests/ or bench/ may send a reader to a document outside the repository or to an issue-tracker
-number, and every section of docs/DESIGN.md that a file cites must exist."""
+number, and every section of docs/DESIGN.md that a file cites must exist. The tests mirror the code (the
+rule is in tests/conftest.py), and the benchmarks stand on the package alone, not on the tests."""
 from __future__ import annotations
 
+import ast
 import io
 import re
 import tokenize
@@ -173,3 +175,52 @@ def test_citations_are_parsed_and_a_missing_section_is_reported():
     assert cited_sections(text) == ["4.2", "4.3", "9", "6.3", "99"]
     sections = set(design_sections("## 4. A\n### 4.2 B\n### 4.3 C\n## 6. D\n### 6.3 E\n## 9. F\n"))
     assert [ref for ref in cited_sections(text) if ref not in sections] == ["99"]
+
+
+# ------------------------------------------------------------------ the tests mirror the code
+
+# Scripts whose only end-to-end tests are test_cli.py's checks of every script: demo.py runs every other
+# script on the toy set (minutes), make_toy_data.py is toydata.generate (test_toydata.py) behind options.
+SCRIPTS_TESTED_ONLY_BY_TEST_CLI = {"demo", "make_toy_data"}
+
+
+def expected_test_file(module: Path) -> str:
+    """The test file of code/uniformface/<...>.py by the rule in tests/conftest.py."""
+    parts = module.relative_to(ROOT / "code" / "uniformface").with_suffix("").parts
+    if parts == ("__init__",):
+        return "test_package.py"
+    if parts[0] == "datasets":
+        return {"recordio": "test_recordio.py", "packed": "test_packed.py"}.get(parts[-1], "test_datasets.py")
+    if parts[0] == "commands" and parts[-1] == "__init__":
+        return "test_cli.py"
+    return f"test_{parts[-1]}.py"
+
+
+def test_every_module_and_script_has_its_test_file():
+    missing = []
+    for module in sorted((ROOT / "code" / "uniformface").rglob("*.py")):
+        if "__pycache__" in module.parts or (module.parent.name == "commands"
+                                             and module.stem in SCRIPTS_TESTED_ONLY_BY_TEST_CLI):
+            continue
+        if not (ROOT / "tests" / expected_test_file(module)).is_file():
+            missing.append(f"{module.relative_to(ROOT)}: tests/{expected_test_file(module)}")
+    assert not missing, missing
+    assert expected_test_file(ROOT / "code" / "uniformface" / "commands" / "test.py") == "test_test.py"
+    assert expected_test_file(ROOT / "code" / "uniformface" / "datasets" / "base.py") == "test_datasets.py"
+
+
+def test_benchmarks_import_nothing_from_the_tests_and_edit_no_path():
+    """bench/*.py run as `PYTHONPATH=code python bench/x.py` (or with the package installed): what they share
+    with the tests is in bench/common.py, which the tests import, not the other way round."""
+    test_modules = {path.stem for path in (ROOT / "tests").glob("*.py")}
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        text = path.read_text()
+        assert "sys.path" not in text, path.name
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            assert not {name.split(".")[0] for name in names} & test_modules, (path.name, names)

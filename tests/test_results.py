@@ -79,3 +79,39 @@ def test_update_results_merges_into_the_file_and_leaves_no_temporary(tmp_path):
     assert results.read_text() == "not json"
     update_results(results, overwrite=True, bins={"lfw": {"accuracy_mean": 0.6}})
     assert json.loads(results.read_text()) == {"bin": {"lfw": {"accuracy_mean": 0.6}}}
+
+
+def test_each_benchmark_keeps_its_own_section():
+    lfw = {"accuracy_mean": 0.7, "verify_rule": {}}
+    merged = merge_results({**lfw, "bin": {"lfw": {"a": 1}}}, sections={"ytf": {"accuracy_mean": 0.9}})
+    assert merged == {**lfw, "ytf": {"accuracy_mean": 0.9}, "bin": {"lfw": {"a": 1}}}
+    merged = merge_results(merged, sections={"ijbc": {"tar_at_far_1e-4": 0.5}})
+    merged = merge_results(merged, lfw={"accuracy_mean": 0.8})          # a new LFW run keeps every section
+    assert merged == {"accuracy_mean": 0.8, "ytf": {"accuracy_mean": 0.9}, "ijbc": {"tar_at_far_1e-4": 0.5},
+                      "bin": {"lfw": {"a": 1}}}
+    merged = merge_results(merged, bins={"cfp_fp": {"a": 2}}, sections={"ytf": {"accuracy_mean": 0.95}})
+    assert merged["ytf"] == {"accuracy_mean": 0.95} and merged["ijbc"] == {"tar_at_far_1e-4": 0.5}
+    assert merged["bin"] == {"lfw": {"a": 1}, "cfp_fp": {"a": 2}} and merged["accuracy_mean"] == 0.8
+    with pytest.raises(ValueError, match="unknown results section"):
+        merge_results(None, sections={"megaface": {}})
+
+
+def test_benchmark_files_sit_beside_the_results_file(tmp_path):
+    from uniformface.results import beside_results
+
+    run = tmp_path / "run"
+    assert roc_path(run / "lfw_results.json", "ytf") == run / "ytf_roc.png"
+    assert beside_results(run / "lfw_results.json", "ijbc", "_features.npy") == run / "ijbc_features.npy"
+    assert roc_path(run / "r.json", "ijbb") == run / "r_ijbb_roc.png"
+    assert beside_results("model_results.json", "ytf", "_features.npy").name == "model_ytf_features.npy"
+    assert roc_path(run / "lfw_results.json", "lfw") == roc_path(run / "lfw_results.json")
+
+
+def test_prepare_results_checks_the_benchmark_s_own_figure(tmp_path):
+    results = tmp_path / "r.json"
+    (tmp_path / "r_ytf_roc.png").write_bytes(b"someone's figure")
+    prepare_results(results)                                   # LFW draws r_roc.png: nothing in the way
+    with pytest.raises(FileExistsError, match="r_ytf_roc.png exists and no results file of test.py is beside it"):
+        prepare_results(results, benchmark="ytf")
+    results.write_text(json.dumps({"ytf": {"accuracy_mean": 0.9}}))   # a file holding only a section is ours
+    prepare_results(results, benchmark="ytf")

@@ -107,6 +107,18 @@ def assert_matches(result, reference, n_folds):
     np.testing.assert_allclose(result.thresholds, thresholds, rtol=0, atol=1e-12)
 
 
+def checked_kfold(protocol, seed, n_folds, per_side, dim, noise):
+    """Noisy pairs in pairs.txt order (`per_side` same, then `per_side` different pairs a fold) scored with
+    `protocol`, the result checked against that protocol's reference; returns (result, left, right, same)."""
+    reference = {"sphereface": reference_sphereface, "insightface": reference_insightface}[protocol]
+    rng = np.random.default_rng(seed)
+    same = lfw_like_labels(n_folds, per_side)
+    left, right = pair_features(same, dim, rng, noise=noise)
+    result = kfold_accuracy(left, right, same, protocol=protocol, n_folds=n_folds)
+    assert_matches(result, reference(left, right, same, n_folds), n_folds)
+    return result, left, right, same
+
+
 # ---------------------------------------------------------------- sphereface protocol
 
 def test_threshold_grids_are_the_protocols():
@@ -124,22 +136,13 @@ def test_fold_ids_are_consecutive_blocks():
 
 
 def test_sphereface_matches_reference_on_noisy_pairs():
-    rng = np.random.default_rng(0)
-    same = lfw_like_labels(10, 20)
-    left, right = pair_features(same, 16, rng, noise=1.2)
-    result = kfold_accuracy(left, right, same, protocol="sphereface", n_folds=10)
-    assert_matches(result, reference_sphereface(left, right, same, 10), 10)
+    result, *_ = checked_kfold("sphereface", seed=0, n_folds=10, per_side=20, dim=16, noise=1.2)
     assert 0.6 < result.accuracy_mean < 1.0  # neither trivial nor chance: thresholds matter
 
 
 def test_sphereface_threshold_is_the_mean_of_all_tying_grid_values():
     """Separable pairs: every grid value between the best different and the worst same score ties."""
-    rng = np.random.default_rng(1)
-    same = lfw_like_labels(5, 12)
-    left, right = pair_features(same, 64, rng, noise=0.1)
-    result = kfold_accuracy(left, right, same, n_folds=5)
-    reference = reference_sphereface(left, right, same, 5)
-    assert_matches(result, reference, 5)
+    result, left, right, same = checked_kfold("sphereface", seed=1, n_folds=5, per_side=12, dim=64, noise=0.1)
     assert result.fold_accuracies == [1.0] * 5
     fold = np.array(reference_folds(len(same), 5))
     for k, t in enumerate(result.thresholds):
@@ -231,11 +234,7 @@ def test_insightface_matches_reference():
 
 
 def test_insightface_takes_the_first_best_threshold():
-    rng = np.random.default_rng(8)
-    same = lfw_like_labels(10, 10)
-    left, right = pair_features(same, 64, rng, noise=0.1)
-    result = kfold_accuracy(left, right, same, protocol="insightface", n_folds=10)
-    assert_matches(result, reference_insightface(left, right, same, 10), 10)
+    result, left, right, same = checked_kfold("insightface", seed=8, n_folds=10, per_side=10, dim=64, noise=0.1)
     fold = np.array(reference_folds(len(same), 10))
     dist = np.array([np.sum((unit(a) - unit(b)) ** 2) for a, b in zip(left, right)])
     for k, t in enumerate(result.thresholds):

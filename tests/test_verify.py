@@ -1,7 +1,6 @@
 """verify.py: two real photos (scikit-image's astronaut, and a turned, shifted, rescaled
 copy of it) are aligned with the project's aligner, embedded with the flip, and compared with the rule of
 the model's LFW run or --threshold; a photo without a face is an error naming it."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import torch
 from PIL import Image
 from skimage import data
 
+from conftest import load_script
 from hostile import one_line_error
 from uniformface.align import FaceDetector, align_face
 from uniformface.checkpoint import export_weights
@@ -74,10 +74,7 @@ def write_rule(path, feature_mean, threshold):
 
 
 def verify_main(args):
-    spec = importlib.util.spec_from_file_location("script_verify", ROOT / "code" / "verify.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(args)
+    return load_script("verify").main(args)
 
 
 def printed_cosine(out):

@@ -24,11 +24,13 @@ import yaml
 
 from .atomic import atomic_write_text
 from .config import Config, ConfigError, from_dict, get_key, load_config, to_dict, yaml_load
+from .plots import METRICS_FILE, curves_figure, load_runs, save_png
 from .report import RESULTS_FILE, gather_markdown, load_run, setting_name
 from .trainer import STATE_FILE, TrainingDiverged, weights_filename
 
 DIVERGED_FILE = "diverged.txt"
 RESULTS_MD = "results.md"
+CURVES_PNG = "curves.png"  # the settings' training curves, beside results.md and linked from it
 # Keys that change how a run is carried out, not what it computes: a rerun may change them (another
 # machine, more loader workers) and still continue the folder's run.
 RUN_ONLY_KEYS = ("device", "num_workers", "log_every", "checkpoint_every", "eval_every", "compile",
@@ -214,9 +216,24 @@ def row_name(setting: Setting, cfg: Config | None = None) -> str:
     return setting_name(to_dict(cfg)) + extra
 
 
-def results_markdown(settings: Sequence[Setting], title: str) -> str:
+def draw_curves(settings: Sequence[Setting], path: str | Path) -> bool:
+    """The training curves of every setting that has logged (finished, diverged or stopped), one line each
+    named as its row of the tables, written to `path` (a PNG). False when no setting has logged yet."""
+    logged = [s for s in settings if (s.folder / METRICS_FILE).is_file()]
+    runs = load_runs([s.folder for s in logged])
+    for s, run in zip(logged, runs):
+        run.label = row_name(s, from_dict(run.config, str(s.folder / "config.yaml")) if run.config else None)
+    runs = [run for run in runs if not run.metrics.empty]
+    if not runs:
+        return False
+    save_png(curves_figure(runs), path)
+    return True
+
+
+def results_markdown(settings: Sequence[Setting], title: str, curves: str | None = None) -> str:
     """`title`, the earlier port's tables over the finished settings (in grid order, rows named by
-    `row_name`), and a line per diverged setting."""
+    `row_name`), a line per diverged setting, and the training curves' figure `curves` (a path relative
+    to the markdown file) when given."""
     finished = [s for s in settings if s.state == "done"]
     parts = [f"{title}\n"]
     if finished:
@@ -227,4 +244,6 @@ def results_markdown(settings: Sequence[Setting], title: str) -> str:
     diverged = [s for s in settings if s.state == "diverged"]
     if diverged:
         parts.append("- diverged (no results):\n\n" + "".join(f"  - {s.label}: {s.note}\n" for s in diverged))
+    if curves:
+        parts.append(f"- training curves of the settings\n\n![training curves]({curves})\n")
     return "\n".join(parts)

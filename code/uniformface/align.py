@@ -23,6 +23,7 @@ import torch
 
 # the official SphereFace detector settings and the detection size limit, explained in defaults.py
 from .defaults import DETECTION_MAX_SIDE, MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS  # noqa: F401 (re-exported)
+from .mtcnn import detect_faces
 
 # The official 5-point template for a 112x96 (rows x cols) crop, in (x, y) order: left eye, right eye,
 # nose tip, left mouth corner, right mouth corner (`face_align_demo.m`, coord5point).
@@ -95,13 +96,6 @@ def cp2tform_similarity(input_points: np.ndarray, base_points: np.ndarray) -> tu
         candidates.append((np.linalg.norm(residual, 2), forward, inverse))
     (norm_plain, *plain), (norm_reflected, *reflected) = candidates
     return tuple(plain if norm_plain <= norm_reflected else reflected)
-
-
-def similarity_transform(input_points: np.ndarray, base_points: np.ndarray) -> np.ndarray:
-    """The 3x3 matrix (float64, column vectors) of `cp2tform(input_points, base_points, 'similarity')`,
-    mapping the input points (image landmarks) towards the base points (template); see
-    `cp2tform_similarity`. NOT the least-squares fit from input to base: cp2tform fits base -> input."""
-    return cp2tform_similarity(input_points, base_points)[0]
 
 
 def crop_to_image(landmarks: np.ndarray, output_size: Sequence[int] = (112, 96)) -> np.ndarray:
@@ -206,8 +200,6 @@ class FaceDetector:
         return results
 
     def _detect_same_size(self, batch: np.ndarray) -> list[np.ndarray | None]:
-        from .mtcnn import detect_faces
-
         height, width = batch.shape[1:3]
         pixels = torch.from_numpy(batch).to(self.device, non_blocking=True)
         with torch.inference_mode():

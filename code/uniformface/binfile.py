@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from .atomic import atomic_write_bytes
-from .images import ImageLoadError, decode_rgb, encode_image
+from .images import ImageLoadError, decode_rgb
 
 try:  # numpy >= 2 moved numpy.core to numpy._core; pickles name either
     from numpy._core import multiarray as _multiarray, numeric as _numeric
@@ -79,17 +77,6 @@ def read_bin(path: str | Path, decode: bool = True) -> tuple[list, np.ndarray]:
     encoded = [_encoded_bytes(b, path, i) for i, b in enumerate(bins)]
     images = [_decode(b, path, i) for i, b in enumerate(encoded)] if decode else encoded
     return images, issame.astype(bool)
-
-
-def write_bin(path: str | Path, images: Sequence, issame: Sequence[bool], quality: int = 95) -> None:
-    """Write an insightface `.bin`: uint8 (H, W, 3) arrays are JPEG-encoded, bytes are stored as they are.
-    issame is stored as a numpy bool array; the write is atomic."""
-    issame = np.asarray(issame, dtype=bool)
-    if len(images) != 2 * len(issame):
-        raise ValueError(f"{path}: {len(images)} images for {len(issame)} pairs; need exactly two per pair")
-    bins = [bytes(image) if isinstance(image, (bytes, bytearray)) else encode_image(image, "JPEG", quality)
-            for image in images]
-    atomic_write_bytes(path, pickle.dumps((bins, issame), protocol=4))
 
 
 def _encoded_bytes(item, path: Path, index: int) -> bytes:

@@ -214,21 +214,3 @@ def _holder_text(fd: int) -> str:
     since = f", since {info['started']}" if info.get("started") else ""
     command = f": {info['command']}" if info.get("command") else ""
     return f"process {info['pid']} on host {info.get('host', '?')}{since}{command}"
-
-
-def folder_holder(folder: str | Path) -> str | None:
-    """Who holds `folder`'s lock now (as FolderBusy names it), or None when nobody does."""
-    path = Path(folder) / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _holder_text(fd)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return None

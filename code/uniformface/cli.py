@@ -44,7 +44,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from .paths import os_fix
+from .paths import ensure_writable, os_fix, refuse_overwrite
 
 DEBUG_FLAG = "--debug"
 COMMAND_PREFIX = "uniformface-"  # the installed commands: uniformface-train, uniformface-gather-results, ...
@@ -128,11 +128,34 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+# What every script's --help says last, once for all of them (argparse fills in %(prog)s; the formatter
+# keeps the line breaks).
+ERRORS_EPILOG = ("Errors end in one line `%(prog)s: error: ...` on stderr, with exit status 2 for a usage\n"
+                 "error (before any work), 1 for any other failure, 130 for Ctrl-C; --debug (or\n"
+                 "UNIFORMFACE_DEBUG=1) adds the traceback.")
+
+
 def new_parser(name: str, description: str | None) -> argparse.ArgumentParser:
-    """The argument parser of script `name` (its docstring as the description), with `--debug`."""
-    parser = argparse.ArgumentParser(prog=script_name(name), description=description, formatter_class=HelpFormatter)
+    """The argument parser of script `name` (its docstring as the description, ERRORS_EPILOG after the
+    options), with `--debug`."""
+    parser = argparse.ArgumentParser(prog=script_name(name), description=description, epilog=ERRORS_EPILOG,
+                                     formatter_class=HelpFormatter)
     add_debug_flag(parser)
     return parser
+
+
+def check_png_output(parser: argparse.ArgumentParser, output: str, dpi: int, overwrite: bool,
+                     names: Sequence[str] | None = None, inputs: Sequence[str] = (), what: str = "runs") -> None:
+    """What a figure-writing script checks before any work: one --names label per input when given, a .png
+    name, a sane --dpi, an output that is its own to write (--overwrite) in a writable folder."""
+    if names is not None and len(names) != len(inputs):
+        parser.error(f"--names: {len(names)} names for {len(inputs)} {what}")
+    if not 10 <= dpi <= 1000:
+        parser.error(f"--dpi: expected 10 to 1000, got {dpi}")
+    if not output.lower().endswith(".png"):
+        parser.error(f"--output {output}: expected a .png file name")
+    refuse_overwrite(output, overwrite)
+    ensure_writable(output)
 
 
 def add_debug_flag(parser: argparse.ArgumentParser) -> None:

@@ -199,17 +199,3 @@ def save_embeddings(output: str | Path, embeddings: np.ndarray, names: Sequence[
     atomic_write_bytes(output, buffer.getvalue())
     atomic_write_text(listing, "".join(f"{n}\n" for n in names))
     return listing
-
-
-def load_embeddings(output: str | Path) -> tuple[np.ndarray, list[str]]:
-    """Read back what `save_embeddings` wrote."""
-    output = Path(output)
-    embeddings = np.load(output, allow_pickle=False)
-    listing = names_path(output)
-    if not listing.is_file() and output.with_suffix(".txt").is_file():
-        raise FileNotFoundError(f"{listing} not found; {output.with_suffix('.txt')} may be the names list of an "
-                                f"older embed.py: rename it to {listing.name} if it is")
-    names = listing.read_text(encoding="utf-8").splitlines()
-    if len(names) != len(embeddings):
-        raise ValueError(f"{output}: {len(embeddings)} rows but {names_path(output)} lists {len(names)} names")
-    return embeddings, names

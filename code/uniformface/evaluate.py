@@ -16,8 +16,8 @@ from .images import image_header_size
 from .pairs import Pair, missing_images, read_pairs, unique_images
 from .results import prepare_results, roc_path, update_results
 from .trained_network import load_embedder
-from .verification_protocol import (check_protocol, cosine, insightface_threshold, kfold_accuracy, pair_scores,
-                                    roc_metrics, roc_points, save_roc_png, sphereface_threshold, squared_distance)
+from .verification_protocol import (check_protocol, cosine, insightface_threshold, kfold_accuracy,
+                                    roc_summary, sphereface_threshold, squared_distance)
 
 BIN_FOLDS = 10  # insightface verification.py: nrof_folds=10
 
@@ -55,7 +55,7 @@ def evaluate_pairs(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Pa
     n_folds = max(p.fold for p in pairs) + 1
     result = kfold_accuracy(left, right, is_same, protocol=protocol, n_folds=n_folds,
                             invalid=~usable if (~usable).any() else None).to_dict()
-    result.update(_roc(left[idx], right[idx], is_same[idx], protocol, roc_png, label))
+    result.update(roc_summary(left[idx], right[idx], is_same[idx], protocol, roc_png, label))
     result["verify_rule"] = decision_rule(left[idx], right[idx], is_same[idx], protocol)
     result.update(n_pairs=len(pairs), n_missing_pairs=int((~usable).sum()), missing_images=[str(m) for m in missing])
     return result
@@ -71,7 +71,7 @@ def evaluate_bin(embed: Callable[[torch.Tensor], torch.Tensor], path: str | Path
     embeddings, issame, crop = bin_embeddings(embed, path, input_size, batch_size, num_workers, device, progress)
     left, right = embeddings[0::2], embeddings[1::2]
     result = kfold_accuracy(left, right, issame, protocol="insightface", n_folds=BIN_FOLDS).to_dict()
-    result.update(_roc(left, right, issame, "insightface", roc_png, label))
+    result.update(roc_summary(left, right, issame, "insightface", roc_png, label))
     result.update(n_pairs=int(len(issame)), crop=crop, path=str(path))
     return result
 
@@ -92,22 +92,6 @@ def bin_embeddings(embed: Callable[[torch.Tensor], torch.Tensor], path: str | Pa
                     "template is the 112x96 one shifted by +8 in x (docs/DESIGN.md §6.3)")
     dataset = EncodedImages(encoded, input_size, source=str(path))
     return extract_features(embed, dataset, "insightface", batch_size, num_workers, device, progress), issame, crop
-
-
-def _roc(left: np.ndarray, right: np.ndarray, is_same: np.ndarray, protocol: str, roc_png, label) -> dict:
-    """TAR at FAR 1e-3 / 1e-2, AUC and EER over all pairs (one global mean for sphereface), and the figure.
-    A set of only same (or only different) pairs has no ROC: the four figures are None."""
-    if is_same.all() or not is_same.any():
-        return {"tar_at_far_1e-3": None, "tar_at_far_1e-2": None, "auc": None, "eer": None,
-                "roc_note": "no ROC: the set holds only " + ("same" if is_same.all() else "different") + " pairs"}
-    scores = pair_scores(left, right, protocol)
-    metrics = roc_metrics(scores, is_same)
-    if roc_png is not None:
-        fpr, tpr = roc_points(scores, is_same)
-        save_roc_png(fpr, tpr, roc_png, label=f"{label or 'model'} (AUC {metrics['auc']:.4f})",
-                     title=f"ROC, {protocol} protocol, {len(scores)} pairs")
-        metrics["roc_png"] = str(roc_png)
-    return metrics
 
 
 def decision_rule(left: np.ndarray, right: np.ndarray, is_same: np.ndarray, protocol: str) -> dict:

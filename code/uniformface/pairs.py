@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .atomic import atomic_write_text
+from .paths import read_utf8_text
 
 
 @dataclass(frozen=True)
@@ -34,14 +35,7 @@ def read_pairs(path: str | Path, ext: str = ".jpg") -> list[Pair]:
     """All pairs in file order, each with its 0-based fold. The file is UTF-8 text, with or without a
     byte-order mark. Raises ValueError naming `path:line`."""
     path = Path(path)
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")  # UTF-8, with or without a byte-order mark (Windows editors add one)
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
-                         "save the file as UTF-8") from None
-    lines = text.splitlines()
+    lines = read_utf8_text(path).splitlines()
     while lines and not lines[-1].strip():  # trailing blank lines are harmless
         lines.pop()
     if not lines:

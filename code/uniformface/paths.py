@@ -25,6 +25,18 @@ _OS_FIXES = {
 }
 
 
+def read_utf8_text(path: str | Path) -> str:
+    """The file's text, UTF-8 with or without a byte-order mark (Windows editors add one); anything else is
+    a ValueError naming `path:line` and the offending byte."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
+                         "save the file as UTF-8") from None
+
+
 def os_fix(number: int | None) -> str | None:
     """What to do about a system error of this errno (a full disk, a read-only folder, ...), or None."""
     return _OS_FIXES.get(number)

@@ -46,6 +46,9 @@ CENTER_MODES = ("feature", "weight")
 # LFW verification protocols: SphereFace's evaluation.m, insightface's verification.py
 PROTOCOLS = ("sphereface", "insightface")
 
+# test.py --benchmark: LFW pairs.txt (and .bin sets), YouTube Faces splits.txt, IJB-B / IJB-C 1:1 (docs/DESIGN.md §7)
+BENCHMARKS = ("lfw", "ytf", "ijbb", "ijbc")
+
 # preprocess.py --fallback: what to do with a face the detector missed (preprocessing.choose_fallback)
 FALLBACKS = ("auto", "mean", "skip")
 

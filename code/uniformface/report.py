@@ -31,15 +31,21 @@ def fold_table(rows: Sequence[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def accuracy_lines(label: str, result: dict, benchmark: str, protocol: str, over: str) -> list[str]:
+    """The per-fold table, the mean accuracy with its spread, and the ROC figures when there are any."""
+    lines = [fold_table([(label, result)]),
+             f"{label}: {benchmark} accuracy ({protocol} protocol) {100 * result['accuracy_mean']:.3f} "
+             f"+- {100 * result['accuracy_std']:.3f} % {over}"]
+    if result.get("auc") is not None:
+        lines.append(f"TAR@FAR=1e-3 {result['tar_at_far_1e-3']:.4f}, TAR@FAR=1e-2 {result['tar_at_far_1e-2']:.4f}, "
+                     f"AUC {result['auc']:.4f}, EER {result['eer']:.4f}")
+    return lines
+
+
 def lfw_summary(label: str, lfw: dict, protocol: str) -> str:
     """What test.py prints for one model on LFW: the per-fold table, the mean, the ROC figures, the
     center spread, and a warning when pairs were counted as wrong for a missing image."""
-    lines = [fold_table([(label, lfw)]),
-             f"{label}: LFW accuracy ({protocol} protocol) {100 * lfw['accuracy_mean']:.3f} "
-             f"+- {100 * lfw['accuracy_std']:.3f} % over {lfw['n_pairs']} pairs"]
-    if lfw.get("auc") is not None:
-        lines.append(f"TAR@FAR=1e-3 {lfw['tar_at_far_1e-3']:.4f}, TAR@FAR=1e-2 {lfw['tar_at_far_1e-2']:.4f}, "
-                     f"AUC {lfw['auc']:.4f}, EER {lfw['eer']:.4f}")
+    lines = accuracy_lines(label, lfw, "LFW", protocol, f"over {lfw['n_pairs']} pairs")
     if "mean_min_center_distance" in lfw:
         angle = lfw.get("mean_min_center_angle")
         lines.append(f"mean minimum distance between class centers ({lfw['centers_from']}): "

@@ -26,6 +26,7 @@ from .checkpoint import (CheckpointError, FolderBusy, FolderLock, atomic_torch_s
 from .config import HISTORY_FILE, Config, ConfigError, history_lines, load_config, record_settings, save_config, to_dict
 from .datasets import GlobalBatchSampler, check_images, open_train_set, training_loader
 from .devices import resolve_device
+from .evaluate import evaluate_pairs
 from .heads import build_head
 from .losses import regularface_loss, uniform_loss
 from .models import build_model, normalize_pixels
@@ -663,8 +664,6 @@ class Trainer:
         """LFW-protocol accuracy of the current backbone, into the same TensorBoard and metrics.jsonl."""
         if writer is None:
             return
-        from .evaluate import evaluate_pairs
-
         backbone = self.model.backbone
         backbone.eval()
         try:

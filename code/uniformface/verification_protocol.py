@@ -239,6 +239,24 @@ def roc_metrics(scores, is_same) -> dict:
     return out
 
 
+def roc_summary(left, right, is_same, protocol: str, roc_png=None, label: str | None = None,
+                title: str = "ROC") -> dict:
+    """TAR at FAR 1e-3 / 1e-2, AUC and EER over all the given pairs (one global mean for sphereface:
+    docs/DESIGN.md §7.5), and the figure at `roc_png` when given. A set of only same (or only different)
+    pairs has no ROC: the four figures are None and `roc_note` says why."""
+    if is_same.all() or not is_same.any():
+        return {"tar_at_far_1e-3": None, "tar_at_far_1e-2": None, "auc": None, "eer": None,
+                "roc_note": "no ROC: the set holds only " + ("same" if is_same.all() else "different") + " pairs"}
+    scores = pair_scores(left, right, protocol)
+    metrics = roc_metrics(scores, is_same)
+    if roc_png is not None:
+        fpr, tpr = roc_points(scores, is_same)
+        save_roc_png(fpr, tpr, roc_png, label=f"{label or 'model'} (AUC {metrics['auc']:.4f})",
+                     title=f"{title}, {protocol} protocol, {len(scores)} pairs")
+        metrics["roc_png"] = str(roc_png)
+    return metrics
+
+
 def save_roc_png(fpr, tpr, path: str | Path, label: str | None = None, title: str = "ROC") -> None:
     """ROC plot (false accept rate vs true accept rate) as a PNG, written atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -6,7 +6,8 @@
 Each setting trains in LOGDIR/<key=value_...> (as train.py would, with the grid's values as `--set`
 overrides) and is tested on dataset.test / dataset.pairs as test.py does (lfw_results.json beside the
 weights). LOGDIR/results.md then holds the per-fold LFW accuracy table (rows `alpha=1.0/beta=0.001`) and
-the mean minimum class-center distance table, and is printed.
+the mean minimum class-center distance table, and is printed; LOGDIR/curves.png, linked from it, draws
+the settings' training curves side by side (as plot_runs.py).
 
 Run it again to continue: finished settings are not rerun, an interrupted one resumes from its
 checkpoint. Values are read as YAML (`beta=0,1e-3`, `milestones=[10,20],[30,40]`); every setting is
@@ -21,6 +22,7 @@ it. Exit status: 0 done; 2 a usage or config error (nothing was run); 1 any othe
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from ..cli import EXPECTED, ScriptError, UsageError, describe, new_parser, run_command
@@ -49,7 +51,7 @@ def run(args, parser) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("run ablate.py as one process; for several GPUs run train.py under torchrun per setting")
     check_config_given(args.config)
-    from ..ablation import RESULTS_MD, missing_inputs, plan  # torch: only after the arguments
+    from ..ablation import CURVES_PNG, RESULTS_MD, missing_inputs, plan  # torch: only after the arguments
     from ..atomic import remove_stale_partials
     from ..trainer import check_device, lock_folder
 
@@ -71,7 +73,7 @@ def run(args, parser) -> int:
     locks = {}
     try:
         locks[logdir] = lock_folder(logdir)
-        remove_stale_partials(logdir, [RESULTS_MD])
+        remove_stale_partials(logdir, [RESULTS_MD, CURVES_PNG])
         for s in to_run:
             locks[s.folder] = lock_folder(s.folder)
         return _run(args, settings, locks)
@@ -81,7 +83,7 @@ def run(args, parser) -> int:
 
 
 def _run(args, settings, locks) -> int:
-    from ..ablation import RESULTS_MD, results_markdown, run_grid
+    from ..ablation import CURVES_PNG, RESULTS_MD, draw_curves, results_markdown, run_grid
     from ..atomic import atomic_write_text
     from ..evaluate import evaluate_model_on_pairs
     from ..report import RESULTS_FILE, lfw_summary
@@ -106,10 +108,16 @@ def _run(args, settings, locks) -> int:
         raise ScriptError(f"{describe(exc)} (run the same command again to continue)") from exc
     title = (f"# Ablation over {' '.join(args.grid)}\n\nconfig `{args.config}`"
              + (f", `--set {' '.join(args.overrides)}`" if args.overrides else "") + f", {len(settings)} settings")
-    markdown = results_markdown(settings, title)
+    curves = Path(args.logdir) / CURVES_PNG
+    try:  # the tables are the grid's result: a figure that cannot be drawn is reported, not fatal
+        drawn = draw_curves(settings, curves)
+    except (ValueError, OSError) as exc:
+        print(f"warning: {curves} not drawn: {describe(exc)}", file=sys.stderr)
+        drawn = False
+    markdown = results_markdown(settings, title, CURVES_PNG if drawn else None)
     atomic_write_text(Path(args.logdir) / RESULTS_MD, markdown)
     print(markdown, end="")
-    print(f"wrote {Path(args.logdir) / RESULTS_MD}")
+    print(f"wrote {Path(args.logdir) / RESULTS_MD}" + (f" and {curves}" if drawn else ""))
     return 0
 
 

@@ -1,8 +1,9 @@
 """`make demo`: the whole pipeline on the project's generated toy face set, in minutes on a CPU.
 
 Runs the same commands a user runs on CASIA-WebFace and LFW (printed before each step):
-make_toy_data.py -> preprocess.py (MTCNN) x2 -> train.py (configs/toy.yaml) -> test.py,
-then scores two floors on the same pairs (raw pixels, the same network untrained) and prints all three.
+make_toy_data.py -> preprocess.py (MTCNN) x2 -> train.py (configs/toy.yaml) -> test.py -> plot_runs.py,
+then scores two floors on the same pairs (raw pixels, the same network untrained) and prints all three,
+and last the paths of the run's ROC curve and training curves.
 The toy set is a smoke test of every stage, not a benchmark. It runs the scripts and the toy config of the
 source tree it sits in (code/), so it is not installed as a command.
 """
@@ -23,12 +24,17 @@ NAME = "demo"
 CODE = Path(__file__).resolve().parents[2]  # the source tree's code/: the scripts and configs/toy.yaml
 
 
-def build_parser():
-    parser = new_parser(NAME, __doc__)
-    parser.add_argument("--data", default="data/toy", help="folder of the toy set and its aligned copies")
-    parser.add_argument("--logdir", default="log/toy", help="the run goes to LOGDIR/demo (replaced on each call)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the toy set and of the training run")
+def toy_parser(name: str, description: str, data: str, logdir: str, logdir_help: str, runs: str = "the training run"):
+    """The parser of a script that makes a toy set, aligns it and trains on it (the demo, the figure)."""
+    parser = new_parser(name, description)
+    parser.add_argument("--data", default=data, help="folder of the toy set and its aligned copies")
+    parser.add_argument("--logdir", default=logdir, help=logdir_help)
+    parser.add_argument("--seed", type=int, default=0, help=f"seed of the toy set and of {runs}")
     return parser
+
+
+def build_parser():
+    return toy_parser(NAME, __doc__, "data/toy", "log/toy", "the run goes to LOGDIR/demo (replaced on each call)")
 
 
 def step(*args: str) -> None:
@@ -51,6 +57,7 @@ def run(args, parser) -> int:
             "--set", f"dataset.test={data / 'processed/lfw'}", "--set", f"dataset.pairs={data / 'pairs.txt'}")
         model = run_dir / "sphereface4_512.pt"
         step(str(CODE / "test.py"), "--model_path", str(model))
+        step(str(CODE / "plot_runs.py"), str(run_dir), "--output", str(run_dir / "curves.png"))
         common = ["--dataset", str(data / "processed/lfw"), "--pairs_path", str(data / "pairs.txt"), "--no_progress"]
         step(str(CODE / "test.py"), "--baseline", "raw", *common, "--json", str(run_dir / "baseline_raw.json"))
         step(str(CODE / "test.py"), "--baseline", "untrained", "--model_path", str(model), "--seed", str(args.seed),
@@ -66,6 +73,7 @@ def run(args, parser) -> int:
     margin = trained - max(rows[0][1]["accuracy_mean"], rows[1][1]["accuracy_mean"])
     print(f"\ntrained model: {100 * trained:.2f} %, {100 * margin:+.2f} points over the better baseline; "
           f"results in {run_dir / 'lfw_results.json'}; demo took {time.perf_counter() - start:.0f} s")
+    print(f"ROC curve: {rows[2][1].get('roc_png') or run_dir / 'lfw_roc.png'}\ntraining curves: {run_dir / 'curves.png'}")
     return 0
 
 

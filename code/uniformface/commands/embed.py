@@ -7,8 +7,7 @@ model by dropping 8 columns each side) goes through the model in DataLoader-fed 
 --output (.npy, float32, one row per image) and beside it the file names, one per line in the same
 order, relative to --dataset (`lfw.npy` -> `lfw.names.txt`). Neither file is replaced when it exists
 already, unless --overwrite. --mode: plain = the model's embedding f; sphereface = [f, f_flip] (as
-test.py's default protocol); insightface = normalise(f + f_flip). Errors are one line
-`embed.py: error: ...` (`--debug`: with the traceback).
+test.py's default protocol); insightface = normalise(f + f_flip).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ The ONNX graph maps float32 (batch, 3, 112, 96) RGB pixels normalised as (x - 12
 embedding (batch axis dynamic); its metadata records the model spec and that normalisation. Exit 1 when
 onnxruntime's outputs differ from PyTorch's by more than the tolerance (relative to the largest |value|).
 An existing --output is not replaced without --overwrite. Needs the `onnx` and `onnxruntime` packages
-(`pip install .[export]`). Errors are one line `export.py: error: ...` (`--debug`: with the traceback).
+(`pip install .[export]`).
 """
 from __future__ import annotations
 

@@ -6,8 +6,7 @@ Each argument is a run folder (holding lfw_results.json and train.py's config.ya
 Rows are named `alpha=<alpha>/beta=<beta>` from each run's config.yaml (runs sharing those get the
 settings they differ in appended), or by --names. Prints (and with --output writes) the per-fold LFW
 accuracy table, the mean minimum class-center distance table, and the .bin set accuracies if any. An
-existing --output file is not replaced without --overwrite. Errors are one line
-`gather_results.py: error: ...` (`--debug`: with the traceback).
+existing --output file is not replaced without --overwrite.
 """
 from __future__ import annotations
 

@@ -9,8 +9,7 @@ an aligned folder as an insightface-style `.rec` + `.idx`.
 The packed set keeps every identity of the source (exclusions apply when training, by name, as for
 folders) unless --exclude / --min_images_per_class are given here. Undecodable images are left out and
 listed (stdout and `meta.json`); the exit status is still 0. `.rec` output stores each file's bytes unchanged.
-Outputs are written to a temporary name and renamed into place. Errors are one line
-`pack_dataset.py: error: ...` (exit status 1; `--debug`: with the traceback).
+Outputs are written to a temporary name and renamed into place.
 """
 from __future__ import annotations
 

@@ -15,8 +15,7 @@ symbolic link are aligned too (a link that loops is reported as not_followed). I
 --max_megapixels (default: Pillow's decompression-bomb limit, 178.96 megapixels) are reported broken;
 raise it for genuine large photos. The exit status is 0 even when some files are broken or faceless (1
 when the detector failed on every image, 2 for a usage error); a rerun skips the outputs that exist
-(whatever their size: use a new folder for another --output_size). Errors are one line
-`preprocess.py: error: ...` (`--debug`: with the traceback).
+(whatever their size: use a new folder for another --output_size).
 """
 from __future__ import annotations
 

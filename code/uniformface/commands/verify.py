@@ -6,8 +6,7 @@ Both photos are aligned like the training data (MTCNN, most central face, Sphere
 with the flip of the model's evaluation protocol, and compared by cosine. The decision uses the rule
 test.py stored in lfw_results.json beside the model (`verify_rule`: for the sphereface protocol the LFW
 feature mean, subtracted before the cosine, and the evaluation.m threshold fitted on all LFW pairs), or
-`--threshold T` (same person iff cosine > T). A photo without a face is an error naming it. Errors are
-one line `verify.py: error: ...` (`--debug`: with the traceback).
+`--threshold T` (same person iff cosine > T). A photo without a face is an error naming it.
 """
 from __future__ import annotations
 

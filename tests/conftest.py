@@ -142,3 +142,22 @@ def write_bin(path, images, issame, quality=95):
     bins = [bytes(image) if isinstance(image, (bytes, bytearray)) else encode_image(image, "JPEG", quality)
             for image in images]
     atomic_write_bytes(path, pickle.dumps((bins, issame), protocol=4))
+
+
+class TinyEmbedder:
+    """A deterministic linear 'network' per input size: f = normalised pixels (C, H, W order) @ w64[size]
+    (float64 copies kept for the tests' independent references); counts the images it sees, and stops like
+    a killed process once it has seen `fail_after`."""
+
+    def __init__(self, dim=5, seed=0, fail_after=None):
+        rng = np.random.default_rng(seed)
+        self.w64 = {size: rng.normal(size=(3 * size[0] * size[1], dim)) / 100 for size in ((112, 96), (112, 112))}
+        self.w = {size: torch.from_numpy(w.astype(np.float32)) for size, w in self.w64.items()}
+        self.images = 0
+        self.fail_after = fail_after
+
+    def __call__(self, x):
+        if self.fail_after is not None and self.images >= self.fail_after:
+            raise KeyboardInterrupt("killed")
+        self.images += len(x)
+        return x.flatten(1) @ self.w[tuple(x.shape[2:])]

@@ -6,8 +6,9 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+
+from conftest import TinyEmbedder
 
 from uniformface import ijb
 from uniformface.align import template
@@ -15,23 +16,6 @@ from uniformface.ijb import (FAR_TARGETS, NO_FEATURE_SCORE, evaluate_ijb, read_l
                              read_template_pairs)
 
 LOOSE = (136, 132)   # loose crop (rows, cols), larger than any aligned crop
-
-
-class TinyEmbedder:
-    """A deterministic linear 'network' per input size: f = normalised pixels (C, H, W order) @ W_size."""
-
-    def __init__(self, dim=5, seed=0, fail_after=None):
-        rng = np.random.default_rng(seed)
-        self.w64 = {size: rng.normal(size=(3 * size[0] * size[1], dim)) / 100 for size in ((112, 96), (112, 112))}
-        self.w = {size: torch.from_numpy(w.astype(np.float32)) for size, w in self.w64.items()}
-        self.images = 0
-        self.fail_after = fail_after
-
-    def __call__(self, x):
-        if self.fail_after is not None and self.images >= self.fail_after:
-            raise KeyboardInterrupt("killed")
-        self.images += len(x)
-        return x.flatten(1) @ self.w[tuple(x.shape[2:])]
 
 
 def reference_image_feature(crop, w64):

@@ -6,30 +6,14 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
+from conftest import TinyEmbedder
 from uniformface import ytf
 from uniformface.ytf import evaluate_ytf, natural_key, read_splits, select_frames, video_frames
 
 SIZE = (112, 96)
 HEADER = "split number, pair number, first name, second name, is same"
-
-
-class TinyEmbedder:
-    """A deterministic linear 'network': f = normalised pixels (C, H, W order) @ W, W fixed; counts images."""
-
-    def __init__(self, dim=6, seed=0, fail_after=None):
-        self.w64 = np.random.default_rng(seed).normal(size=(3 * SIZE[0] * SIZE[1], dim)) / 100
-        self.w = torch.from_numpy(self.w64.astype(np.float32))
-        self.images = 0
-        self.fail_after = fail_after
-
-    def __call__(self, x):
-        if self.fail_after is not None and self.images >= self.fail_after:
-            raise KeyboardInterrupt("killed")
-        self.images += len(x)
-        return x.flatten(1) @ self.w
 
 
 def reference_frame_feature(pixels, w64):
@@ -216,7 +200,7 @@ def test_accuracy_per_split_equals_the_float64_reference(ytf_set, limit):
     root, splits, pixels, rows = ytf_set
     embed = TinyEmbedder()
     result = evaluate_ytf(embed, root, splits, frames_per_video=limit, batch_size=4, num_workers=0, progress=False)
-    accuracies, thresholds = reference(pixels, rows, embed.w64, limit)
+    accuracies, thresholds = reference(pixels, rows, embed.w64[SIZE], limit)
     assert result["n_folds"] == 4 and result["n_pairs"] == 16 and result["n_videos"] == 12
     np.testing.assert_array_equal(result["fold_accuracies"], accuracies)
     # a float32 network moves scores by ~1e-6: a threshold (the mean of the tying grid values) may move by
@@ -240,7 +224,7 @@ def test_a_video_without_frames_is_an_error_listing_every_one(ytf_set):
         evaluate_ytf(TinyEmbedder(), root, splits, num_workers=0, progress=False)
     embed = TinyEmbedder()
     result = evaluate_ytf(embed, root, splits, allow_missing=True, num_workers=0, progress=False)
-    accuracies, _ = reference(pixels, rows, embed.w64, missing=("Person_1/1", "Person_3/0"))
+    accuracies, _ = reference(pixels, rows, embed.w64[SIZE], missing=("Person_1/1", "Person_3/0"))
     affected = sum(bool({a, b} & {"Person_1/1", "Person_3/0"}) for _, a, b, _ in rows)
     assert result["n_missing_pairs"] == affected > 0 and result["missing_videos"] == ["Person_1/1", "Person_3/0"]
     np.testing.assert_array_equal(result["fold_accuracies"], accuracies)

@@ -6,6 +6,8 @@ evenly the centers cover the sphere as a whole), and the median ratio |alpha dL_
 features of one batch half-way through training.
 
     PYTHONPATH=code python bench/bench_uniform_effect.py [--seeds 0 1 2] [--variants]
+    PYTHONPATH=code python bench/bench_uniform_effect.py --free_centers   # Eq. 6 on free unit centers
+    PYTHONPATH=code python bench/bench_uniform_effect.py --uniform_only   # L_u alone through the network
 
 The baseline (alpha = 0) runs in the same command, so the differences are what to read, not the absolute
 figures. `--variants` adds the readings the default was chosen against (raw feature-space centers, and
@@ -122,6 +124,36 @@ def spread(values: list[float], digits: int = 2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {deviation:.{digits}f}"
 
 
+def uniform_only(cfg_path: Path, data: Path, run_dir: Path, steps: int = 150, lr: float = 0.1) -> None:
+    """L_u alone through the network: train the toy at alpha = 0, then descend the default L_u (no
+    cross-entropy) with SGD on the backbone, moving the centers by Eq. 7 after each step; prints the
+    nearest-center angle, Eq. 6's energy and the squared norm of the unit centers' mean along the way."""
+    cfg = load_config(cfg_path, ["alpha=0", f"dataset.train={data / 'processed/train'}",
+                                 f"dataset.test={data / 'processed/lfw'}", f"dataset.pairs={data / 'pairs.txt'}"])
+    trainer = Trainer(cfg, run_dir, progress=False)
+    trainer.fit()
+    model, centers = trainer.model, trainer.centers
+    optimizer = torch.optim.SGD(model.backbone.parameters(), lr=lr, momentum=0.9)
+    print("step | nearest-center angle ° | Eq. 6 energy | squared norm of the unit centers' mean")
+    step = 0
+    while step <= steps:
+        for images, labels, _ in trainer._loader():
+            if step % 25 == 0:
+                unit = F.normalize(centers.centers[centers.initialized].detach().double(), dim=1)
+                print(f"{step} | {mean_min_angle(unit):.2f} | {float(uniform_loss(unit, reduction='pairs')):.5f} "
+                      f"| {float(unit.mean(0).square().sum()):.4f}", flush=True)
+            if step == steps:
+                return
+            features = model.backbone(normalize_pixels(images))
+            loss = uniform_loss(centers.loss_centers(features, labels), reduction=cfg.uniform_reduction,
+                                batch_size=cfg.batch_size)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            centers.update(features.detach(), labels, cfg.beta)
+            step += 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "code/configs/toy.yaml"))
@@ -136,12 +168,18 @@ def main() -> int:
                         help="extra override for every setting (e.g. max_iters=400)")
     parser.add_argument("--free_centers", action="store_true",
                         help="only Eq. 6 on free unit centers (no network, seconds), then exit")
+    parser.add_argument("--uniform_only", action="store_true",
+                        help="only: train alpha=0, then descend L_u alone through the network (minutes), then exit")
     args = parser.parse_args()
     if args.free_centers:
         free_centers()
         return 0
     data = Path(args.data)
     ensure_toy_set(data)
+    if args.uniform_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            uniform_only(Path(args.config), data, Path(tmp) / "run")
+        return 0
     settings = ([] if args.no_baseline else [BASELINE]) + ([] if args.no_default else [DEFAULT]) + (VARIANTS if args.variants else []) \
         + [(extra[0], extra[1:]) for extra in args.setting]
     rows = {}

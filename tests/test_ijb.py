@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import TinyEmbedder
 
 from uniformface import ijb
-from uniformface.align import template
+from uniformface.crop import template
 from uniformface.ijb import (FAR_TARGETS, NO_FEATURE_SCORE, evaluate_ijb, read_landmarks_scores, read_template_media,
                              read_template_pairs)
 

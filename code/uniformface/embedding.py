@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .align import template
+from .crop import template
 from .atomic import atomic_write_bytes, atomic_write_text
 from .datasets import image_tensor
 from .images import IMAGE_EXTENSIONS, walk_images

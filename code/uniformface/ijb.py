@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .align import align_face, template
+from .align import align_face
+from .crop import template
 from .atomic import atomic_write_bytes
 from .embedding import extract_features
 from .feature_cache import cached_features, chunked, file_stamp, listing_digest, model_identity

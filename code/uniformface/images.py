@@ -129,7 +129,7 @@ def read_rgb(source: str | Path | bytes, max_side: int | None = None, max_pixels
     per its EXIF orientation. When `max_side` is given and the image is larger, it is reduced (JPEG DCT
     scaling, then an area-averaging box filter) so that its longer side is `max_side`. Returns (pixels,
     (sx, sy)), the original (upright) size over the returned size: a point at 1-based position p of the
-    result is at (p - 0.5) * s + 0.5 in the original (`align.to_original`).
+    result is at (p - 0.5) * s + 0.5 in the original (`crop.to_original`).
     Raises ImageLoadError naming the file (or `name`) for empty, truncated or non-image data, and
     ImageTooLargeError for images over the decompression-bomb limit: Pillow's (178,956,970 pixels) or
     `max_pixels` (inf: none)."""

@@ -30,7 +30,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from .align import DETECTION_MAX_SIDE, FaceDetector, align_face, to_original, to_reduced
+from .align import DETECTION_MAX_SIDE, FaceDetector, align_face
+from .crop import to_original, to_reduced
 from .atomic import PARTIAL_SUFFIX, atomic_write_text
 from .defaults import SMALLEST_MIN_FACE_SIZE
 from .images import ImageLoadError, ImageTooLargeError, image_header_size, read_rgb, walk_images, write_image

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_bytes
+from .crop import nonreflective_similarity
 from .images import decode_rgb, write_image
 from .pairs import write_pairs
 
@@ -40,7 +41,7 @@ EYE_DISTANCE = 42.0
 
 # The five landmarks facenet-pytorch's MTCNN (official SphereFace settings) finds on each source photograph,
 # measured once and fixed here so that generation needs no detector. MTCNN's numbers are Matlab's 1-based
-# pixel coordinates (see `align`): the feature at x is at array index x - 1. The true landmarks the generator
+# pixel coordinates (see `crop`): the feature at x is at array index x - 1. The true landmarks the generator
 # reports are in that convention too (`_Source.truth`).
 SOURCE_LANDMARKS = {
     "astronaut": [[204.4, 100.4], [247.5, 103.7], [225.0, 127.7], [202.5, 139.4], [245.8, 142.2]],
@@ -124,8 +125,6 @@ def _source_photographs() -> dict[str, np.ndarray]:
 def _sources() -> tuple[_Source, ...]:
     from scipy.ndimage import gaussian_filter, map_coordinates
 
-    # align imports torch (its detector): here, so that make_toy_data.py --help (ToySettings) needs none
-    from .align import nonreflective_similarity
 
     out = []
     for name, image in _source_photographs().items():
@@ -318,7 +317,6 @@ def _draw_structure(rgb: np.ndarray, face: np.ndarray, skin: np.ndarray, strengt
     own lighting and size do not come along."""
     from scipy.ndimage import gaussian_filter, map_coordinates
 
-    from .align import nonreflective_similarity
 
     to_crop = nonreflective_similarity(np.array([lm[0], lm[1], lm[3:5].mean(0)]), _LFW_SUBSET_POINTS)
     xs, ys = _coords()

@@ -73,3 +73,18 @@ def test_extract_features_batch_by_batch_in_dataset_order():
         extract_features(embed, Images(images[:0]), "plain", progress=False)
     with pytest.raises(ValueError, match="unknown embedding mode 3"):  # the mode comes before the batch size
         extract_features(embed, Images(images), 3, progress=False)
+
+
+def test_non_finite_features_are_refused_where_features_are_formed():
+    """A diverged network's NaN features must not be scored (a NaN cosine counts as 'different'), cached
+    or written: flip_embed, the one place features are formed, refuses them for every mode."""
+    images = torch.zeros(2, 3, 4, 4)
+
+    def broken(x):
+        out = torch.ones(len(x), 3)
+        out[1, 0] = float("nan")
+        return out
+
+    for mode in ("plain", "sphereface", "insightface"):
+        with pytest.raises(ValueError, match="non-finite features"):
+            flip_embed(broken, images, mode)

@@ -128,8 +128,8 @@ def seen_scores(monkeypatch):
         caught.append((np.array(scores), np.array(labels)))
         return original(scores, labels)
 
-    original = ijb.roc_metrics
-    monkeypatch.setattr(ijb, "roc_metrics", spy)
+    original = ijb.roc_points
+    monkeypatch.setattr(ijb, "roc_points", spy)
     return caught
 
 

@@ -318,3 +318,34 @@ def test_walk_lists_files_before_subfolders_follows_links_and_reports_loops(tmp_
     assert list_images(root) == sorted(walk_images(root).images)
     with pytest.raises(OSError):
         walk_images(tmp_path / "absent")
+
+
+def test_walk_lists_each_folder_once_skips_fifos_and_a_tree_inside_the_avoided_folder_is_walked(tmp_path):
+    """Folders linked to each other without a loop are listed once (17 levels of two links each used to make
+    65,536 listings); a FIFO named *.jpg is not handed to a reader (opening it would block); a dataset kept
+    inside the folder to avoid is walked, not skipped folder by folder."""
+    root = tmp_path / "root"
+    touch(root / "level0" / "x.jpg")
+    for level in range(1, 18):
+        (root / f"level{level}").mkdir()
+        (root / f"level{level}" / "a").symlink_to(root / f"level{level - 1}", target_is_directory=True)
+        (root / f"level{level}" / "b").symlink_to(root / f"level{level - 1}", target_is_directory=True)
+    os.mkfifo(root / "level0" / "pipe.jpg")
+    tree = walk_images(root)
+    assert tree.images.count("level0/x.jpg") == 1 and len(tree.images) == 1
+    reasons = dict(tree.skipped)
+    assert "regular file" in reasons["level0/pipe.jpg"]
+    assert sum("listed once" in reason for reason in reasons.values()) >= 17
+
+    output = tmp_path / "out"
+    touch(output / "raw" / "Alice" / "1.jpg")
+    assert walk_images(output / "raw", avoid=output).images == ["Alice/1.jpg"]
+
+
+def test_a_float_image_with_nan_pixels_is_refused_not_decoded_black():
+    pixels = np.full((8, 8), 300.0, np.float32)
+    pixels[2, 3] = np.nan
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="F").save(buffer, format="TIFF")
+    with pytest.raises(ImageLoadError, match="non-finite"):
+        decode_rgb(buffer.getvalue(), name="nan.tif")

@@ -216,13 +216,18 @@ def row_name(setting: Setting, cfg: Config | None = None) -> str:
     return setting_name(to_dict(cfg)) + extra
 
 
+def _row_name_of(setting: Setting, run_config: dict | None) -> str:
+    """`row_name` with the settings the run folder's config.yaml says were in force at its end."""
+    return row_name(setting, from_dict(run_config, str(setting.folder / "config.yaml")) if run_config else None)
+
+
 def draw_curves(settings: Sequence[Setting], path: str | Path) -> bool:
     """The training curves of every setting that has logged (finished, diverged or stopped), one line each
     named as its row of the tables, written to `path` (a PNG). False when no setting has logged yet."""
     logged = [s for s in settings if (s.folder / METRICS_FILE).is_file()]
     runs = load_runs([s.folder for s in logged])
     for s, run in zip(logged, runs):
-        run.label = row_name(s, from_dict(run.config, str(s.folder / "config.yaml")) if run.config else None)
+        run.label = _row_name_of(s, run.config)
     runs = [run for run in runs if not run.metrics.empty]
     if not runs:
         return False
@@ -238,8 +243,7 @@ def results_markdown(settings: Sequence[Setting], title: str, curves: str | None
     parts = [f"{title}\n"]
     if finished:
         runs = [load_run(s.folder) for s in finished]
-        names = [row_name(s, from_dict(run.config, str(run.folder / "config.yaml")) if run.config else None)
-                 for s, run in zip(finished, runs)]
+        names = [_row_name_of(s, run.config) for s, run in zip(finished, runs)]
         parts.append(gather_markdown(runs, names))
     diverged = [s for s in settings if s.state == "diverged"]
     if diverged:

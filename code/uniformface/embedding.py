@@ -111,6 +111,9 @@ def flip_embed(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tens
     modes: float32 kernels may round differently at another batch size."""
     check_mode(mode)
     both = embed(torch.cat([images, images.flip(-1)])).double().cpu().numpy()
+    if not np.isfinite(both).all():  # never scored, cached or written: a NaN pair would count as "different"
+        raise ValueError(f"the network gave non-finite features ({int((~np.isfinite(both)).any(1).sum())} of "
+                         f"{len(both)} images and mirrors in a batch): the weights file is broken or diverged")
     f, f_flip = both[: len(images)], both[len(images):]
     return f if mode == "plain" else combine_flip(f, f_flip, mode)
 

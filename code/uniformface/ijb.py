@@ -34,7 +34,7 @@ from .images import decode_rgb
 from .paths import read_utf8_text
 from .results import beside_results, prepare_results, roc_path, update_results
 from .trained_network import load_embedder
-from .verification_protocol import l2_normalize, roc_metrics, roc_points
+from .verification_protocol import curve_metrics, l2_normalize, roc_points
 
 NAMES = {"ijbb": "IJB-B", "ijbc": "IJB-C"}
 FAR_TARGETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -397,8 +397,8 @@ def evaluate_ijb(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path
     scores = pair_cosines(template_ids, template_feats, first, second)
     no_feature = int((scores == NO_FEATURE_SCORE).sum())
 
-    metrics = roc_metrics(scores, labels)
     fpr, tpr = roc_points(scores, labels)
+    metrics = curve_metrics(fpr, tpr)
     result = {"set": NAMES[name], **tar_at_far(fpr, tpr), "auc": metrics["auc"], "eer": metrics["eer"]}
     if roc_png is not None:
         save_log_roc_png(fpr, tpr, roc_png, label=f"{label or 'model'} (AUC {metrics['auc']:.4f})",
@@ -418,6 +418,7 @@ def evaluate_model_on_ijb(model_path: str | Path | None, name: str, dataset: str
     """What `test.py --benchmark ijbb|ijbc` does: evaluate the model (or a baseline), keep the image features
     beside `results_path` (`ijbc_features.npy`), save the ROC figure (`ijbc_roc.png`) and merge the results
     into the file's section of that name (everything else kept). Returns (label, the results)."""
+    cache_key = model_identity(model_path, baseline, seed)  # before loading: a file replaced later cannot mix in
     embed, label, input_size, _ = load_embedder(model_path, baseline, seed, common.get("device", "cpu"))
     meta_files(meta_dir, name)  # a wrong --meta is reported before anything else
     prepare_results(results_path, overwrite, benchmark=name)
@@ -425,7 +426,7 @@ def evaluate_model_on_ijb(model_path: str | Path | None, name: str, dataset: str
                           allow_missing=allow_missing, roc_png=roc_path(results_path, name) if results_path else None,
                           label=label,
                           cache_path=beside_results(results_path, name, "_features.npy") if results_path else None,
-                          cache_key=model_identity(model_path, baseline, seed), **common)
+                          cache_key=cache_key, **common)
     result.update(model_path=str(model_path) if model_path else None, dataset=str(dataset), meta=str(meta_dir),
                   evaluated=label)
     if results_path is not None:

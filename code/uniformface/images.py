@@ -109,6 +109,8 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():  # a NaN peak would scale every pixel to 0, silently
+            raise ValueError("non-finite pixel values")
         if mode.startswith("I;16"):
             full_scale = 65535.0
         else:  # 32-bit int or float: scale by the range the values actually use
@@ -233,6 +235,14 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _is_file_or_dangling(entry: os.DirEntry) -> bool:
+    """A regular file, or a link to nothing (its reader then reports it); not a FIFO, socket or device."""
+    try:
+        return entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path))
+    except OSError:
+        return False
+
+
 def walk_images(root: str | Path, max_depth: int | None = None, avoid: str | Path | None = None,
                 avoid_label: str = "the output folder") -> ImageTree:
     """The files under `root`, each folder's entries in sorted name order with its files before its
@@ -244,6 +254,9 @@ def walk_images(root: str | Path, max_depth: int | None = None, avoid: str | Pat
     (2: `<folder>/<file>`). Raises OSError when `root` itself cannot be listed."""
     tree = ImageTree()
     avoid_real = os.path.realpath(avoid) if avoid is not None else None
+    root_real = os.path.realpath(root)
+    if avoid_real is not None and (root_real == avoid_real or root_real.startswith(avoid_real + os.sep)):
+        avoid_real = None  # the whole tree lies inside `avoid` (a dataset kept in the output folder): nothing to avoid
 
     def walk(folder: str, relative: str, depth: int, chain: dict[str, str]) -> None:
         try:
@@ -264,8 +277,10 @@ def walk_images(root: str | Path, max_depth: int | None = None, avoid: str | Pat
                 is_folder = False
             if is_folder:
                 folders.append((entry, path))
-            else:
+            elif _is_file_or_dangling(entry):
                 (tree.images if is_image_name(entry.name) else tree.others).append(path)
+            else:  # a FIFO, socket or device named *.jpg: opening it could block forever
+                tree.skipped.append((path, "not a regular file: not read"))
         if max_depth is not None and depth + 1 >= max_depth:
             return
         for entry, path in folders:
@@ -273,10 +288,14 @@ def walk_images(root: str | Path, max_depth: int | None = None, avoid: str | Pat
             if real in chain:
                 tree.skipped.append((path, f"symbolic link to {chain[real] or 'the dataset root'}, one of the folders "
                                            "that contain it: a loop, not followed"))
+            elif real in listed:  # each folder once: links between folders would otherwise multiply the walk
+                tree.skipped.append((path, f"the same folder as {listed[real] or 'the dataset root'}, listed once"))
             elif avoid_real is not None and (real == avoid_real or real.startswith(avoid_real + os.sep)):
                 tree.skipped.append((path, f"symbolic link into {avoid_label}: not followed"))
             else:
+                listed[real] = path
                 walk(entry.path, path, depth + 1, {**chain, real: path})
 
-    walk(str(root), "", 0, {os.path.realpath(root): ""})
+    listed = {root_real: ""}
+    walk(str(root), "", 0, {root_real: ""})
     return tree

@@ -20,8 +20,9 @@ from typing import Sequence
 import numpy as np
 
 from .atomic import atomic_write_bytes
-from .config import history_lines, read_history, read_yaml
-from .report import Run, setting_names
+from .config import history_lines
+from .report import Run, read_run_settings, setting_names
+from .verification_protocol import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +168,7 @@ def load_runs(paths: Sequence[str | Path], names: Sequence[str] | None = None) -
         path = Path(path)
         folder = path.parent if path.suffix == ".jsonl" else path
         metrics = read_metrics(path if path.suffix == ".jsonl" else path / METRICS_FILE)
-        config_path = folder / "config.yaml"
-        config = read_yaml(config_path) if config_path.is_file() else None
-        if config is not None and not isinstance(config, dict):
-            raise ValueError(f"{config_path}: expected a mapping of settings")
-        history = read_history(folder) if config is not None else []
+        config, history = read_run_settings(folder)
         runs.append(RunCurves(folder.name, folder, metrics, config, history))
     labels = list(names) if names is not None else setting_names([Run(r.folder, {}, r.config, r.history) for r in runs])
     for run, label in zip(runs, labels):
@@ -300,16 +297,14 @@ class SphereView:
     projection: str | None  # how the dims were brought to 3 (None: the features are 3-d)
 
 
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+def _unit(x) -> np.ndarray:
+    return l2_normalize(np.asarray(x, dtype=np.float64))
 
 
 def mean_nearest_angle(rows: np.ndarray) -> float:
     """Mean over rows of the angle (degrees) to the nearest other row, after unit normalisation: the
     figure the trainer logs as mean_min_center_angle (docs/DESIGN.md §4.8), here in float64 numpy."""
-    unit = unit_rows(rows)
+    unit = _unit(rows)
     if len(unit) < 2:
         raise ValueError(f"need at least 2 centers for a nearest-center angle, got {len(unit)}")
     cosine = unit @ unit.T
@@ -337,7 +332,7 @@ def sphere_view(label: str, classes: Sequence[str], features: np.ndarray, labels
     Rows are normalised to the unit sphere; D > 3 is projected on the centers' three principal axes
     (through the origin; the features' too when there are fewer than 3 classes) and normalised again;
     D < 3 is drawn with zeros for the missing coordinates. The angle is measured in D dimensions."""
-    features, centers = unit_rows(features), unit_rows(centers)
+    features, centers = _unit(features), _unit(centers)
     labels = np.asarray(labels, dtype=np.int64)
     if centers.shape[0] != len(classes) or features.shape[1] != centers.shape[1] or len(labels) != len(features):
         raise ValueError(f"sphere_view: {len(classes)} classes, centers {centers.shape}, features {features.shape}, "
@@ -348,7 +343,7 @@ def sphere_view(label: str, classes: Sequence[str], features: np.ndarray, labels
     if dims > 3:
         fitted_on = centers if len(centers) >= 3 else np.vstack([centers, features])
         axes, kept = principal_axes(fitted_on)
-        features, centers = unit_rows(features @ axes.T), unit_rows(centers @ axes.T)
+        features, centers = _unit(features @ axes.T), _unit(centers @ axes.T)
         projection = (f"{dims}-d: PCA of the unit {'centers' if len(fitted_on) == len(centers) else 'vectors'} to "
                       f"3-d ({100 * kept:.0f} % kept), renormalised")
     if features.shape[1] < 3:
@@ -496,7 +491,7 @@ def model_sphere_view(model_path: str | Path, dataset: str | Path, label: str, c
             centers.append(stored[row])
             from_run += 1
         else:
-            centers.append(unit_rows(features[labels == k]).mean(axis=0))
+            centers.append(_unit(features[labels == k]).mean(axis=0))
     if from_run == len(chosen):
         centers_from = source
     elif from_run == 0:

@@ -34,6 +34,7 @@ from .align import DETECTION_MAX_SIDE, FaceDetector, align_face
 from .crop import to_original, to_reduced
 from .atomic import PARTIAL_SUFFIX, atomic_write_text
 from .defaults import SMALLEST_MIN_FACE_SIZE
+from .paths import read_utf8_text
 from .images import ImageLoadError, ImageTooLargeError, image_header_size, read_rgb, walk_images, write_image
 from .registry import FALLBACKS
 
@@ -134,17 +135,16 @@ def read_landmark_file(path: Path, strict: bool = True) -> dict[str, np.ndarray]
     Returns {relative path: (5, 2) float64}. A malformed line raises ValueError naming file and line;
     with strict=False it is skipped (our own file, whose last line a killed run may have cut)."""
     points: dict[str, np.ndarray] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                relative, values = parse_landmark_line(line)
-            except ValueError as exc:
-                if strict:
-                    raise ValueError(f"{path}, line {number}: {exc}") from None
-                continue
-            points[relative] = values
+    for number, line in enumerate(read_utf8_text(path).split("\n"), 1):  # a byte-order mark is not a path
+        if not line.strip():
+            continue
+        try:
+            relative, values = parse_landmark_line(line)
+        except ValueError as exc:
+            if strict:
+                raise ValueError(f"{path}, line {number}: {exc}") from None
+            continue
+        points[relative] = values
     return points
 
 

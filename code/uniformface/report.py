@@ -117,15 +117,21 @@ def load_run(path: str | Path) -> Run:
         raise ValueError(f"{results_path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
     if not isinstance(results, dict):
         raise ValueError(f"{results_path}: expected a JSON object of results")
-    config_path = results_path.parent / "config.yaml"
     try:
-        config = read_yaml(config_path) if config_path.is_file() else None
+        config, history = read_run_settings(results_path.parent)
     except ValueError as exc:
         raise ValueError(f"{exc}; fix it, or pass the results file itself") from None
+    return Run(results_path.parent, results, config, history)
+
+
+def read_run_settings(folder: Path) -> tuple[dict | None, list]:
+    """A run folder's settings in force at its end: config.yaml (None when absent) and the changes
+    config_history.yaml records. A config that is not a mapping is a ValueError naming it."""
+    config_path = folder / "config.yaml"
+    config = read_yaml(config_path) if config_path.is_file() else None
     if config is not None and not isinstance(config, dict):
         raise ValueError(f"{config_path}: expected a mapping of settings")
-    history = read_history(results_path.parent) if config is not None else []
-    return Run(results_path.parent, results, config, history)
+    return config, (read_history(folder) if config is not None else [])
 
 
 def setting_name(config: dict | None) -> str | None:

@@ -296,7 +296,13 @@ class Trainer:
         """Every label of the training set in [0, num_classes), checked once, here: the training step takes
         the labels as they come (checking each batch's would read them back from the device)."""
         n = self.dataset.num_classes
-        for index in range(len(self.dataset)):
+        labels = getattr(self.dataset, "labels", None)  # packed / RecordIO sets hold them as one array
+        if labels is not None:
+            outside = np.flatnonzero((np.asarray(labels) < 0) | (np.asarray(labels) >= n))
+            indices = outside[:1].tolist()
+        else:
+            indices = range(len(self.dataset))
+        for index in indices:
             label = self.dataset.label(index)
             if not 0 <= label < n:
                 raise ValueError(f"training set {self.cfg.dataset.train}: {self.dataset.describe(index)} has "
@@ -343,9 +349,8 @@ class Trainer:
         self._saved_iteration = self.iteration
 
     def _save_state(self) -> None:
-        """checkpoint.pt: tensors and plain values only, so that `--resume` reads it with weights_only=True."""
-        if not self.topology.is_main:
-            return
+        """checkpoint.pt (main rank only): tensors and plain values only, so that `--resume` reads it with
+        weights_only=True."""
         state = {"iteration": self.iteration, "model": self.model.state_dict(),
                  "centers": self.centers.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "rng": _rng_state(), "broken_images": self.broken_images, "config": to_dict(self.cfg),
@@ -653,6 +658,9 @@ class Trainer:
         for key, value in record.items():
             if key != "iteration":
                 writer.add_scalar(f"train/{key}", value, self.iteration)
+        self._append_metrics(record)
+
+    def _append_metrics(self, record: dict) -> None:
         path = self.run_dir / METRICS_FILE
         try:
             with open(path, "a") as handle:
@@ -673,9 +681,8 @@ class Trainer:
             backbone.train()
         writer.add_scalar("lfw/accuracy", result["accuracy_mean"], self.iteration)
         writer.add_scalar("lfw/accuracy_std", result["accuracy_std"], self.iteration)
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps({"iteration": self.iteration, "lfw_accuracy": result["accuracy_mean"],
-                                     "lfw_accuracy_std": result["accuracy_std"]}) + "\n")
+        self._append_metrics({"iteration": self.iteration, "lfw_accuracy": result["accuracy_mean"],
+                              "lfw_accuracy_std": result["accuracy_std"]})
 
     def _center_matrix(self) -> torch.Tensor | None:
         if isinstance(self.centers, ClassCenters):

@@ -226,9 +226,13 @@ def roc_metrics(scores, is_same) -> dict:
     """`tar_at_far_1e-3`, `tar_at_far_1e-2` (the best true-accept rate whose false-accept rate does not
     exceed the target; no interpolation), `auc`, and `eer` (where false-accept = false-reject, linearly
     interpolated between the two ROC points that bracket it)."""
+    return curve_metrics(*roc_points(scores, is_same))
+
+
+def curve_metrics(fpr: np.ndarray, tpr: np.ndarray) -> dict:
+    """`roc_metrics` from the ROC points themselves (for a caller that also draws them: one sort, not two)."""
     from sklearn.metrics import auc
 
-    fpr, tpr = roc_points(scores, is_same)
     out = {f"tar_at_far_{far:.0e}".replace("e-0", "e-"): float(tpr[fpr <= far].max()) for far in FAR_TARGETS}
     out["auc"] = float(auc(fpr, tpr))
     fnr = 1.0 - tpr
@@ -248,9 +252,9 @@ def roc_summary(left, right, is_same, protocol: str, roc_png=None, label: str | 
         return {"tar_at_far_1e-3": None, "tar_at_far_1e-2": None, "auc": None, "eer": None,
                 "roc_note": "no ROC: the set holds only " + ("same" if is_same.all() else "different") + " pairs"}
     scores = pair_scores(left, right, protocol)
-    metrics = roc_metrics(scores, is_same)
+    fpr, tpr = roc_points(scores, is_same)
+    metrics = curve_metrics(fpr, tpr)
     if roc_png is not None:
-        fpr, tpr = roc_points(scores, is_same)
         save_roc_png(fpr, tpr, roc_png, label=f"{label or 'model'} (AUC {metrics['auc']:.4f})",
                      title=f"{title}, {protocol} protocol, {len(scores)} pairs")
         metrics["roc_png"] = str(roc_png)

@@ -24,7 +24,7 @@ import torch
 
 from .embedding import ImageFiles, extract_features
 from .feature_cache import cached_features, chunked, file_stamp, listing_digest, model_identity
-from .images import IMAGE_EXTENSIONS
+from .images import is_image_name
 from .paths import read_utf8_text
 from .results import beside_results, prepare_results, roc_path, update_results
 from .trained_network import load_embedder
@@ -121,7 +121,7 @@ def video_frames(root: str | Path, video: str) -> list[str]:
     folder = Path(root) / video
     try:
         names = [e.name for e in os.scandir(folder) if not e.name.startswith(".") and e.is_file()
-                 and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
+                 and is_image_name(e.name)]
     except (FileNotFoundError, NotADirectoryError):
         return []
     return [f"{video}/{n}" for n in sorted(names, key=natural_key)]
@@ -219,13 +219,14 @@ def evaluate_model_on_ytf(model_path: str | Path | None, dataset: str | Path, sp
     video features beside `results_path` (`ytf_features.npy`), save the ROC figure (`ytf_roc.png`) and merge
     the results into the file's "ytf" section (everything else kept). `common`: batch_size, num_workers,
     device, progress. Returns (label, the YTF results)."""
+    cache_key = model_identity(model_path, baseline, seed)  # before loading: a file replaced later cannot mix in
     embed, label, input_size, _ = load_embedder(model_path, baseline, seed, common.get("device", "cpu"))
     prepare_results(results_path, overwrite, benchmark="ytf")
     result = evaluate_ytf(embed, dataset, splits_path, protocol=protocol, frames_per_video=frames_per_video,
                           allow_missing=allow_missing, input_size=input_size,
                           roc_png=roc_path(results_path, "ytf") if results_path else None, label=label,
                           cache_path=beside_results(results_path, "ytf", "_features.npy") if results_path else None,
-                          cache_key=model_identity(model_path, baseline, seed), **common)
+                          cache_key=cache_key, **common)
     result.update(model_path=str(model_path) if model_path else None, dataset=str(dataset),
                   pairs_path=str(splits_path), evaluated=label)
     if results_path is not None:

@@ -120,12 +120,6 @@ class PackSummary:
         return f"packed {n} images of {h}x{w} into {self.output}; {len(self.skipped)} skipped"
 
 
-def _describe(dataset: Dataset, index: int) -> str:
-    if hasattr(dataset, "describe"):
-        return dataset.describe(index)
-    return str(dataset.samples[index].path)  # folder.ImageFolderTrainSet
-
-
 def _as_list(batch):
     return batch
 
@@ -159,9 +153,9 @@ def write_packed(dataset: Dataset, output: str | Path, source: str | Path, worke
             for batch in loader:
                 for image, label in batch:
                     if image is None:
-                        skipped.append((_describe(dataset, index), "cannot be decoded"))
+                        skipped.append((dataset.describe(index), "cannot be decoded"))
                     elif image_shape is not None and tuple(image.shape) != image_shape:
-                        skipped.append((_describe(dataset, index), f"size {image.shape[1]}x{image.shape[2]} differs "
+                        skipped.append((dataset.describe(index), f"size {image.shape[1]}x{image.shape[2]} differs "
                                         f"from the first image's {image_shape[1]}x{image_shape[2]}"))
                     else:
                         image_shape = tuple(image.shape)

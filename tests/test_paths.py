@@ -4,7 +4,7 @@ import errno
 import pytest
 
 from hostile import read_only_folder
-from uniformface.paths import ensure_writable, os_fix, refuse_overwrite
+from uniformface.paths import ensure_writable, first_and_more, os_fix, refuse_overwrite
 
 
 def test_refuse_overwrite(tmp_path):
@@ -40,3 +40,19 @@ def test_os_fix_names_a_fix_for_the_errors_a_user_can_fix():
     assert "read-only" in os_fix(errno.EROFS)
     assert "permissions" in os_fix(errno.EACCES)
     assert os_fix(errno.EINTR) is None and os_fix(None) is None
+
+
+@pytest.mark.parametrize("count, expected", [
+    (2, "a0, a1"),                                  # fewer than the limit: all of them
+    (3, "a0, a1, a2"),                              # exactly the limit: all of them, no "and 0 more"
+    (5, "a0, a1, a2 and 2 more"),                   # more: the first `limit`, then how many are left
+])
+def test_first_and_more_lists_at_most_the_limit(count, expected):
+    assert first_and_more([f"a{i}" for i in range(count)], limit=3) == expected
+
+
+def test_first_and_more_shows_ten_by_default_and_any_item_as_text():
+    from pathlib import PurePosixPath
+    names = [PurePosixPath(f"p/{i}.jpg") for i in range(12)]
+    assert first_and_more(names) == ", ".join(f"p/{i}.jpg" for i in range(10)) + " and 2 more"
+    assert first_and_more([]) == ""

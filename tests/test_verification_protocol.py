@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from uniformface.verification_protocol import (INSIGHTFACE_THRESHOLDS, SPHEREFACE_THRESHOLDS, check_protocol,
-                                               combine_flip, fold_ids, insightface_threshold, kfold_accuracy,
-                                               pair_scores, roc_metrics, roc_points, save_roc_png,
+                                               combine_flip, figure_png_bytes, fold_ids, insightface_threshold,
+                                               kfold_accuracy, pair_scores, roc_metrics, roc_points, save_roc_png,
                                                sphereface_threshold)
 
 CODE = Path(__file__).resolve().parents[1] / "code"
@@ -367,6 +367,24 @@ def test_save_roc_png_is_atomic(tmp_path):
     with Image.open(path) as image:
         assert image.size == (500, 500)
     assert [p.name for p in path.parent.iterdir()] == ["lfw_roc.png"]
+
+
+def test_figure_png_bytes_encodes_at_the_figures_or_the_given_dpi():
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    figure = Figure(figsize=(2, 1), dpi=100)
+    FigureCanvasAgg(figure)
+    figure.add_subplot().plot([0, 1], [0, 1])
+    own = figure_png_bytes(figure)
+    assert own[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(io.BytesIO(own)) as image:
+        assert image.size == (200, 100)
+    with Image.open(io.BytesIO(figure_png_bytes(figure, dpi=50))) as image:   # the figure stays usable
+        assert image.size == (100, 50)
 
 
 def test_check_protocol_names_the_protocols():

@@ -14,6 +14,7 @@ from .binfile import read_bin
 from .embedding import EncodedImages, ImageFiles, crop_offset, extract_features
 from .images import image_header_size
 from .pairs import Pair, missing_images, read_pairs, unique_images
+from .paths import first_and_more
 from .results import prepare_results, roc_path, update_results
 from .trained_network import load_embedder
 from .verification_protocol import (check_protocol, cosine, insightface_threshold, kfold_accuracy,
@@ -34,9 +35,8 @@ def evaluate_pairs(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Pa
     pairs: list[Pair] = read_pairs(pairs_path)
     missing = missing_images(pairs, root)
     if missing and not allow_missing:
-        shown = ", ".join(str(m) for m in missing[:10])
-        shown += f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise FileNotFoundError(f"{len(missing)} image(s) of {pairs_path} missing under {root}: {shown} "
+        raise FileNotFoundError(f"{len(missing)} image(s) of {pairs_path} missing under {root}: "
+                                f"{first_and_more(missing)} "
                                 "(pass --allow_missing to count their pairs as wrong)")
     missing_set = set(missing)
     present = [p for p in unique_images(pairs) if p not in missing_set]

@@ -15,7 +15,6 @@ before pooling (N1); its detector-score weighting (D1) is `detector_score`, off 
 """
 from __future__ import annotations
 
-import io
 import re
 from array import array
 from pathlib import Path, PurePosixPath
@@ -31,10 +30,10 @@ from .atomic import atomic_write_bytes
 from .embedding import extract_features
 from .feature_cache import cached_features, chunked, file_stamp, listing_digest, model_identity
 from .images import decode_rgb
-from .paths import read_utf8_text
+from .paths import first_and_more, read_utf8_text
 from .results import beside_results, prepare_results, roc_path, update_results
 from .trained_network import load_embedder
-from .verification_protocol import curve_metrics, l2_normalize, roc_points
+from .verification_protocol import curve_metrics, figure_png_bytes, l2_normalize, roc_points
 
 NAMES = {"ijbb": "IJB-B", "ijbc": "IJB-C"}
 FAR_TARGETS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -320,14 +319,12 @@ def save_log_roc_png(fpr: np.ndarray, tpr: np.ndarray, path: str | Path, label: 
              title=title)
     axes.grid(alpha=0.3, which="both")
     axes.legend(loc="lower right")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, figure_png_bytes(figure))
 
 
 def _missing_error(missing: Sequence[str], root) -> FileNotFoundError:
-    shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-    return FileNotFoundError(f"{len(missing)} image(s) of the meta files missing under {root}: {shown} "
+    return FileNotFoundError(f"{len(missing)} image(s) of the meta files missing under {root}: "
+                             f"{first_and_more(missing)} "
                              "(pass --allow_missing to leave them out of their templates)")
 
 

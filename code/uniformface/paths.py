@@ -5,6 +5,7 @@ one table of what to do about a system error (torch-free).
 user asked for it to be replaced (README, "Security and reliability"). `ensure_writable(path)`: can the file
 be created now? (a read-only folder or a full disk found before an hour of work, not after it).
 `os_fix(errno)`: the fix to name for a permission, read-only, full-disk or missing-path error.
+`first_and_more(items, limit)`: the first few of a long list of missing files, for a one-line error.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import errno
 import os
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 _OS_FIXES = {
     errno.EACCES: "check the permissions, or choose another path",
@@ -35,6 +37,13 @@ def read_utf8_text(path: str | Path) -> str:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
                          "save the file as UTF-8") from None
+
+
+def first_and_more(items: Sequence, limit: int = 10) -> str:
+    """The first `limit` items joined by ", ", then " and N more" when there are more: an error about
+    thousands of missing files stays one readable line."""
+    shown = ", ".join(str(item) for item in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def os_fix(number: int | None) -> str | None:

@@ -9,7 +9,6 @@ runs a network; the curves need none.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -22,7 +21,7 @@ import numpy as np
 from .atomic import atomic_write_bytes
 from .config import history_lines
 from .report import Run, read_run_settings, setting_names
-from .verification_protocol import l2_normalize
+from .verification_protocol import figure_png_bytes, l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -274,9 +273,7 @@ def curves_figure(runs: Sequence[RunCurves], window: int = 1, title: str | None 
 
 def save_png(figure, path: str | Path, dpi: int = 100) -> Path:
     """The figure as a PNG at `path`, written atomically (a temporary file renamed into place)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, figure_png_bytes(figure, dpi=dpi))
     return Path(path)
 
 

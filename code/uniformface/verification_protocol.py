@@ -275,9 +275,16 @@ def save_roc_png(fpr, tpr, path: str | Path, label: str | None = None, title: st
     axes.grid(alpha=0.3)
     if label:
         axes.legend(loc="lower right")
+    atomic_write_bytes(path, figure_png_bytes(figure))
+
+
+def figure_png_bytes(figure, dpi: float | None = None) -> bytes:
+    """A matplotlib figure encoded as PNG, in memory, so that the caller writes it atomically. `dpi` None
+    keeps matplotlib's `savefig.dpi` setting (by default the figure's own dpi). The figure is left open:
+    the callers build `Figure` objects without pyplot, which nothing keeps alive once they are dropped."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
 
 
 def check_protocol(protocol: str) -> None:

@@ -25,7 +25,7 @@ import torch
 from .embedding import ImageFiles, extract_features
 from .feature_cache import cached_features, chunked, file_stamp, listing_digest, model_identity
 from .images import is_image_name
-from .paths import read_utf8_text
+from .paths import first_and_more, read_utf8_text
 from .results import beside_results, prepare_results, roc_path, update_results
 from .trained_network import load_embedder
 from .verification_protocol import check_protocol, fold_ids, kfold_accuracy, roc_summary
@@ -154,8 +154,8 @@ def video_features(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Pa
 
 
 def _missing_error(missing: Sequence[str], splits_path, root) -> FileNotFoundError:
-    shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-    return FileNotFoundError(f"{len(missing)} video(s) of {splits_path} have no frames under {root}: {shown} "
+    return FileNotFoundError(f"{len(missing)} video(s) of {splits_path} have no frames under {root}: "
+                             f"{first_and_more(missing)} "
                              "(pass --allow_missing to count their pairs as wrong)")
 
 

@@ -1,5 +1,6 @@
 """Class centers (UniformFace Eq. 7 and the README's reading of how Eq. 6 sees them) against loop
 references, plus the distributed path against a single process."""
+import contextlib
 import math
 import os
 import sys
@@ -10,7 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from uniformface.centers import ClassCenters, WeightCenters, mean_min_angle, mean_min_distance
+from uniformface.centers import (ClassCenters, GlobalBatch, WeightCenters, mean_min_angle, mean_min_angle_tensor,
+                                 mean_min_distance, nearest_center_figures)
 from uniformface.heads import CosFace
 from uniformface.losses import uniform_loss
 
@@ -265,6 +267,47 @@ def test_mean_min_angle():
     assert mean_min_angle(torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])) == pytest.approx(90.0)
 
 
+def loop_nearest_figures(points):
+    """Both figures by brute force in float64, each with its own nearest neighbour: (nearest by distance,
+    nearest by angle, mean distance to the first, mean angle in degrees to the second)."""
+    p = points.double().tolist()
+
+    def degrees_between(a, b):
+        cosine = sum(x * y for x, y in zip(a, b)) / (math.hypot(*a) * math.hypot(*b))
+        return math.degrees(math.acos(max(-1.0, min(1.0, cosine))))
+
+    others = [[j for j in range(len(p)) if j != i] for i in range(len(p))]
+    by_distance = [min(js, key=lambda j: math.dist(p[i], p[j])) for i, js in enumerate(others)]
+    by_angle = [min(js, key=lambda j: degrees_between(p[i], p[j])) for i, js in enumerate(others)]
+    distance = sum(math.dist(p[i], p[j]) for i, j in enumerate(by_distance)) / len(p)
+    angle = sum(degrees_between(p[i], p[j]) for i, j in enumerate(by_angle)) / len(p)
+    return by_distance, by_angle, distance, angle
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 7])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nearest_center_figures_are_both_figures_from_one_sweep(dtype, chunk):
+    """The trainer's log point: the distance and angle figures from one sweep, against a float64 brute
+    force, on centers of very unequal norms (the nearest by distance is then often not the nearest by
+    angle, and each figure must keep its own), and to the bit what the two separate sweeps give."""
+    g = torch.Generator().manual_seed(3)
+    points = torch.randn(40, 6, generator=g, dtype=torch.float64) + 0.5
+    points *= torch.exp(torch.randn(40, 1, generator=g, dtype=torch.float64))  # norms ~0.1x to ~10x each other
+    points[11] = points[4] * 3.0 + 1e-3  # nearly the same direction, far apart
+    points[23] = points[17] + 1e-4  # a near pair
+    points = points.to(dtype)
+    by_distance, by_angle, distance, angle = loop_nearest_figures(points)
+    assert sum(a != b for a, b in zip(by_distance, by_angle)) >= 5  # a shared neighbour would change a figure
+    got_distance, got_angle = nearest_center_figures(points, chunk_size=chunk)
+    assert got_distance.dtype == dtype and got_angle.dtype == torch.float64
+    assert got_distance.item() == pytest.approx(distance, rel=1e-12 if dtype == torch.float64 else 1e-6)
+    assert got_angle.item() == pytest.approx(angle, rel=1e-12)
+    assert torch.equal(got_distance, mean_min_distance(points, chunk_size=chunk))
+    assert torch.equal(got_angle, mean_min_angle_tensor(points, chunk_size=chunk))
+    with pytest.raises(ValueError, match="M >= 2"):
+        nearest_center_figures(points[:1])
+
+
 # ------------------------------------------------------------------------------------------ distributed
 WORLD = 2
 SPLIT = [5, 4]  # unequal on purpose: ranks may drop different numbers of broken images
@@ -381,3 +424,104 @@ def test_distributed_uniform_loss_alone_equals_one_process(tmp_path):
             rows = slice(sum(SPLIT[:rank]), sum(SPLIT[:rank + 1]))
             torch.testing.assert_close(rank_grad / WORLD, grad[rows], rtol=1e-10, atol=1e-14, msg=str(reading))
             assert torch.equal(rank_centers, centers), reading
+
+
+# One gather a step: the trainer hands one GlobalBatch to the loss's centers and to Eq. 7.
+@contextlib.contextmanager
+def counted_gathers():
+    """Records (kind, shape) of the tensor each all_gather sends while inside: "integer" for the labels and
+    their count, "float" for the features (the autograd-aware gather calls dist.all_gather too)."""
+    calls = []
+    originals = {name: getattr(dist, name) for name in ("all_gather", "all_gather_into_tensor")}
+
+    def counting(original):
+        def gather(output, tensor, *args, **kwargs):
+            calls.append(("float" if tensor.is_floating_point() else "integer", tuple(tensor.shape)))
+            return original(output, tensor, *args, **kwargs)
+        return gather
+
+    for name, original in originals.items():
+        setattr(dist, name, counting(original))
+    try:
+        yield calls
+    finally:
+        for name, original in originals.items():
+            setattr(dist, name, original)
+
+
+def one_exchange(rows, dim):
+    """What one exchange of a step's batch sends, rows padded to the largest rank's: the count, the
+    labels, the features."""
+    return [("integer", (1,)), ("integer", (rows,)), ("float", (rows, dim))]
+
+
+def _shared_uniform_only(features, labels, normalize, scope, reduction):
+    """`_uniform_only` as the trainer's step does it: one GlobalBatch for the loss and for Eq. 7."""
+    centers = seeded_centers(scope, normalize=normalize)
+    features = features.clone().requires_grad_()
+    batch = GlobalBatch(features, labels)
+    loss = uniform_loss(centers.loss_centers_of(batch), reduction=reduction)
+    (grad,) = torch.autograd.grad(loss, features)
+    centers.update_from(batch, 0.5)
+    return grad, centers.centers.clone()
+
+
+def _shared_weight_centers(features, labels):
+    """WeightCenters (scope "batch") with one GlobalBatch: (head weight after Eq. 7, its gradient)."""
+    head = CosFace(D, C).double()
+    torch.manual_seed(5)
+    nn.init.normal_(head.weight)
+    weight_centers, batch = WeightCenters(head, scope="batch"), GlobalBatch(features, labels)
+    uniform_loss(weight_centers.loss_centers_of(batch)).backward()
+    weight_centers.update_from(batch, 0.1)
+    return head.weight.detach().clone(), head.weight.grad.clone()
+
+
+def _shared_batch_worker(rank, init_file, out_dir):
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        x, labels = _global_inputs()
+        features = torch.tanh(x[:, :D]) * 3
+        rows = slice(sum(SPLIT[:rank]), sum(SPLIT[:rank + 1]))
+        results, gathers = [], []
+        for reading in READINGS:
+            with counted_gathers() as calls:
+                results.append(_shared_uniform_only(features[rows], labels[rows], *reading))
+            gathers.append(calls)
+        with counted_gathers() as calls:
+            weights = _shared_weight_centers(features[rows], labels[rows])
+        gathers.append(calls)
+        with counted_gathers() as separate:  # the counter sees every exchange: separate calls make two
+            _uniform_only(features[rows], labels[rows], *READINGS[0])
+        torch.save((results, weights, gathers, separate), f"{out_dir}/shared_rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_global_batch_is_gathered_once_for_the_loss_and_the_update(tmp_path):
+    """A GlobalBatch shared by `loss_centers_of` and `update_from` sends the labels and the features once
+    a step (not once for the loss and again for Eq. 7), and gives what the separate calls give: with one
+    process the same to the bit; with 2 gloo ranks the centers to the bit and the feature gradient
+    WORLD times the single process's (all_gather's backward; DDP's averaging divides it out)."""
+    mp.spawn(_shared_batch_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    x, labels = _global_inputs()
+    features = torch.tanh(x[:, :D]) * 3
+    single = [_shared_uniform_only(features, labels, *reading) for reading in READINGS]
+    for (grad, centers), reading in zip(single, READINGS):
+        separate_grad, separate_centers = _uniform_only(features, labels, *reading)
+        assert torch.equal(grad, separate_grad) and torch.equal(centers, separate_centers), reading
+    weight, weight_grad = _shared_weight_centers(features, labels)
+    for rank in range(WORLD):
+        results, (r_weight, r_weight_grad), gathers, separate = torch.load(tmp_path / f"shared_rank{rank}.pt")
+        assert gathers == [one_exchange(max(SPLIT), D)] * (len(READINGS) + 1), rank
+        assert separate == one_exchange(max(SPLIT), D) * 2, rank
+        rows = slice(sum(SPLIT[:rank]), sum(SPLIT[:rank + 1]))
+        for (rank_grad, rank_centers), (grad, centers), reading in zip(results, single, READINGS):
+            torch.testing.assert_close(rank_grad / WORLD, grad[rows], rtol=1e-10, atol=1e-14, msg=str(reading))
+            assert torch.equal(rank_centers, centers), reading
+        torch.testing.assert_close(r_weight_grad, weight_grad, rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(r_weight, weight, rtol=1e-12, atol=1e-14)

@@ -1,8 +1,11 @@
 """trainer.py: the learning-rate schedule, the run folder, bit-identical resume, the checks made when the
 training set is opened, the centers' stability, and a steady-state step that reads nothing back from the
 device. train.py's own tests (its faults in training, resume from the command line) are in test_train.py."""
+import itertools
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -254,3 +257,78 @@ def test_steady_state_steps_do_not_wait_for_the_gpu(tmp_path, aligned_tree, monk
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert state["steps"] == 12
+
+
+# ------------------------------------------------------------------ one exchange of the batch a step
+GATHER_SETTINGS = {"feature-centers": {}, "weight-batch": {"center_mode": "weight", "compute_in_batch": "true"}}
+
+
+def _gather_counting_worker(rank, init_file, tree, out_dir):
+    """Rank `rank` of 2 gloo processes, as torchrun starts them: two steps of a Trainer per setting, with
+    each step's all_gathers recorded."""
+    import torch.distributed as dist
+
+    from test_centers import counted_gathers
+    from uniformface import distributed
+
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        steps = {}
+        for name, setting in GATHER_SETTINGS.items():
+            trainer = Trainer(tiny_config(tree, **setting), Path(out_dir) / name, progress=False)
+            try:
+                steps[name] = []
+                for images, labels, _ in itertools.islice(iter(trainer._loader()), 2):
+                    with counted_gathers() as calls:
+                        trainer.step(images, labels)
+                    steps[name].append(calls)
+            finally:
+                trainer.close()
+        torch.save(steps, Path(out_dir) / f"gathers_rank{rank}.pt")
+        dist.barrier()
+    finally:
+        distributed.teardown()
+
+
+def test_a_step_on_two_ranks_gathers_the_batch_once(tmp_path, aligned_tree):
+    """Under torchrun the step's loss (its centers) and Eq. 7 after the optimizer step both need the global
+    batch: each rank sends its labels (with their count) and its features once a step, not once for each."""
+    import torch.multiprocessing as mp
+
+    from test_centers import one_exchange
+
+    mp.spawn(_gather_counting_worker, args=(str(tmp_path / "init"), str(aligned_tree), str(tmp_path)), nprocs=2,
+             join=True)
+    per_rank_batch = tiny_config(aligned_tree).batch_size // 2
+    for rank in range(2):
+        steps = torch.load(tmp_path / f"gathers_rank{rank}.pt")
+        for name in GATHER_SETTINGS:
+            assert steps[name] == [one_exchange(per_rank_batch, 32)] * 2, (rank, name, steps[name])
+
+
+@pytest.mark.parametrize("center_mode", ["feature", "weight"])
+def test_log_point_figures_are_the_separate_sweeps_to_the_bit(tmp_path, aligned_tree, center_mode):
+    """The log point computes the centers' distance and angle in one sweep (and, when the centers are the
+    head's weights, their angle once): the figures are those of the separate functions."""
+    from uniformface.centers import ClassCenters, mean_min_angle_tensor, mean_min_distance
+
+    trainer = Trainer(tiny_config(aligned_tree, center_mode=center_mode, emb_dim=8), tmp_path / "run", progress=False)
+    try:
+        g = torch.Generator().manual_seed(4)
+        norms = torch.tensor([[0.5], [3.0], [1.0], [8.0]])  # unequal: nearest by distance is not by angle
+        with torch.no_grad():
+            trainer.model.head.weight.copy_(torch.randn(4, 8, generator=g) * norms)
+            if isinstance(trainer.centers, ClassCenters):
+                trainer.centers.centers.copy_(torch.randn(4, 8, generator=g) * norms.flip(0))
+                trainer.centers.initialized.fill_(True)
+        centers = trainer._center_matrix()
+        figures = trainer._figures()
+        assert torch.equal(figures["mean_min_center_distance"], mean_min_distance(centers))
+        assert torch.equal(figures["mean_min_center_angle"], mean_min_angle_tensor(centers))
+        assert torch.equal(figures["mean_min_weight_angle"], mean_min_angle_tensor(trainer.model.head.weight.detach()))
+    finally:
+        trainer.close()

@@ -18,7 +18,9 @@ Two readings of "feature space" (config key `normalize_centers`):
 centers (the gradient of the uniform loss flows into them) and Eq. 7 drags them toward the features.
 
 Under torch.distributed (initialised, world size > 1) "the batch" is the global batch: every rank
-gathers all ranks' features and labels, so all ranks compute the same loss and the same update.
+gathers all ranks' features and labels, so all ranks compute the same loss and the same update. The
+training step gathers them once (`GlobalBatch`) and hands the same gathered batch to the loss
+(`loss_centers_of`) and to Eq. 7 (`update_from`).
 """
 from __future__ import annotations
 
@@ -64,18 +66,18 @@ def gather_labels(labels: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
     return torch.cat([part[:n] for part, n in zip(parts, sizes)]), sizes
 
 
-def global_batch(features: torch.Tensor, labels: torch.Tensor, differentiable: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """All ranks' (features, labels) concatenated in rank order, the labels on the host (`gather_labels`);
-    the local ones when not distributed.
+def gather_rows(features: torch.Tensor, sizes: list[int], differentiable: bool) -> torch.Tensor:
+    """All ranks' feature rows concatenated in rank order, given each rank's count (`gather_labels`); the
+    local rows themselves when there is one rank.
 
     Rows are padded to the largest rank's size for the collective and cut back after. With
     `differentiable`, the features go through the autograd-aware
     `torch.distributed.nn.functional.all_gather`, whose backward sends each rank the SUM over ranks of
-    the gradients w.r.t. its rows."""
-    labels, sizes = gather_labels(labels)
+    the gradients w.r.t. its rows; without, they are detached and gathered by `dist.all_gather`."""
+    if not differentiable:
+        features = features.detach()
     if len(sizes) == 1:
-        return features, labels
+        return features
     padded = F.pad(features, (0, 0, 0, max(sizes) - len(features)))
     if differentiable:
         from torch.distributed.nn.functional import all_gather as autograd_all_gather
@@ -84,7 +86,41 @@ def global_batch(features: torch.Tensor, labels: torch.Tensor, differentiable: b
     else:
         parts = [torch.empty_like(padded) for _ in sizes]
         dist.all_gather(parts, padded)
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)]), labels
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+
+class GlobalBatch:
+    """One step's batch over all ranks (rank order), each part exchanged at most once however many times
+    it is asked for. The training step hands the same GlobalBatch to the loss's centers
+    (`loss_centers_of`, before the optimizer step) and to Eq. 7 (`update_from`, after it), so a step
+    exchanges the labels once and the features once, not once for each.
+
+    A part is gathered when first asked for: the labels on the host (`gather_labels`), the features by
+    `gather_rows`. Features asked for `differentiable` are kept as gathered, graph and all; a later
+    request for detached features gets the same values detached (the rows are the step's activations,
+    which the optimizer step does not change). Only a differentiable request after a detached one gathers
+    again. With one process nothing is exchanged: the local tensors come back as they are."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.local_features, self.local_labels = features, labels
+        self._labels: torch.Tensor | None = None
+        self._sizes: list[int] | None = None
+        self._features: torch.Tensor | None = None
+        self._features_differentiable = False
+
+    def labels(self) -> torch.Tensor:
+        """All ranks' labels, on the host."""
+        if self._labels is None:
+            self._labels, self._sizes = gather_labels(self.local_labels)
+        return self._labels
+
+    def features(self, differentiable: bool) -> torch.Tensor:
+        """All ranks' features; with `differentiable`, through the autograd-aware gather (see `gather_rows`)."""
+        if self._features is None or (differentiable and not self._features_differentiable):
+            self.labels()  # each rank's count, to cut the padded rows back
+            self._features = gather_rows(self.local_features, self._sizes, differentiable)
+            self._features_differentiable = differentiable
+        return self._features if differentiable else self._features.detach()
 
 
 def batch_classes(labels: torch.Tensor, device: torch.device
@@ -167,7 +203,11 @@ class ClassCenters(nn.Module):
                 and version == self._host_copy_version)
 
     def loss_centers(self, features: torch.Tensor, labels: torch.Tensor, check_labels: bool = True) -> torch.Tensor:
-        """The (M, d) centers that enter Eq. 6 for this (global) batch: c~_j = (c_j + sum_{i in j} x_i)
+        """`loss_centers_of` this rank's (features, labels), gathered over the ranks here."""
+        return self.loss_centers_of(GlobalBatch(features, labels), check_labels)
+
+    def loss_centers_of(self, batch: GlobalBatch, check_labels: bool = True) -> torch.Tensor:
+        """The (M, d) centers that enter Eq. 6 for this global batch: c~_j = (c_j + sum_{i in j} x_i)
         / (1 + n_j) for the batch's initialised classes, the mean of the batch's features for a class
         seen for the first time (both differentiable in x), then (scope "all") the other initialised
         centers as constants.
@@ -177,11 +217,11 @@ class ClassCenters(nn.Module):
         averages the parameter gradients over the ranks, which cancels that factor and leaves exactly
         the gradient of a single process that ran the whole global batch.
 
-        Pass the labels as the host holds them (the data loader's CPU tensor): the batch's classes and
+        Give the labels as the host holds them (the data loader's CPU tensor): the batch's classes and
         the set of other centers are then worked out on the host, and nothing is read back from the
         device. `check_labels`: refuse labels outside [0, num_classes) (the trainer checks its training
         set's labels once, when it opens the set, and passes False)."""
-        features, labels = global_batch(features, labels, differentiable=True)
+        features, labels = batch.features(differentiable=True), batch.labels()
         dtype = torch.promote_types(features.dtype, self.centers.dtype)
         host_classes, classes, inverse, counts = batch_classes(labels, self.centers.device)
         if check_labels:
@@ -204,19 +244,24 @@ class ClassCenters(nn.Module):
         """What the centers average: the unit-normalised features (sphere reading) or the raw ones."""
         return F.normalize(features, dim=1) if self.normalize else features
 
-    @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor, rate: float, check_labels: bool = True,
                check_finite: bool = True) -> None:
-        """Eq. 7 after the optimizer step, on the global batch: c_j <- c_j - rate * sum_i [y_i = j]
-        (c_j - x_i) / (1 + n_j); a class seen for the first time is set to the mean of its features
-        (whatever the rate, so rate 0 still initialises). Labels as in `loss_centers`.
+        """`update_from` this rank's (features, labels), gathered over the ranks here."""
+        self.update_from(GlobalBatch(features, labels), rate, check_labels, check_finite)
+
+    @torch.no_grad()
+    def update_from(self, batch: GlobalBatch, rate: float, check_labels: bool = True,
+                    check_finite: bool = True) -> None:
+        """Eq. 7 after the optimizer step, on the global batch (its features detached): c_j <- c_j - rate *
+        sum_i [y_i = j] (c_j - x_i) / (1 + n_j); a class seen for the first time is set to the mean of its
+        features (whatever the rate, so rate 0 still initialises). Labels as in `loss_centers_of`.
 
         `check_finite`: non-finite features are refused with a ValueError, which reads the device.
         Without it nothing is read: such features leave the centers' values as they were (chosen on the
         device), and the caller learns of them from its loss, which they make non-finite too (a class
         first met in such a batch is marked initialised at its zero center; the run is stopping anyway)."""
         rate = _check_rate(rate, "ClassCenters.update")
-        features, labels = global_batch(features.detach(), labels, differentiable=False)
+        features, labels = batch.features(differentiable=False), batch.labels()
         host_classes, classes, inverse, counts = batch_classes(labels, self.centers.device)
         if check_labels:
             _check_labels(host_classes, self.num_classes, "ClassCenters.update")
@@ -277,28 +322,38 @@ class WeightCenters(nn.Module):
         return self.head.weight
 
     def loss_centers(self, features: torch.Tensor, labels: torch.Tensor, check_labels: bool = True) -> torch.Tensor:
+        """`loss_centers_of` this rank's (features, labels), gathered over the ranks here (the labels only,
+        and only for scope "batch")."""
+        return self.loss_centers_of(GlobalBatch(features, labels), check_labels)
+
+    def loss_centers_of(self, batch: GlobalBatch, check_labels: bool = True) -> torch.Tensor:
         """The class weights (scope "batch": those of the global batch's classes, worked out on the host as in
-        `ClassCenters.loss_centers`)."""
+        `ClassCenters.loss_centers_of`). The features are not needed, and not gathered."""
         weight = self.weight
         if weight.dtype not in (torch.float32, torch.float64):
             weight = weight.float()
         if self.scope == "batch":
-            labels, _ = gather_labels(labels)
-            classes = torch.unique(labels)
+            classes = torch.unique(batch.labels())
             if check_labels:
                 _check_labels(classes, len(weight), "WeightCenters.loss_centers")
             weight = weight[classes.to(weight.device, non_blocking=True)]
         return F.normalize(weight, dim=1) if self.normalize else weight
 
-    @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor, rate: float, check_labels: bool = True,
                check_finite: bool = True) -> None:
-        """Eq. 7 on the class weights; the checks as in `ClassCenters.update`."""
+        """`update_from` this rank's (features, labels), gathered over the ranks here (not at rate 0)."""
+        self.update_from(GlobalBatch(features, labels), rate, check_labels, check_finite)
+
+    @torch.no_grad()
+    def update_from(self, batch: GlobalBatch, rate: float, check_labels: bool = True,
+                    check_finite: bool = True) -> None:
+        """Eq. 7 on the class weights, from the global batch (its features detached); the checks as in
+        `ClassCenters.update_from`. Rate 0 moves nothing and gathers nothing."""
         rate = _check_rate(rate, "WeightCenters.update")
         if rate == 0.0:
             return
         weight = self.weight
-        features, labels = global_batch(features.detach(), labels, differentiable=False)
+        features, labels = batch.features(differentiable=False), batch.labels()
         host_classes, classes, inverse, counts = batch_classes(labels, weight.device)
         if check_labels:
             _check_labels(host_classes, len(weight), "WeightCenters.update")
@@ -350,13 +405,61 @@ def mean_min_angle_tensor(directions: torch.Tensor, chunk_size: int | None = Non
     figures back from the device at once (the trainer's log points)."""
     if directions.dim() != 2 or len(directions) < 2:
         raise ValueError(f"mean_min_angle: need (M >= 2, d) rows, got shape {tuple(directions.shape)}")
-    unit = F.normalize(directions.double(), dim=1)
+    largest_cosine, _ = _nearest_neighbours(directions, chunk_size, by_distance=False)
+    return _mean_angle(largest_cosine)
+
+
+@torch.no_grad()
+def nearest_center_figures(centers: torch.Tensor, chunk_size: int | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(`mean_min_distance`, `mean_min_angle_tensor`) of the same rows from one blockwise sweep over their
+    pairs instead of two: each figure is O(M^2 d), ~1e11 operations at 10,572 classes.
+
+    Each figure keeps its own nearest neighbour (for centers of unequal norms the nearest by distance need
+    not be the nearest by angle). The sweep computes each block of float64 cosines once, exactly as
+    `mean_min_angle_tensor` does (so the angle is the same to the bit), takes its row maxima, and then turns
+    the same block into squared distances, |a|^2 + |b|^2 - 2 |a| |b| cos(a, b), for the nearest by
+    distance, whose distance is recomputed from the difference itself as in `mean_min_distance` (so the
+    distance is the same to the bit wherever both find the same neighbour). In float64 the expansion's
+    rounding, ~1e-16 |c|^2, is below that of the float32 centred expansion `mean_min_distance` searches
+    with (~1e-7 times the centers' spread squared) unless every center lies more than ~2e4 spreads from
+    the origin; only a near-tie within that rounding can pick another neighbour, whose squared distance
+    then exceeds the nearest's by at most twice the rounding."""
+    if centers.dim() != 2 or len(centers) < 2:
+        raise ValueError(f"nearest_center_figures: need (M >= 2, d) centers, got shape {tuple(centers.shape)}")
+    largest_cosine, nearest = _nearest_neighbours(centers, chunk_size, by_distance=True)
+    points = centers.float() if centers.dtype not in (torch.float32, torch.float64) else centers
+    return (points - points[nearest]).norm(dim=1).mean(), _mean_angle(largest_cosine)
+
+
+def _nearest_neighbours(rows: torch.Tensor, chunk_size: int | None, by_distance: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(each row's largest float64 cosine to another row; with `by_distance`, each row's nearest other row
+    by Euclidean distance, else None), blockwise: O(chunk x M) memory."""
+    wide = rows.double()
+    unit = F.normalize(wide, dim=1)
+    # F.normalize's own divisor (the norm, at least 1e-12): divisor x unit gives the row back
+    divisor = wide.norm(dim=1).clamp_min(1e-12)
+    sq_norms = (wide * wide).sum(1)
     m = len(unit)
     chunk = default_chunk_size(m) if chunk_size is None else int(chunk_size)
-    nearest = torch.empty(m, dtype=torch.float64, device=unit.device)
+    largest_cosine = torch.empty(m, dtype=torch.float64, device=unit.device)
+    nearest = torch.empty(m, dtype=torch.long, device=unit.device) if by_distance else None
     for start in range(0, m, chunk):
         stop = min(start + chunk, m)
-        cosine = unit[start:stop] @ unit.T
-        cosine.diagonal(offset=start).fill_(-2.0)
-        nearest[start:stop] = cosine.max(1).values
-    return torch.rad2deg(torch.acos(nearest.clamp(-1.0, 1.0))).mean()
+        block = unit[start:stop] @ unit.T
+        diagonal = block.diagonal(offset=start)
+        diagonal.fill_(-2.0)
+        largest_cosine[start:stop] = block.max(1).values
+        if by_distance:
+            # the same block, in place, becomes |a|^2 + |b|^2 - 2 |a| |b| cos(a, b)
+            block.mul_(divisor[start:stop, None] * -2.0).mul_(divisor)
+            block.add_(sq_norms[start:stop, None]).add_(sq_norms)
+            diagonal.fill_(float("inf"))
+            nearest[start:stop] = block.argmin(1)
+    return largest_cosine, nearest
+
+
+def _mean_angle(largest_cosine: torch.Tensor) -> torch.Tensor:
+    """Mean, in degrees, of the angles whose cosines these are."""
+    return torch.rad2deg(torch.acos(largest_cosine.clamp(-1.0, 1.0))).mean()

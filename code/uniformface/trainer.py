@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import distributed
-from .centers import ClassCenters, WeightCenters, mean_min_angle_tensor, mean_min_distance
+from .centers import ClassCenters, GlobalBatch, WeightCenters, mean_min_angle_tensor, nearest_center_figures
 from .atomic import atomic_write_text, remove_stale_partials
 from .checkpoint import (CheckpointError, FolderBusy, FolderLock, atomic_torch_save, exception_summary, export_weights,
                          keep_previous, safe_torch_load)
@@ -481,10 +481,12 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
             features, logits = self.net(x, labels)
         features = features.float()
+        # the loss's centers and Eq. 7 below share one gather of all ranks' labels and features a step
+        global_batch = GlobalBatch(features, host_labels)
         ce = F.cross_entropy(logits.float(), labels)
         uniform = torch.zeros((), device=self.device)
         if cfg.alpha > 0:
-            uniform = uniform_loss(self.centers.loss_centers(features, host_labels, check_labels=False),
+            uniform = uniform_loss(self.centers.loss_centers_of(global_batch, check_labels=False),
                                    reduction=cfg.uniform_reduction, batch_size=cfg.batch_size)
         regular = torch.zeros((), device=self.device)
         if cfg.regularface > 0:
@@ -506,8 +508,8 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         # Always called: with beta = 0 it still sets a class's center on its first appearance.
-        self.centers.update(features.detach(), host_labels, cfg.beta, check_labels=False,
-                            check_finite=cfg.check_finite_every_step)
+        self.centers.update_from(global_batch, cfg.beta, check_labels=False,
+                                 check_finite=cfg.check_finite_every_step)
         self.iteration += 1
         with torch.no_grad():
             cosine = F.linear(F.normalize(features.detach()), F.normalize(self.model.head.weight.float()))
@@ -635,9 +637,13 @@ class Trainer:
             figures["head_iteration"] = head.iteration  # lambda follows from it (head.lambda_at)
         centers = self._center_matrix()
         if centers is not None and len(centers) > 1:
-            figures["mean_min_center_distance"] = mean_min_distance(centers)
-            figures["mean_min_center_angle"] = mean_min_angle_tensor(centers)
-        figures["mean_min_weight_angle"] = mean_min_angle_tensor(head.weight.detach())
+            # one sweep over the pairs of centers for both figures (each O(M^2 d))
+            figures["mean_min_center_distance"], figures["mean_min_center_angle"] = nearest_center_figures(centers)
+        if isinstance(self.centers, WeightCenters) and "mean_min_center_angle" in figures:
+            # the centers are the head's weights: their angle is the one just computed
+            figures["mean_min_weight_angle"] = figures["mean_min_center_angle"]
+        else:
+            figures["mean_min_weight_angle"] = mean_min_angle_tensor(head.weight.detach())
         return figures
 
     def _log(self, writer, means: list[float], figures: dict[str, float], images_per_s: float) -> None:

@@ -14,6 +14,7 @@ from uniformface import ijb
 from uniformface.crop import template
 from uniformface.ijb import (FAR_TARGETS, NO_FEATURE_SCORE, evaluate_ijb, read_landmarks_scores, read_template_media,
                              read_template_pairs)
+from uniformface.trained_network import raw_pixel_embedder
 
 LOOSE = (136, 132)   # loose crop (rows, cols), larger than any aligned crop
 
@@ -322,3 +323,43 @@ def test_a_network_of_another_input_size_is_refused_before_any_work(ijb_set):
     with pytest.raises(ValueError, match="the network takes 128x128 images; IJB crops are aligned at 112x96 or 112x112"):
         evaluate_ijb(embed, crops, meta, "ijbc", input_size=(128, 128), num_workers=0, progress=False)
     assert embed.images == 0
+
+
+# ----------------------------------------------------------------------- test.py's entry (evaluate_model_on_ijb)
+
+def test_a_wrong_meta_or_a_foreign_results_file_is_refused_before_the_weights_are_read(ijb_set, tmp_path,
+                                                                                        monkeypatch):
+    """The weights path does not exist: had the model been read first, its error would be the one shown."""
+    crops, meta, _ = ijb_set
+    loads = []
+    monkeypatch.setattr(ijb, "load_embedder", lambda *args, **kwargs: loads.append(args) or pytest.fail("loaded"))
+    absent_model = tmp_path / "run" / "absent.pt"
+    results = tmp_path / "lfw_results.json"
+    with pytest.raises(FileNotFoundError, match="ijbb_face_tid_mid.txt not found: --meta must be the folder"):
+        ijb.evaluate_model_on_ijb(absent_model, "ijbb", crops, meta, results)
+    results.write_text("my own notes\n")
+    with pytest.raises(FileExistsError, match=f"^{re.escape(str(results))} exists and is not a results file of "
+                                              "test.py"):
+        ijb.evaluate_model_on_ijb(absent_model, "ijbc", crops, meta, results)
+    assert loads == [] and results.read_text() == "my own notes\n"
+
+
+def test_the_meta_files_are_located_once_per_evaluation(ijb_set, tmp_path, monkeypatch):
+    crops, meta, _ = ijb_set
+    located = []
+
+    def counted(meta_dir, name):
+        located.append((meta_dir, name))
+        return original(meta_dir, name)
+
+    original = ijb.meta_files
+    monkeypatch.setattr(ijb, "meta_files", counted)
+    results = tmp_path / "lfw_results.json"
+    label, result = ijb.evaluate_model_on_ijb(None, "ijbc", crops, meta, results, baseline="raw", num_workers=0,
+                                              progress=False)
+    assert located == [(meta, "ijbc")]
+    assert label == "raw pixels" and result["n_pairs"] == 21 and result["meta"] == str(meta)
+    # the same figures as the folder given to evaluate_ijb directly
+    direct = evaluate_ijb(raw_pixel_embedder, crops, meta, "ijbc", num_workers=0, progress=False)
+    assert {k: v for k, v in direct.items() if k.startswith(("tar", "auc", "eer"))} == \
+        {k: v for k, v in result.items() if k.startswith(("tar", "auc", "eer"))}

@@ -124,3 +124,18 @@ def test_run_config_beside_the_weights(tmp_path):
     config.write_text("- a list\n- not a mapping\n")
     with pytest.raises(ValueError, match=f"{config}: expected a mapping of config keys, found a list"):
         run_config(path)
+
+
+def test_center_figures_from_one_sweep_equal_the_two_separate_figures():
+    """center_stats takes both figures from centers.nearest_center_figures; they are what the separate
+    mean_min_distance and mean_min_angle give, for centers of unequal norms (nearest by distance and by
+    angle differ) in float32 as train.py keeps them, to the digits report.py prints and beyond."""
+    from uniformface.centers import mean_min_angle, mean_min_distance
+
+    generator = torch.Generator().manual_seed(5)
+    centers = torch.randn(40, 16, generator=generator) * torch.rand(40, 1, generator=generator).mul(4).add(0.1)
+    stats = center_stats({"centers": centers, "centers_initialized": torch.ones(40, dtype=torch.bool)})
+    assert isinstance(stats["mean_min_center_distance"], float) and isinstance(stats["mean_min_center_angle"], float)
+    assert stats["mean_min_center_distance"] == pytest.approx(float(mean_min_distance(centers)), rel=1e-6)
+    assert stats["mean_min_center_angle"] == pytest.approx(mean_min_angle(centers), abs=1e-12)
+    assert stats["n_centers"] == 40

@@ -157,3 +157,29 @@ def test_hostile_inputs_end_in_one_line(photos, model_path, tmp_path, capsys):
         err = capsys.readouterr().err
         one_line_error(err, *words)
         assert "weights_only=False" not in err
+
+
+def test_cheap_checks_come_before_the_weights_are_read(photos, tmp_path, monkeypatch, capsys):
+    """The weights path does not exist and reading it is counted: a missing photo, a missing results file
+    or one that is not test.py's is the error shown, and the weights were never read."""
+    import uniformface.trained_network as trained_network
+
+    reads = []
+    original = trained_network.load_backbone
+    monkeypatch.setattr(trained_network, "load_backbone", lambda *args: reads.append(args) or original(*args))
+    (tmp_path / "list.json").write_text("[0.3]")
+    absent_model = str(tmp_path / "run" / "absent.pt")
+    pair = [str(photos / "astronaut.jpg"), str(photos / "same.jpg")]
+    cases = [([str(photos / "astronaut.jpg"), str(tmp_path / "gone.jpg"), "--threshold", "0.3"],
+              ["photo not found", "gone.jpg"]),
+             (pair, ["lfw_results.json not found", "--threshold"]),
+             (pair + ["--results", str(tmp_path / "list.json")], ["list.json", "not a results file"])]
+    for args, words in cases:
+        assert verify_main(args + ["--model_path", absent_model]) == 1, args
+        err = capsys.readouterr().err
+        one_line_error(err, *words)
+        assert "model file not found" not in err
+    assert reads == []
+    assert verify_main(pair + ["--model_path", absent_model, "--threshold", "0.3"]) == 1
+    one_line_error(capsys.readouterr().err, "model file not found", "absent.pt")
+    assert len(reads) == 1

@@ -328,15 +328,16 @@ def _missing_error(missing: Sequence[str], root) -> FileNotFoundError:
                              "(pass --allow_missing to leave them out of their templates)")
 
 
-def evaluate_ijb(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path, meta_dir: str | Path, name: str,
+def evaluate_ijb(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path,
+                 meta_dir: str | Path | dict[str, Path], name: str,
                  input_size: Sequence[int] | None = None, detector_score: bool = False, allow_missing: bool = False,
                  batch_size: int = 128, num_workers: int = 2, device: str = "cpu", progress: bool = True,
                  roc_png: str | Path | None = None, label: str | None = None, cache_path: str | Path | None = None,
                  cache_key: dict | None = None) -> dict:
     """IJB-B / IJB-C 1:1 verification of the loose crops under `root` with the meta files of `name` in
-    `meta_dir`. Crops are aligned at the network's `input_size` (112x96 when None). An image file that is
-    missing is an error listing every one; with `allow_missing` it is left out of its templates (a template
-    left empty scores NO_FEATURE_SCORE). With `cache_path` the image features are kept there (resumable)
+    `meta_dir` (or those files themselves, as `meta_files` located them). Crops are aligned at the network's
+    `input_size` (112x96 when None). An image file that is missing is an error listing every one; with
+    `allow_missing` it is left out of its templates (a template left empty scores NO_FEATURE_SCORE). With `cache_path` the image features are kept there (resumable)
     under `cache_key` (the model's identity) and reused by a later run of the same key."""
     crop = tuple(int(v) for v in input_size) if input_size is not None else DEFAULT_CROP
     try:
@@ -344,7 +345,7 @@ def evaluate_ijb(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path
     except ValueError:
         raise ValueError(f"the network takes {crop[0]}x{crop[1]} images; IJB crops are aligned at 112x96 or "
                          "112x112 (the templates of docs/DESIGN.md §6.3)") from None
-    files = meta_files(meta_dir, name)
+    files = meta_dir if isinstance(meta_dir, dict) else meta_files(meta_dir, name)
     names, templates, media = read_template_media(files["tid_mid"])
     first, second, labels = read_template_pairs(files["pairs"])
     known = np.unique(templates)
@@ -415,11 +416,13 @@ def evaluate_model_on_ijb(model_path: str | Path | None, name: str, dataset: str
     """What `test.py --benchmark ijbb|ijbc` does: evaluate the model (or a baseline), keep the image features
     beside `results_path` (`ijbc_features.npy`), save the ROC figure (`ijbc_roc.png`) and merge the results
     into the file's section of that name (everything else kept). Returns (label, the results)."""
+    # The cheap checks come before the weights are read: a wrong --meta, or a results file or figure that
+    # is not test.py's to replace, is reported at once. The meta files are located once, here.
+    files = meta_files(meta_dir, name)
+    prepare_results(results_path, overwrite, benchmark=name)
     cache_key = model_identity(model_path, baseline, seed)  # before loading: a file replaced later cannot mix in
     embed, label, input_size, _ = load_embedder(model_path, baseline, seed, common.get("device", "cpu"))
-    meta_files(meta_dir, name)  # a wrong --meta is reported before anything else
-    prepare_results(results_path, overwrite, benchmark=name)
-    result = evaluate_ijb(embed, dataset, meta_dir, name, input_size=input_size, detector_score=detector_score,
+    result = evaluate_ijb(embed, dataset, files, name, input_size=input_size, detector_score=detector_score,
                           allow_missing=allow_missing, roc_png=roc_path(results_path, name) if results_path else None,
                           label=label,
                           cache_path=beside_results(results_path, name, "_features.npy") if results_path else None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .centers import mean_min_angle, mean_min_distance
+from .centers import nearest_center_figures
 from .checkpoint import exception_summary, load_weights
 from .config import read_yaml
 from .models import build_model
@@ -92,8 +92,9 @@ def center_stats(payload: dict) -> dict:
         return {}
     if centers.dim() != 2 or len(centers) < 2:
         return {}
-    return {"mean_min_center_distance": float(mean_min_distance(centers)),
-            "mean_min_center_angle": mean_min_angle(centers), "centers_from": source, "n_centers": int(len(centers))}
+    distance, angle = nearest_center_figures(centers)   # one sweep over the center pairs for both figures
+    return {"mean_min_center_distance": float(distance), "mean_min_center_angle": float(angle),
+            "centers_from": source, "n_centers": int(len(centers))}
 
 
 def load_embedder(model_path: str | Path | None, baseline: str | None = None, seed: int = 0, device: str = "cpu"):

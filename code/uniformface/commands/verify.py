@@ -40,8 +40,12 @@ def run(args, parser) -> int:
 
     model_path = Path(args.model_path)
     results = Path(args.results) if args.results else model_path.parent / RESULTS_FILE
+    # Everything that is cheap to check comes before the weights and the detector are loaded: a missing
+    # photo or results file is reported at once, not after the slow part.
+    absent = [photo for photo in args.photos if not Path(photo).is_file()]
+    if absent:
+        raise FileNotFoundError(f"photo not found (or not a file): {', '.join(absent)}")
     device = str(resolve_device(args.device))
-    model, spec, _ = load_backbone(model_path, device)
     if results.is_file():
         rule = load_rule(results)
     elif args.threshold is None:
@@ -49,6 +53,7 @@ def run(args, parser) -> int:
                                 "(it stores the LFW threshold), or pass --threshold")
     else:
         rule = Rule("sphereface", None, None, "no results file: plain [f, f_flip], no mean subtracted")
+    model, spec, _ = load_backbone(model_path, device)
     faces = align_photos(args.photos, spec["input_size"], FaceDetector(device=device))
     features = face_features(model, faces, rule.protocol, device)
     score = pair_cosine(features[0], features[1], rule.feature_mean)

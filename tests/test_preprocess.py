@@ -12,6 +12,7 @@ from skimage import data
 import preprocess as cli
 from uniformface import preprocessing
 from uniformface.align import FaceDetector, align_face
+from uniformface.checkpoint import LOCK_FILE
 from uniformface.images import JPEG_QUALITY, decode_rgb
 from uniformface.preprocessing import LANDMARKS_NAME, REPORT_NAME, read_landmark_file
 
@@ -57,7 +58,14 @@ def report(out_dir):
 
 def image_files(root):
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                  if p.is_file() and p.name not in (REPORT_NAME, LANDMARKS_NAME))
+                  if p.is_file() and p.name not in (REPORT_NAME, LANDMARKS_NAME) and p != root / LOCK_FILE)
+
+
+def written_files(root):
+    """{relative path: bytes} of every file a run wrote into `root`: all but the lock file, whose text only
+    names the last run that held the folder."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and p != root / LOCK_FILE}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -364,7 +372,7 @@ def uninterrupted(tmp_path_factory):
                              "Broken/notes.txt": "ignored"}
     assert "size-relative" in (whole / REPORT_NAME).read_text()
     assert len(read_landmark_file(whole / LANDMARKS_NAME)) == 3
-    return args, {p.relative_to(whole).as_posix(): p.read_bytes() for p in whole.rglob("*") if p.is_file()}
+    return args, written_files(whole)
 
 
 @pytest.mark.parametrize("kill_at, before", [(2, False), (5, True)], ids=["detection-phase", "fallback-phase"])
@@ -388,7 +396,7 @@ def test_a_killed_run_and_its_rerun_report_what_an_uninterrupted_run_does(tmp_pa
 
     code, stdout, _ = run_cli(capsys, *args, "--output_dir", out)
     assert code == 0 and counts(stdout)["already_done"] == kill_at - before
-    got = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    got = written_files(out)
     assert got.keys() == expected.keys()
     for name in expected:
         assert got[name] == expected[name], name
@@ -473,3 +481,57 @@ def test_files_in_the_output_folder_this_tool_did_not_write_are_kept(tmp_path, c
     with read_only_folder(tmp_path / "ro") as ro:
         code, _, err = run_cli(capsys, *args[:2], "--output_dir", ro, *args[4:])
     assert code == 1 and err.startswith("preprocess.py: error: ") and str(ro) in err and "Traceback" not in err, err
+
+
+HOLD_LOCK = """
+import sys
+sys.path.insert(0, {code!r})
+from uniformface.checkpoint import FolderLock
+lock = FolderLock({folder!r}).acquire()
+print("held", flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def test_a_second_run_into_a_busy_output_folder_is_refused_and_a_killed_holders_lock_is_not(tmp_path, capsys,
+                                                                                            monkeypatch):
+    """Two runs into one output folder: the second swept the first one's live temporaries as a killed run's
+    leftovers. While another process holds the folder's lock a run is refused at once (before it announces
+    anything), naming the holder, and touches no file; once the holder is killed (SIGKILL: the kernel drops
+    its lock) a run goes ahead and sweeps the temporaries a killed run left."""
+    import subprocess
+    import sys
+
+    source, out = tmp_path / "set", tmp_path / "out"
+    save(astronaut_view(), source / "A" / "A_0001.png")
+    (tmp_path / "marks.txt").write_text("A/A_0001.png\t90\t100\t150\t100\t120\t135\t95\t160\t145\t160\n")
+    monkeypatch.setattr(preprocessing, "FaceDetector", None)  # landmark-file mode: no detector
+    args = ["--dataset", source, "--output_dir", out, "--workers", 0, "--landmarks", tmp_path / "marks.txt"]
+    stale = [out / ".landmarks.txt.0badf00d.partial", out / "A" / ".A_0001.png.1234abcd.partial"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+
+    def everything(root):
+        return {p.relative_to(root).as_posix(): (p.is_file() and p.read_bytes(), p.stat().st_mtime_ns)
+                for p in root.rglob("*")}
+
+    script = HOLD_LOCK.format(code=str(Path(preprocessing.__file__).parents[1]), folder=str(out))
+    holder = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = everything(out)
+        code, stdout, err = run_cli(capsys, *args)
+        assert code == 1 and stdout == "" and err.count("\n") == 1, err
+        assert err.startswith(f"preprocess.py: error: {out.resolve()} is in use by process {holder.pid} on host "), err
+        assert ", since " in err and f"lock file {out.resolve() / LOCK_FILE}" in err and "Traceback" not in err
+        assert everything(out) == before
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+
+    code, stdout, _ = run_cli(capsys, *args)
+    assert code == 0 and counts(stdout)["aligned"] == 1
+    assert not any(path.exists() for path in stale)
+    # the lock file stays (hidden, it only names the last holder): neither an output nor in the report
+    assert (out / LOCK_FILE).is_file() and image_files(out) == ["A/A_0001.png"] and report(out) == {}

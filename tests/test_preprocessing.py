@@ -1,12 +1,15 @@
-"""preprocessing.py: the LFW naming that decides the automatic fallback, and the landmark-file reader on
-the official lfw_landmark.txt. preprocess.py's own tests (aligning trees of real image files) are in
-test_preprocess.py."""
+"""preprocessing.py: the LFW naming that decides the automatic fallback, the landmark-file reader on
+the official lfw_landmark.txt, and a rerun's one reading of its own landmarks.txt. preprocess.py's own
+tests (aligning trees of real image files) are in test_preprocess.py."""
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from uniformface.preprocessing import looks_like_test_set, read_landmark_file
+from uniformface import preprocessing
+from uniformface.preprocessing import LANDMARKS_NAME, Options, looks_like_test_set, preprocess, read_landmark_file
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -29,3 +32,33 @@ def test_official_lfw_landmark_file_parses():
     points = np.stack(list(parsed.values()))
     assert points.shape[1:] == (5, 2) and (points >= 0).all() and (points <= 250).all()
     assert np.mean(points[:, 0, 0] < points[:, 1, 0]) > 0.99  # x1 y1 x2 y2 ...: left eye before right eye
+
+
+def test_a_rerun_parses_the_output_landmarks_file_once(tmp_path, monkeypatch):
+    """A rerun checks OUT/landmarks.txt as this tool's and keeps its landmarks (for the fallback means and
+    the rewrite) from one parse of each line, and the rerun rewrites the same file."""
+    source, out = tmp_path / "set", tmp_path / "out"
+    for name in ("A/A_0001.png", "A/A_0002.png", "B/B_0001.png"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (250, 250), (120, 90, 60)).save(source / name)
+    marks = tmp_path / "marks.txt"
+    marks.write_text("".join(f"{name}\t90\t100\t150\t100\t120\t135\t95\t160\t145\t160\n"
+                             for name in ("A/A_0001.png", "A/A_0002.png", "B/B_0001.png")))
+    monkeypatch.setattr(preprocessing, "FaceDetector", None)  # landmark-file mode: no detector
+    options = Options(dataset=source, output_dir=out, workers=0, landmarks=marks, progress=False)
+    assert preprocess(options).aligned == 3
+    written = (out / LANDMARKS_NAME).read_text()
+    own_lines = written.splitlines()
+    assert len(own_lines) == 3
+
+    parsed = Counter()
+    real = preprocessing.parse_landmark_line
+
+    def counting(line):
+        parsed[line.rstrip("\r\n")] += 1
+        return real(line)
+    monkeypatch.setattr(preprocessing, "parse_landmark_line", counting)
+    summary = preprocess(options)
+    assert summary.already_done == 3 and summary.aligned == 0
+    assert {line: parsed[line] for line in own_lines} == {line: 1 for line in own_lines}
+    assert (out / LANDMARKS_NAME).read_text() == written

@@ -8,6 +8,11 @@ those misses are kept aside and finished after the pass, when the means are know
 and broken file is listed in `OUT/preprocess_report.tsv`; the landmarks used for every aligned image go
 to `OUT/landmarks.txt` (the `lfw_landmark.txt` format, so `--landmarks OUT/landmarks.txt` replays them).
 A rerun skips outputs that exist; each output is written to a temporary file and renamed into place.
+One run at a time writes into an output folder: it holds the folder's lock (`checkpoint.FolderLock`, a
+`flock` on the hidden `OUT/.lock`) from before it sweeps a killed run's temporaries to its end, so that a
+second run, which would take the first one's live temporaries for a killed run's and delete them, is
+refused at once, naming the holder (README, "Reliability: hostile inputs and faults in
+preprocessing and evaluation").
 
 After a kill, the rerun's report and landmarks.txt are those of an uninterrupted run: an image's
 landmarks line (or its fallback row, in `OUT/.preprocess_journal.tsv`) is written before its output is
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -33,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from .align import DETECTION_MAX_SIDE, FaceDetector, align_face
 from .crop import to_original, to_reduced
 from .atomic import PARTIAL_SUFFIX, atomic_write_text
+from .checkpoint import FolderLock
 from .defaults import SMALLEST_MIN_FACE_SIZE
 from .paths import read_utf8_text
 from .images import ImageLoadError, ImageTooLargeError, image_header_size, read_rgb, walk_images, write_image
@@ -396,8 +403,6 @@ class _Run:
             self.means.add(points, (width, height))
 
     def run(self) -> Summary:
-        from tqdm import tqdm
-
         options = self.options
         validate_options(options)
         dataset, output_dir = options.dataset.resolve(), options.output_dir.resolve()
@@ -405,10 +410,23 @@ class _Run:
             raise FileNotFoundError(f"--dataset {options.dataset} is not a folder")
         if output_dir == dataset or dataset in output_dir.parents:
             raise ValueError(f"--output_dir {options.output_dir} must not be inside --dataset {options.dataset}")
+        # Locked before anything in the folder is read or touched (and created here when new): another run's
+        # landmarks.txt, report and temporaries are not this run's to check, sweep or rewrite.
+        lock = lock_output_folder(output_dir)
+        try:
+            return self.align_tree(dataset, output_dir)
+        finally:
+            lock.release()
+
+    def align_tree(self, dataset: Path, output_dir: Path) -> Summary:
+        """The run itself, in a validated dataset and a locked output folder."""
+        from tqdm import tqdm
+
+        options = self.options
         report_path, landmarks_path = output_dir / REPORT_NAME, output_dir / LANDMARKS_NAME
         journal_path = output_dir / JOURNAL_NAME
-        check_own_files(report_path, landmarks_path, options.overwrite)
-        output_dir.mkdir(parents=True, exist_ok=True)
+        # landmarks.txt of earlier runs, parsed here once: checked as ours, and kept for the means and the rewrite
+        self.previous_landmarks = check_own_files(report_path, landmarks_path, options.overwrite)
 
         tree = walk_images(dataset, avoid=output_dir, avoid_label="--output_dir")
         images, others, skipped = tree.images, tree.others, tree.skipped
@@ -435,8 +453,8 @@ class _Run:
                                          batch_size=options.batch_size)
             self.detector = FaceDetector(**dict(self.detector_options, device=options.device))
 
-        for leftover in stale_partials(output_dir):
-            leftover.unlink()
+        for leftover in stale_partials(output_dir):  # a killed run's: the lock keeps every live writer out
+            leftover.unlink(missing_ok=True)
         for relative in images:
             if (output_dir / relative).exists():
                 self.summary.already_done += 1
@@ -444,7 +462,6 @@ class _Run:
             else:
                 self.todo.append(relative)
         todo = self.todo
-        self.previous_landmarks = read_landmark_file(landmarks_path, strict=False) if landmarks_path.exists() else {}
 
         # On a CPU the loader's workers detect (see _ChunkSet); on a GPU, or with no workers, this process does.
         detect_in_loader = self.detector is not None and self.detector.device.type == "cpu" and options.workers > 0
@@ -504,26 +521,53 @@ def _read_rows(path: Path) -> list[list[str]]:
         return [row for row in csv.reader(handle, delimiter="\t") if len(row) == 3 and row != REPORT_HEADER]
 
 
-def check_own_files(report: Path, landmarks: Path, overwrite: bool = False) -> None:
+def check_own_files(report: Path, landmarks: Path, overwrite: bool = False) -> dict[str, np.ndarray]:
     """A report or landmarks file in the output folder that this tool did not write (another header, lines
-    that are not `path` + 10 numbers) is never replaced unless `overwrite`: FileExistsError naming it."""
-    if overwrite:
-        return
-    if report.is_file():
+    that are not `path` + 10 numbers) is never replaced unless `overwrite`: FileExistsError naming it.
+    Returns the landmarks of the earlier runs, {relative path: (5, 2)}, from the well-formed lines of
+    `landmarks` ({} when there is none), so that the file is read and parsed once."""
+    if not overwrite and report.is_file():
         with open(report, encoding="utf-8", errors="replace") as handle:
             first = handle.readline().rstrip("\r\n")
         if first != "\t".join(REPORT_HEADER):
             raise FileExistsError(f"{report} exists and is not a report of preprocess.py (first line {first[:60]!r}): "
                                   "pass --overwrite to replace it, or choose another --output_dir")
-    if landmarks.is_file():
-        lines = [line for line in landmarks.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-        for number, line in enumerate(lines[:-1], 1):  # the last line may be one a killed run cut
-            try:
-                parse_landmark_line(line)
-            except ValueError:
-                raise FileExistsError(f"{landmarks}, line {number}: not a landmarks file of preprocess.py (path and "
-                                      "10 numbers, tab separated): pass --overwrite to replace it, or choose another "
-                                      "--output_dir") from None
+    if not landmarks.exists():  # a folder of that name is an error naming it, as a file that cannot be read
+        return {}
+    try:
+        text, not_utf8 = read_utf8_text(landmarks), None
+    except ValueError as exc:
+        # Not UTF-8: a file that is not ours is refused as such first (it needs --overwrite, not a new encoding)
+        text, not_utf8 = landmarks.read_text(encoding="utf-8-sig", errors="replace"), exc
+    lines = [line for line in text.splitlines() if line.strip()]
+    points: dict[str, np.ndarray] = {}
+    for number, line in enumerate(lines, 1):
+        try:
+            relative, values = parse_landmark_line(line)
+        except ValueError:
+            if overwrite or number == len(lines):  # the last line may be one a killed run cut
+                continue
+            raise FileExistsError(f"{landmarks}, line {number}: not a landmarks file of preprocess.py (path and "
+                                  "10 numbers, tab separated): pass --overwrite to replace it, or choose another "
+                                  "--output_dir") from None
+        points[relative] = values
+    if not_utf8 is not None:
+        raise not_utf8
+    return points
+
+
+def lock_output_folder(output_dir: Path) -> FolderLock:
+    """The output folder's lock, taken (the folder is created when new): `checkpoint.FolderBusy`, naming the
+    holder's process id, host, start time and command, when another run holds it; the OSError of a folder
+    that cannot be written names the folder, not the lock file in it. The kernel drops the lock when its
+    holder exits, however it exits: a killed run leaves the hidden `.lock` file, never a lock."""
+    lock = FolderLock(output_dir)
+    try:
+        return lock.acquire()
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(output_dir)) from exc
 
 
 def validate_options(options: Options) -> None:

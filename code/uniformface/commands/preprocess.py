@@ -15,7 +15,9 @@ symbolic link are aligned too (a link that loops is reported as not_followed). I
 --max_megapixels (default: Pillow's decompression-bomb limit, 178.96 megapixels) are reported broken;
 raise it for genuine large photos. The exit status is 0 even when some files are broken or faceless (1
 when the detector failed on every image, 2 for a usage error); a rerun skips the outputs that exist
-(whatever their size: use a new folder for another --output_size).
+(whatever their size: use a new folder for another --output_size). One run at a time writes into an
+OUTPUT_DIR: a second one is refused at once, naming the first (its lock is the hidden OUTPUT_DIR/.lock,
+which a killed run does not keep).
 """
 from __future__ import annotations
 
@@ -70,6 +72,7 @@ def build_parser():
 
 def run(args, parser) -> int:
     # torch and the detector: only after the arguments
+    from ..checkpoint import FolderBusy
     from ..devices import resolve_device
     from ..preprocessing import DETECTOR_FAILED, Options, parse_output_size, preprocess, validate_options
 
@@ -99,7 +102,10 @@ def run(args, parser) -> int:
         validate_options(options)
     except ValueError as exc:
         parser.error(str(exc))
-    summary = preprocess(options)
+    try:
+        summary = preprocess(options)
+    except FolderBusy as exc:  # another run holds OUTPUT_DIR: nothing was read or touched
+        raise ScriptError(str(exc)) from None
     print(summary.detection_rate_line("landmark-file coverage" if args.landmarks else "detection rate"))
     print(f"{summary.line()} (report: {summary.report_path})")
     if summary.detector_failures and not summary.detection_attempts:

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from uniformface.embedding import crop_offset, extract_features, fit_to_input, flip_embed
+from uniformface import embedding
+from uniformface.embedding import crop_offset, embed_folder, extract_features, fit_to_input, flip_embed
 from uniformface.models import build_model
 
 
@@ -88,3 +89,43 @@ def test_non_finite_features_are_refused_where_features_are_formed():
     for mode in ("plain", "sphereface", "insightface"):
         with pytest.raises(ValueError, match="non-finite features"):
             flip_embed(broken, images, mode)
+
+
+def test_a_bad_mode_is_one_error_from_each_public_entry_point(tmp_path):
+    """flip_embed, extract_features and embed_folder each refuse an unknown mode with the same message,
+    before any image is read: embed_folder refuses it even for a folder that does not exist."""
+    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+
+    def embed(x):
+        return x.flatten(1)[:, :5]
+
+    message = "unknown embedding mode 'flip'; expected one of plain, sphereface, insightface$"
+    with pytest.raises(ValueError, match=message):
+        flip_embed(embed, images.float(), "flip")
+    with pytest.raises(ValueError, match=message):
+        extract_features(embed, Images(images), "flip", num_workers=0, progress=False)
+    with pytest.raises(ValueError, match=message):
+        embed_folder(embed, tmp_path / "absent", None, "flip", num_workers=0, progress=False)
+
+
+def test_the_mode_is_checked_once_per_public_call_not_per_batch(tmp_path, monkeypatch):
+    """The public entry points check the mode; the batches and the nested calls under them do not again."""
+    from PIL import Image
+
+    checked = []
+    real_check = embedding.check_mode
+    monkeypatch.setattr(embedding, "check_mode", lambda mode: (checked.append(mode), real_check(mode)))
+
+    def embed(x):
+        return x.flatten(1)[:, :5]
+
+    images = torch.randint(0, 256, (7, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    features = extract_features(embed, Images(images), "sphereface", batch_size=3, num_workers=0, progress=False)
+    assert features.shape == (7, 10) and checked == ["sphereface"]  # three batches, one check
+
+    for index, image in enumerate(images):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(tmp_path / f"{index}.png")
+    checked.clear()
+    features, names = embed_folder(embed, tmp_path, None, "insightface", batch_size=3, num_workers=0,
+                                   progress=False)
+    assert features.shape == (7, 5) and len(names) == 7 and checked == ["insightface"]

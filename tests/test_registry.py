@@ -51,11 +51,24 @@ def test_every_head_name_builds_the_class_the_registry_names():
 
 
 def test_the_library_checks_read_the_registry():
+    import torch
+
     from uniformface import heads, losses
     from uniformface.embedding import check_mode
     from uniformface.verification_protocol import check_protocol
 
-    assert heads.GRADIENTS is registry.ASOFTMAX_GRADIENTS and losses.REDUCTIONS is registry.UNIFORM_REDUCTIONS
+    # A-Softmax's gradient and the uniform loss's reduction are checked against the registry's tuples
+    # themselves: every registry name is accepted, and a refusal lists exactly the registry's names.
+    for gradient in registry.ASOFTMAX_GRADIENTS:
+        assert heads.ASoftmax(4, 3, gradient=gradient).gradient == gradient
+    with pytest.raises(ValueError, match=f"gradient must be one of {', '.join(registry.ASOFTMAX_GRADIENTS)}, got"):
+        heads.ASoftmax(4, 3, gradient="caffe")
+    centers = torch.eye(3)
+    for reduction in registry.UNIFORM_REDUCTIONS:
+        assert torch.isfinite(losses.uniform_loss(centers, reduction=reduction))
+    with pytest.raises(ValueError) as refused:
+        losses.uniform_loss(centers, reduction="mean")
+    assert f"reduction must be one of {registry.UNIFORM_REDUCTIONS}, got 'mean'" in str(refused.value)
     for mode in registry.EMBEDDING_MODES:
         check_mode(mode)
     for protocol in registry.PROTOCOLS:

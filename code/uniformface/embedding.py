@@ -99,7 +99,11 @@ def check_mode(mode: str) -> None:
         raise ValueError(f"unknown embedding mode {mode!r}; expected one of {', '.join(EMBEDDING_MODES)}")
 
 
-@torch.no_grad()
+# The public entry points below (flip_embed, extract_features, embed_folder) each check the mode once and
+# then call the unchecked private forms, so a bad mode is one clear error before any work, and a mode
+# already checked is not checked again per batch or per nested call.
+
+
 def flip_embed(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str) -> np.ndarray:
     """The one place where features are formed with the horizontal flip: a batch of normalised images
     (B, 3, H, W), on the network's device, and its mirror go through `embed` in one call, and each image's
@@ -110,6 +114,12 @@ def flip_embed(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tens
     plain mode sends the mirrors through as well, so that f comes out of the same batches as in the other
     modes: float32 kernels may round differently at another batch size."""
     check_mode(mode)
+    return _flip_embed(embed, images, mode)
+
+
+@torch.no_grad()
+def _flip_embed(embed: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mode: str) -> np.ndarray:
+    """`flip_embed` for a mode the caller has already checked."""
     both = embed(torch.cat([images, images.flip(-1)])).double().cpu().numpy()
     if not np.isfinite(both).all():  # never scored, cached or written: a NaN pair would count as "different"
         raise ValueError(f"the network gave non-finite features ({int((~np.isfinite(both)).any(1).sum())} of "
@@ -123,16 +133,22 @@ def extract_features(embed: Callable[[torch.Tensor], torch.Tensor], dataset: Dat
                      ) -> np.ndarray:
     """The feature of every image of `dataset`, in dataset order, formed with the flip as `mode` asks
     (`flip_embed`, batch by batch): float64 numpy (N, D), or (N, 2D) for sphereface."""
+    check_mode(mode)
+    return _extract_features(embed, dataset, mode, batch_size, num_workers, device, progress)
+
+
+def _extract_features(embed: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, mode: str,
+                      batch_size: int, num_workers: int, device: str, progress: bool) -> np.ndarray:
+    """`extract_features` for a mode the caller has already checked."""
     from tqdm import tqdm
 
-    check_mode(mode)
     if len(dataset) == 0:
         raise ValueError("no images to embed")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                         pin_memory=str(device).startswith("cuda"))
     features = []
     for images, _ in tqdm(loader, desc="features", unit="batch", disable=not progress, dynamic_ncols=True):
-        features.append(flip_embed(embed, normalize_pixels(images.to(device, non_blocking=True)), mode))
+        features.append(_flip_embed(embed, normalize_pixels(images.to(device, non_blocking=True)), mode))
     return np.concatenate(features)
 
 
@@ -161,8 +177,8 @@ def embed_folder(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path
     bad = [n for n in names if "\n" in n or "\r" in n]
     if bad:
         raise ValueError(f"{root}: file names with line breaks cannot be listed one per line: {bad[:3]}")
-    features = extract_features(embed, ImageFiles(root, names, input_size), mode, batch_size, num_workers, device,
-                                progress)
+    features = _extract_features(embed, ImageFiles(root, names, input_size), mode, batch_size, num_workers, device,
+                                 progress)
     return features.astype(np.float32), names
 
 

@@ -134,9 +134,6 @@ class _OfficialASoftmax(torch.autograd.Function):
         return grad_x, grad_weight.to(unit.dtype), None, None, None
 
 
-GRADIENTS = ASOFTMAX_GRADIENTS
-
-
 class ASoftmax(_NormalizedLinear):
     """A-Softmax (SphereFace Eq. 7 with the annealing of the official Caffe layer).
 
@@ -159,8 +156,8 @@ class ASoftmax(_NormalizedLinear):
         super().__init__(in_features, num_classes)
         if int(m) != m or m < 1:
             raise ValueError(f"A-Softmax margin m must be a positive integer, got {m}")
-        if gradient not in GRADIENTS:
-            raise ValueError(f"A-Softmax gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}")
+        if gradient not in ASOFTMAX_GRADIENTS:
+            raise ValueError(f"A-Softmax gradient must be one of {', '.join(ASOFTMAX_GRADIENTS)}, got {gradient!r}")
         if gradient == "official" and m > 4:
             raise ValueError(f"the official A-Softmax backward exists for m = 1..4 only, got m = {m}; "
                              "use gradient='autograd'")

@@ -85,9 +85,6 @@ def _gradient_floor(dtype: torch.dtype) -> float:
     return 4.0 * torch.finfo(dtype).eps ** 0.5
 
 
-REDUCTIONS = UNIFORM_REDUCTIONS
-
-
 class _UniformLoss(torch.autograd.Function):
     """sum over ordered pairs j1 != j2 of 1 / (|c_j1 - c_j2| + 1), divided by `pairs_per_unit` (M (M - 1)
     for Eq. 6 as printed, M - 1 for the per-center reduction).
@@ -154,8 +151,8 @@ def uniform_loss(centers: torch.Tensor, chunk_size: int | None = None, reduction
     half/bfloat16 input (and computed outside autocast)."""
     if centers.dim() != 2:
         raise ValueError(f"uniform_loss: centers must be (M, d), got shape {tuple(centers.shape)}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"uniform_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if reduction not in UNIFORM_REDUCTIONS:
+        raise ValueError(f"uniform_loss: reduction must be one of {UNIFORM_REDUCTIONS}, got {reduction!r}")
     if batch_size < 1:
         raise ValueError(f"uniform_loss: batch_size must be >= 1, got {batch_size}")
     m = len(centers)

@@ -337,12 +337,24 @@ def _one_process_step(model, centers, head, weight_centers, x, labels):
     return loss.detach(), grads, centers.state_dict(), head.weight.detach().clone(), head.weight.grad.clone()
 
 
-def _ddp_worker(rank, init_file, out_dir):
+@contextlib.contextmanager
+def gloo_rank(rank, init_file, barrier=False):
+    """Rank `rank` of a WORLD-process gloo group on the loopback, one thread; `barrier`: wait for every
+    rank before tearing down, so that none closes gloo's connections while another still reads."""
     if sys.platform.startswith("linux"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback: no dependence on hostname lookup
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         torch.set_num_threads(1)
+        yield
+        if barrier:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _ddp_worker(rank, init_file, out_dir):
+    with gloo_rank(rank, init_file):
         model = nn.parallel.DistributedDataParallel(_features_model())
         centers, head = seeded_centers("all"), CosFace(D, C).double()
         torch.manual_seed(5)
@@ -352,8 +364,6 @@ def _ddp_worker(rank, init_file, out_dir):
         rows = slice(start, start + SPLIT[rank])
         result = _one_process_step(model, centers, head, WeightCenters(head, scope="batch"), x[rows], labels[rows])
         torch.save(result, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_distributed_equals_one_process_with_the_global_batch(tmp_path):
@@ -393,19 +403,12 @@ def _uniform_only(features, labels, normalize, scope, reduction):
 
 
 def _uniform_only_worker(rank, init_file, out_dir):
-    if sys.platform.startswith("linux"):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
+    with gloo_rank(rank, init_file, barrier=True):
         x, labels = _global_inputs()
         features = torch.tanh(x[:, :D]) * 3
         rows = slice(sum(SPLIT[:rank]), sum(SPLIT[:rank + 1]))
         results = [_uniform_only(features[rows], labels[rows], *reading) for reading in READINGS]
         torch.save(results, f"{out_dir}/uniform_rank{rank}.pt")
-        dist.barrier()  # no rank tears gloo's connections down while the other still reads from them
-    finally:
-        dist.destroy_process_group()
 
 
 def test_distributed_uniform_loss_alone_equals_one_process(tmp_path):
@@ -478,11 +481,7 @@ def _shared_weight_centers(features, labels):
 
 
 def _shared_batch_worker(rank, init_file, out_dir):
-    if sys.platform.startswith("linux"):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        torch.set_num_threads(1)
+    with gloo_rank(rank, init_file, barrier=True):
         x, labels = _global_inputs()
         features = torch.tanh(x[:, :D]) * 3
         rows = slice(sum(SPLIT[:rank]), sum(SPLIT[:rank + 1]))
@@ -497,9 +496,6 @@ def _shared_batch_worker(rank, init_file, out_dir):
         with counted_gathers() as separate:  # the counter sees every exchange: separate calls make two
             _uniform_only(features[rows], labels[rows], *READINGS[0])
         torch.save((results, weights, gathers, separate), f"{out_dir}/shared_rank{rank}.pt")
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 def test_one_global_batch_is_gathered_once_for_the_loss_and_the_update(tmp_path):

@@ -1,7 +1,8 @@
 """Does the uniform loss do what the paper claims? Trains the toy config (`code/configs/toy.yaml`: 100
 classes, 200 iterations) for each setting and seed, and prints per setting: toy LFW accuracy (mean and
 spread), the mean angle from each unit-normalised class center to its nearest other center, the same for
-the head's class weights, Eq. 6 as printed on the unit-normalised centers (the energy the loss lowers: how
+the head's class weights, the same for the classes' mean unit features over one pass of the training set
+(the centers as the features place them, whichever centers the run moved), Eq. 6 as printed on the unit-normalised centers (the energy the loss lowers: how
 evenly the centers cover the sphere as a whole), and the median ratio |alpha dL_u/dx| / |dCE/dx| over the
 features of one batch half-way through training.
 
@@ -94,9 +95,24 @@ def run(cfg_path: Path, data: Path, overrides: list[str], seed: int, run_dir: Pa
     center_rows = centers.centers[centers.initialized] if isinstance(centers, ClassCenters) else centers.weight
     unit_centers = F.normalize(center_rows.detach().double(), dim=1)
     return {"accuracy": 100 * result["accuracy_mean"], "center_angle": mean_min_angle(center_rows.detach()),
+            "class_mean_angle": mean_min_angle(class_means(trainer)),
             "energy": float(uniform_loss(unit_centers, reduction="pairs")),
             "weight_angle": mean_min_angle(trainer.model.head.weight.detach()),
             "ratio": ratio}
+
+
+@torch.no_grad()
+def class_means(trainer: Trainer) -> torch.Tensor:
+    """The mean unit feature of each class over one pass of the training set (no flip, eval mode): the
+    class centers as the features place them, whatever `center_mode` the run moved."""
+    model = trainer.model.eval()
+    sums = torch.zeros(len(trainer.model.head.weight), trainer.cfg.emb_dim, dtype=torch.float64)
+    loader = torch.utils.data.DataLoader(trainer.dataset, batch_size=128, num_workers=0)
+    for images, labels, *_ in loader:
+        features = F.normalize(model.backbone(normalize_pixels(images)).double(), dim=1)
+        sums.index_add_(0, labels, features)
+    model.train()
+    return sums[sums.norm(dim=1) > 0]
 
 
 def free_centers(seed: int = 0, m: int = 100, dim: int = 512, rank: int = 40, steps: int = 400, step: float = 0.5) -> None:
@@ -187,19 +203,22 @@ def main() -> int:
         for name, overrides in settings:
             rows[name] = [run(Path(args.config), data, [*overrides, *args.overrides], seed,
                               Path(tmp) / f"{len(rows)}_{seed}") for seed in args.seeds]
-            per_seed = ", ".join(f"{r['center_angle']:.2f}° / {r['energy']:.4f}" for r in rows[name])
-            print(f"{name}: nearest-center angle / energy per seed {per_seed}", file=sys.stderr, flush=True)
+            per_seed = ", ".join(f"{r['center_angle']:.2f}° / {r['class_mean_angle']:.2f}° / {r['energy']:.4f} "
+                                 f"/ {r['accuracy']:.2f}%" for r in rows[name])
+            print(f"{name}: nearest-center angle / class-mean angle / energy / accuracy per seed {per_seed}", file=sys.stderr, flush=True)
     print(f"seeds {args.seeds}; mean ± standard deviation over seeds")
     print("| setting | toy LFW accuracy % | nearest-center angle ° | nearest-weight angle ° "
-          "| Eq. 6 energy of the unit centers | median alpha·dL_u/dx : dCE/dx | center angle gain over alpha=0, per seed |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "| class-mean angle ° | Eq. 6 energy of the unit centers | median alpha·dL_u/dx : dCE/dx "
+          "| center angle gain over alpha=0, per seed | class-mean angle gain, per seed |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     base = rows.get(BASELINE[0], next(iter(rows.values())))
     for name, results in rows.items():
         gains = ", ".join(f"{r['center_angle'] - b['center_angle']:+.2f}" for r, b in zip(results, base))
+        mean_gains = ", ".join(f"{r['class_mean_angle'] - b['class_mean_angle']:+.2f}" for r, b in zip(results, base))
         print(f"| {name} | {spread([r['accuracy'] for r in results])} | {spread([r['center_angle'] for r in results])} "
-              f"| {spread([r['weight_angle'] for r in results])} | {spread([r['energy'] for r in results], 4)} "
-              f"| {statistics.median(r['ratio'] for r in results):.3g} "
-              f"| {gains} |")
+              f"| {spread([r['weight_angle'] for r in results])} | {spread([r['class_mean_angle'] for r in results])} "
+              f"| {spread([r['energy'] for r in results], 4)} | {statistics.median(r['ratio'] for r in results):.3g} "
+              f"| {gains} | {mean_gains} |")
     return 0
 
 

@@ -2,9 +2,9 @@
 classes, 200 iterations) for each setting and seed, and prints per setting: toy LFW accuracy (mean and
 spread), the mean angle from each unit-normalised class center to its nearest other center, the same for
 the head's class weights, the same for the classes' mean unit features over one pass of the training set
-(the centers as the features place them, whichever centers the run moved), Eq. 6 as printed on the unit-normalised centers (the energy the loss lowers: how
-evenly the centers cover the sphere as a whole), and the median ratio |alpha dL_u/dx| / |dCE/dx| over the
-features of one batch half-way through training.
+(the centers as the features place them, whichever centers the run moved), Eq. 6 as printed on the
+unit-normalised centers (the energy the loss lowers: how evenly the centers cover the sphere as a whole),
+and the median ratio |alpha dL_u/dx| / |dCE/dx| over the features of one batch half-way through training.
 
     PYTHONPATH=code python bench/bench_uniform_effect.py [--seeds 0 1 2] [--variants]
     PYTHONPATH=code python bench/bench_uniform_effect.py --free_centers   # Eq. 6 on free unit centers

@@ -62,3 +62,26 @@ def test_a_rerun_parses_the_output_landmarks_file_once(tmp_path, monkeypatch):
     assert summary.already_done == 3 and summary.aligned == 0
     assert {line: parsed[line] for line in own_lines} == {line: 1 for line in own_lines}
     assert (out / LANDMARKS_NAME).read_text() == written
+
+
+def test_a_rerun_keeps_the_landmarks_of_a_file_name_with_a_line_separator_character(tmp_path, monkeypatch):
+    """Only "\n" ends a line of landmarks.txt: an image named with U+2028 (a legal Linux file name) keeps its
+    landmarks on a rerun, and the rerun neither refuses the tool's own file nor rewrites it differently."""
+    source, out = tmp_path / "set", tmp_path / "out"
+    names = ("A/A\u20280001.png", "A/A_0002.png")
+    for name in names:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (250, 250), (120, 90, 60)).save(source / name)
+    marks = tmp_path / "marks.txt"
+    marks.write_text("".join(f"{name}\t90\t100\t150\t100\t120\t135\t95\t160\t145\t160\n" for name in names),
+                     encoding="utf-8")
+    monkeypatch.setattr(preprocessing, "FaceDetector", None)  # landmark-file mode: no detector
+    options = Options(dataset=source, output_dir=out, workers=0, landmarks=marks, progress=False)
+    assert preprocess(options).aligned == 2
+    written = (out / LANDMARKS_NAME).read_text(encoding="utf-8")
+    assert written.count("\n") == 2 and names[0] in written
+    kept = preprocessing.check_own_files(out / "preprocess_report.tsv", out / LANDMARKS_NAME)
+    assert sorted(kept) == sorted(names)
+    summary = preprocess(options)
+    assert summary.already_done == 2 and summary.aligned == 0
+    assert (out / LANDMARKS_NAME).read_text(encoding="utf-8") == written

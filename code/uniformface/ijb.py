@@ -337,8 +337,9 @@ def evaluate_ijb(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path
     """IJB-B / IJB-C 1:1 verification of the loose crops under `root` with the meta files of `name` in
     `meta_dir` (or those files themselves, as `meta_files` located them). Crops are aligned at the network's
     `input_size` (112x96 when None). An image file that is missing is an error listing every one; with
-    `allow_missing` it is left out of its templates (a template left empty scores NO_FEATURE_SCORE). With `cache_path` the image features are kept there (resumable)
-    under `cache_key` (the model's identity) and reused by a later run of the same key."""
+    `allow_missing` it is left out of its templates (a template left empty scores NO_FEATURE_SCORE). With
+    `cache_path` the image features are kept there (resumable) under `cache_key` (the model's identity) and
+    reused by a later run of the same key."""
     crop = tuple(int(v) for v in input_size) if input_size is not None else DEFAULT_CROP
     try:
         template(crop)

@@ -539,7 +539,8 @@ def check_own_files(report: Path, landmarks: Path, overwrite: bool = False) -> d
     except ValueError as exc:
         # Not UTF-8: a file that is not ours is refused as such first (it needs --overwrite, not a new encoding)
         text, not_utf8 = landmarks.read_text(encoding="utf-8-sig", errors="replace"), exc
-    lines = [line for line in text.splitlines() if line.strip()]
+    # only "\n" ends a line, as in read_landmark_file: a file name may hold U+2028 and the like
+    lines = [line for line in text.split("\n") if line.strip()]
     points: dict[str, np.ndarray] = {}
     for number, line in enumerate(lines, 1):
         try:

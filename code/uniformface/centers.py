@@ -165,7 +165,20 @@ def _check_labels(classes: torch.Tensor, num_classes: int, who: str) -> None:
         raise ValueError(f"{who}: labels must lie in [0, {num_classes}), got {int(classes[0])}..{int(classes[-1])}")
 
 
-class ClassCenters(nn.Module):
+class _Centers(nn.Module):
+    """What both kinds of centers offer: `loss_centers_of` / `update_from` take one step's `GlobalBatch`
+    (the trainer shares one between them, so the batch crosses the ranks once); `loss_centers` / `update`
+    take this rank's (features, labels) and gather what they need themselves."""
+
+    def loss_centers(self, features: torch.Tensor, labels: torch.Tensor, check_labels: bool = True) -> torch.Tensor:
+        return self.loss_centers_of(GlobalBatch(features, labels), check_labels)
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor, rate: float, check_labels: bool = True,
+               check_finite: bool = True) -> None:
+        self.update_from(GlobalBatch(features, labels), rate, check_labels, check_finite)
+
+
+class ClassCenters(_Centers):
     """Feature-space class centers (UniformFace Eq. 6-7, read as in the module docstring). Buffers: `centers` (C, d) float32 and `initialized`
     (C,) bool, both in the state_dict.
 
@@ -201,10 +214,6 @@ class ClassCenters(nn.Module):
         version = _version(self.initialized)
         return (self._host_copy is not None and self._host_copy_of is self.initialized and version is not None
                 and version == self._host_copy_version)
-
-    def loss_centers(self, features: torch.Tensor, labels: torch.Tensor, check_labels: bool = True) -> torch.Tensor:
-        """`loss_centers_of` this rank's (features, labels), gathered over the ranks here."""
-        return self.loss_centers_of(GlobalBatch(features, labels), check_labels)
 
     def loss_centers_of(self, batch: GlobalBatch, check_labels: bool = True) -> torch.Tensor:
         """The (M, d) centers that enter Eq. 6 for this global batch: c~_j = (c_j + sum_{i in j} x_i)
@@ -244,11 +253,6 @@ class ClassCenters(nn.Module):
         """What the centers average: the unit-normalised features (sphere reading) or the raw ones."""
         return F.normalize(features, dim=1) if self.normalize else features
 
-    def update(self, features: torch.Tensor, labels: torch.Tensor, rate: float, check_labels: bool = True,
-               check_finite: bool = True) -> None:
-        """`update_from` this rank's (features, labels), gathered over the ranks here."""
-        self.update_from(GlobalBatch(features, labels), rate, check_labels, check_finite)
-
     @torch.no_grad()
     def update_from(self, batch: GlobalBatch, rate: float, check_labels: bool = True,
                     check_finite: bool = True) -> None:
@@ -285,7 +289,7 @@ class ClassCenters(nn.Module):
         return f"num_classes={self.num_classes}, dim={self.dim}, scope={self.scope!r}, normalize={self.normalize}"
 
 
-class WeightCenters(nn.Module):
+class WeightCenters(_Centers):
     """The earlier port's variant: the head's class weights (C, d) are the centers. The uniform loss's
     gradient flows into them, and after the step Eq. 7 moves them toward the features at `rate`.
 
@@ -321,11 +325,6 @@ class WeightCenters(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.head.weight
 
-    def loss_centers(self, features: torch.Tensor, labels: torch.Tensor, check_labels: bool = True) -> torch.Tensor:
-        """`loss_centers_of` this rank's (features, labels), gathered over the ranks here (the labels only,
-        and only for scope "batch")."""
-        return self.loss_centers_of(GlobalBatch(features, labels), check_labels)
-
     def loss_centers_of(self, batch: GlobalBatch, check_labels: bool = True) -> torch.Tensor:
         """The class weights (scope "batch": those of the global batch's classes, worked out on the host as in
         `ClassCenters.loss_centers_of`). The features are not needed, and not gathered."""
@@ -338,11 +337,6 @@ class WeightCenters(nn.Module):
                 _check_labels(classes, len(weight), "WeightCenters.loss_centers")
             weight = weight[classes.to(weight.device, non_blocking=True)]
         return F.normalize(weight, dim=1) if self.normalize else weight
-
-    def update(self, features: torch.Tensor, labels: torch.Tensor, rate: float, check_labels: bool = True,
-               check_finite: bool = True) -> None:
-        """`update_from` this rank's (features, labels), gathered over the ranks here (not at rate 0)."""
-        self.update_from(GlobalBatch(features, labels), rate, check_labels, check_finite)
 
     @torch.no_grad()
     def update_from(self, batch: GlobalBatch, rate: float, check_labels: bool = True,

@@ -4,6 +4,7 @@ spread), the mean angle from each unit-normalised class center to its nearest ot
 the head's class weights, the same for the classes' mean unit features over one pass of the training set
 (the centers as the features place them, whichever centers the run moved), Eq. 6 as printed on the
 unit-normalised centers (the energy the loss lowers: how evenly the centers cover the sphere as a whole),
+the squared norm of their mean (what Eq. 6 asks to vanish, to first order),
 and the median ratio |alpha dL_u/dx| / |dCE/dx| over the features of one batch half-way through training.
 
     PYTHONPATH=code python bench/bench_uniform_effect.py [--seeds 0 1 2] [--variants]
@@ -97,6 +98,7 @@ def run(cfg_path: Path, data: Path, overrides: list[str], seed: int, run_dir: Pa
     return {"accuracy": 100 * result["accuracy_mean"], "center_angle": mean_min_angle(center_rows.detach()),
             "class_mean_angle": mean_min_angle(class_means(trainer)),
             "energy": float(uniform_loss(unit_centers, reduction="pairs")),
+            "mean_sq": float(unit_centers.mean(0).square().sum()),
             "weight_angle": mean_min_angle(trainer.model.head.weight.detach()),
             "ratio": ratio}
 
@@ -204,20 +206,21 @@ def main() -> int:
             rows[name] = [run(Path(args.config), data, [*overrides, *args.overrides], seed,
                               Path(tmp) / f"{len(rows)}_{seed}") for seed in args.seeds]
             per_seed = ", ".join(f"{r['center_angle']:.2f}° / {r['class_mean_angle']:.2f}° / {r['energy']:.4f} "
-                                 f"/ {r['accuracy']:.2f}%" for r in rows[name])
-            print(f"{name}: nearest-center angle / class-mean angle / energy / accuracy per seed {per_seed}", file=sys.stderr, flush=True)
+                                 f"/ {r['mean_sq']:.4f} / {r['accuracy']:.2f}%" for r in rows[name])
+            print(f"{name}: nearest-center angle / class-mean angle / energy / squared norm of the unit centers' mean / accuracy per seed {per_seed}", file=sys.stderr, flush=True)
     print(f"seeds {args.seeds}; mean ± standard deviation over seeds")
     print("| setting | toy LFW accuracy % | nearest-center angle ° | nearest-weight angle ° "
-          "| class-mean angle ° | Eq. 6 energy of the unit centers | median alpha·dL_u/dx : dCE/dx "
+          "| class-mean angle ° | Eq. 6 energy of the unit centers | squared norm of their mean | median alpha·dL_u/dx : dCE/dx "
           "| center angle gain over alpha=0, per seed | class-mean angle gain, per seed |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     base = rows.get(BASELINE[0], next(iter(rows.values())))
     for name, results in rows.items():
         gains = ", ".join(f"{r['center_angle'] - b['center_angle']:+.2f}" for r, b in zip(results, base))
         mean_gains = ", ".join(f"{r['class_mean_angle'] - b['class_mean_angle']:+.2f}" for r, b in zip(results, base))
         print(f"| {name} | {spread([r['accuracy'] for r in results])} | {spread([r['center_angle'] for r in results])} "
               f"| {spread([r['weight_angle'] for r in results])} | {spread([r['class_mean_angle'] for r in results])} "
-              f"| {spread([r['energy'] for r in results], 4)} | {statistics.median(r['ratio'] for r in results):.3g} "
+              f"| {spread([r['energy'] for r in results], 4)} | {spread([r['mean_sq'] for r in results], 4)} "
+              f"| {statistics.median(r['ratio'] for r in results):.3g} "
               f"| {gains} | {mean_gains} |")
     return 0
 

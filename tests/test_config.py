@@ -171,3 +171,12 @@ def test_settings_changed_on_resume_are_recorded_once_and_config_rewritten(tmp_p
     (tmp_path / HISTORY_FILE).write_text("lr: 0.1\n")
     with pytest.raises(ValueError, match=rf"{HISTORY_FILE}: expected a list of entries"):
         read_history(tmp_path)
+
+
+def test_config_file_not_utf8_names_file_and_line_and_a_byte_order_mark_is_fine(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"seed: 1\nlr: 0.\xe91\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:2: not UTF-8 text \(byte 0xe9 at offset 14\)"):
+        load_config(path)
+    path.write_bytes(b"\xef\xbb\xbfseed: 3\n")
+    assert load_config(path).seed == 3

@@ -1,6 +1,7 @@
 """datasets/packed.py: a packed set is recognised by its files, filtered like a folder, made from a folder
 or a .rec, refused by name when damaged, and trains bit-identically to its folder. pack_dataset.py's own
 test is in test_pack_dataset.py."""
+import json
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,12 @@ def test_damaged_pack_fails_naming_the_file(tmp_path, tree_factory):
         open_train_set(out)
     with pytest.raises(FileNotFoundError, match=r"nothing\.packed: not a packed dataset"):
         open_train_set(tmp_path / "nothing.packed")
+    (out / "meta.json").write_text('{"format": "uniformface-packed", ')
+    with pytest.raises(ValueError, match=r"meta\.json: not the JSON that code/pack_dataset\.py writes \(Expecting"):
+        open_train_set(out)
+    (out / "meta.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"meta\.json: format None version None, expected 'uniformface-packed'"):
+        open_train_set(out)
 
 
 def test_training_on_the_packed_set_matches_the_folder(tmp_path, aligned_tree):
@@ -56,3 +63,19 @@ def test_training_on_the_packed_set_matches_the_folder(tmp_path, aligned_tree):
     # same pixels, labels, batch order and flips: the two runs are bit-identical
     for key, value in from_folder["model"].items():
         assert torch.equal(value, from_packed["model"][key]), key
+
+
+def test_check_images_notes_what_packing_left_out(tmp_path, tree_factory):
+    from uniformface.datasets import check_images
+
+    tree = tree_factory(tmp_path / "t", n_classes=2, per_class=2)
+    assert check_images(open_train_set(tree), [112, 96], tree).notes == []
+    out = pack(tree, tmp_path / "p.packed", progress=False).output
+    assert check_images(open_train_set(out), [112, 96], out).notes == []
+    meta = json.loads((out / "meta.json").read_text())
+    meta["skipped"] = [["t/a/broken.jpg", "cannot be decoded"]]
+    (out / "meta.json").write_text(json.dumps(meta))
+    check = check_images(open_train_set(out), [112, 96], out)
+    assert check.notes == [f"1 images of the source were left out when {out} was packed (unreadable or of another "
+                           f"size; listed under 'skipped' in {out / 'meta.json'})"]
+    assert check.lines(out) == [f"note: {check.notes[0]}"]

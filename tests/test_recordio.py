@@ -189,3 +189,19 @@ def test_non_integer_label_is_refused(tmp_path):
     rec, _ = write_by_hand(tmp_path, [(0, frame(0, payload([2.0, 2.0]))), (1, frame(0, payload(0.5, b"")))])
     with pytest.raises(RecordIOError, match="record 1 has the non-integer label 0.5"):
         RecordTrainSet(rec)
+
+
+def test_damaged_header_end_key_fails_at_once(tmp_path):
+    # record 0's first label is the image end key: 3e38 (a damaged header) must be answered from the
+    # index's two keys, not by a walk over 1..3e38
+    rec, _ = write_by_hand(tmp_path, [(0, frame(0, payload([3e38, 3e38]))), (1, frame(0, payload(0.0, b"")))])
+    with pytest.raises(RecordIOError, match=r"hand\.idx: the header record says images are keys 1\.\.\d+, but key 2 "
+                                            r"is not in the index \(\d+ missing\)"):
+        RecordTrainSet(rec)
+    rec, _ = write_by_hand(tmp_path, [(0, frame(0, payload([float("nan"), 2.0]))), (1, frame(0, payload(0.0, b"")))])
+    with pytest.raises(RecordIOError, match=r"hand\.rec: the header record gives the image end key nan, not a number"):
+        RecordTrainSet(rec)
+    rec, _ = write_by_hand(tmp_path, [(0, frame(0, payload([3.0, 3.0]))), (1, frame(0, payload(0.0, b""))),
+                                      (2, frame(0, payload(float("inf"), b"")))])
+    with pytest.raises(RecordIOError, match="record 2 has the non-integer label inf"):
+        RecordTrainSet(rec)

@@ -147,6 +147,9 @@ def test_damaged_results_name_the_file(tmp_path):
     (folder / "lfw_results.json").write_text('{"accuracy_mean": 0.9,\n  "fold_accuracies": [0.9')
     with pytest.raises(ValueError, match=r"r/lfw_results.json:2: not valid JSON"):
         load_run(folder)
+    (folder / "lfw_results.json").write_bytes(b'{"accuracy_mean": 0.9,\n  "protocol": "sph\xe9reface"}')
+    with pytest.raises(ValueError, match=r"r/lfw_results.json:2: not UTF-8 text \(byte 0xe9 at offset 41\)"):
+        load_run(folder)
     (folder / "lfw_results.json").write_text('{"accuracy_mean": 0.9}')
     with pytest.raises(ValueError, match=r"needs both 'accuracy_mean' and 'fold_accuracies'"):
         gather_markdown([load_run(folder)])

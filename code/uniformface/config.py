@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from .atomic import atomic_write_text
+from .paths import read_utf8_text
 from .registry import ASOFTMAX_GRADIENTS, CENTER_MODES, HEAD_NAMES, MODEL_NAMES, UNIFORM_REDUCTIONS
 
 
@@ -39,13 +40,13 @@ def yaml_load(text: str):
 
 
 def read_yaml(path: str | Path) -> Any:
-    """A YAML file's content, or ValueError naming the file, and the line where the parser stopped, when
-    it is not UTF-8 text or not YAML (an OSError when it cannot be read at all)."""
+    """A YAML file's content, or ValueError naming the file, and the line where the decoder or the parser
+    stopped, when it is not UTF-8 text (`paths.read_utf8_text`) or not YAML (an OSError when it cannot be
+    read at all)."""
     path = Path(path)
+    text = read_utf8_text(path)
     try:
-        return yaml_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        return yaml_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

@@ -93,6 +93,15 @@ def _opened(source, max_pixels: float | None, label: str) -> Iterator[Image.Imag
             yield image
 
 
+def _load_error(exc: Exception, what: str) -> ImageLoadError:
+    """Pillow's failure `exc` as an ImageLoadError `<what>: <reason>`."""
+    if isinstance(exc, Image.UnidentifiedImageError):
+        reason = "not an image file (or an unsupported format)"
+    else:
+        reason = str(exc) or type(exc).__name__
+    return ImageLoadError(f"{what}: {reason}", reason)
+
+
 def _orientation(image: Image.Image) -> int:
     """The EXIF orientation known from the header (1 when absent or unreadable). A PNG whose eXIf chunk
     follows its pixel data is not seen here (Pillow would have to decode the pixels to reach it)."""
@@ -159,10 +168,7 @@ def read_rgb(source: str | Path | bytes, max_side: int | None = None, max_pixels
     except ImageLoadError:
         raise
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
-        reason = str(exc) or type(exc).__name__
-        if isinstance(exc, Image.UnidentifiedImageError):
-            reason = "not an image file (or an unsupported format)"
-        raise ImageLoadError(f"cannot decode image {label}: {reason}", reason) from exc
+        raise _load_error(exc, f"cannot decode image {label}") from exc
     if pixels.ndim != 3 or pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise ImageLoadError(f"cannot decode image {label}: empty image", "empty image")
     return pixels, (width / pixels.shape[1], height / pixels.shape[0])
@@ -188,10 +194,7 @@ def image_header_size(source: str | Path | bytes, name: str | None = None,
     except ImageLoadError:
         raise
     except Exception as exc:
-        reason = str(exc) or type(exc).__name__
-        if isinstance(exc, Image.UnidentifiedImageError):
-            reason = "not an image file (or an unsupported format)"
-        raise ImageLoadError(f"cannot read the header of image {label}: {reason}", reason) from exc
+        raise _load_error(exc, f"cannot read the header of image {label}") from exc
     return height, width
 
 
@@ -257,6 +260,7 @@ def walk_images(root: str | Path, max_depth: int | None = None, avoid: str | Pat
     root_real = os.path.realpath(root)
     if avoid_real is not None and (root_real == avoid_real or root_real.startswith(avoid_real + os.sep)):
         avoid_real = None  # the whole tree lies inside `avoid` (a dataset kept in the output folder): nothing to avoid
+    listed = {root_real: ""}  # real path of every folder walked -> its path from the root
 
     def walk(folder: str, relative: str, depth: int, chain: dict[str, str]) -> None:
         try:
@@ -296,6 +300,5 @@ def walk_images(root: str | Path, max_depth: int | None = None, avoid: str | Pat
                 listed[real] = path
                 walk(entry.path, path, depth + 1, {**chain, real: path})
 
-    listed = {root_real: ""}
     walk(str(root), "", 0, {root_real: ""})
     return tree

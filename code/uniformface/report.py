@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import history_lines, read_history, read_yaml
+from .paths import read_utf8_text
 
 RESULTS_FILE = "lfw_results.json"
 # insightface's usual order of its verification sets; others follow alphabetically.
@@ -112,7 +113,7 @@ def load_run(path: str | Path) -> Run:
     if not results_path.is_file():
         raise FileNotFoundError(f"{results_path}: no results file (run test.py --model_path on the run's weights)")
     try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
+        results = json.loads(read_utf8_text(results_path))  # a ValueError naming the file and line
     except json.JSONDecodeError as exc:
         raise ValueError(f"{results_path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
     if not isinstance(results, dict):

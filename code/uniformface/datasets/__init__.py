@@ -38,8 +38,11 @@ def open_train_set(path: str | Path, **kwargs) -> TrainSet:
         return RecordTrainSet(path, **kwargs)
     if is_packed(path):
         return PackedTrainSet(path, **kwargs)
-    if (path / "train.rec").is_file() and not any(entry.is_dir() for entry in os.scandir(path)):
-        return RecordTrainSet(path / "train.rec", **kwargs)
+    if (path / "train.rec").is_file():
+        with os.scandir(path) as entries:
+            identity_folders = any(entry.is_dir() for entry in entries)
+        if not identity_folders:
+            return RecordTrainSet(path / "train.rec", **kwargs)
     return ImageFolderTrainSet(path, **kwargs)
 
 

@@ -96,6 +96,10 @@ class TrainSet(Dataset):
         decoding any image, or None when this kind of set cannot tell sizes that cheaply."""
         return None
 
+    def check_notes(self) -> list[str]:
+        """Lines for the console beside `check_images`' warnings (e.g. what a packed set left out)."""
+        return []
+
     def item(self, key) -> tuple[torch.Tensor | None, int, str | None]:
         """(image or None, label, None or why the image is unusable, naming it)."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
@@ -181,7 +185,7 @@ def check_images(dataset: TrainSet, input_size: Sequence[int], source: str | Pat
     dataset.expected_size = (height, width)
     found = dataset.header_sizes()
     check = ImageCheck(len(dataset), found is not None)
-    check.notes += getattr(dataset, "check_notes", lambda: [])()
+    check.notes += dataset.check_notes()
     if found is None:
         sizes = _first_decoded_sizes(dataset)
         if not sizes:

@@ -54,7 +54,12 @@ class PackedTrainSet(TrainSet):
         if not meta_path.is_file():
             raise FileNotFoundError(f"{self.root}: not a packed dataset ({META_FILE} is missing; "
                                     "write one with code/pack_dataset.py)")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except ValueError as exc:  # not UTF-8, or not JSON
+            raise ValueError(f"{meta_path}: not the JSON that code/pack_dataset.py writes ({exc})") from None
+        if not isinstance(meta, dict):
+            meta = {}
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise ValueError(f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')!r}, "
                              f"expected {FORMAT!r} version {VERSION}")

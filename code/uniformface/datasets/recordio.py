@@ -179,11 +179,17 @@ def image_keys(rec: RecordFile, index: dict[int, int], idx_path: Path) -> list[i
     header = rec.read_header(index[0])
     if header.flag == 0:
         return sorted(index)
+    if not np.isfinite(header.label[0]):
+        raise RecordIOError(f"{rec.path}: the header record gives the image end key {header.label[0]}, "
+                            "not a number")
     end = int(header.label[0])
-    missing = [k for k in range(1, end) if k not in index]
-    if missing:
+    # Counted over the index, not over 1..end-1: a damaged header's end key (up to 3e38) must not
+    # start a loop that never finishes.
+    present = sum(1 for k in index if 1 <= k < end)
+    if present < end - 1:
+        first = next(k for k in range(1, end) if k not in index)  # at most present + 1 steps
         raise RecordIOError(f"{idx_path}: the header record says images are keys 1..{end - 1}, but key "
-                            f"{missing[0]} is not in the index ({len(missing)} missing)")
+                            f"{first} is not in the index ({end - 1 - present} missing)")
     return list(range(1, end))
 
 
@@ -221,7 +227,7 @@ class RecordTrainSet(TrainSet):
             rec.close()
         if not keys:
             raise ValueError(f"training set {self.rec_path} holds no image records")
-        bad = np.flatnonzero(raw != np.round(raw))
+        bad = np.flatnonzero(~np.isfinite(raw) | (raw != np.round(raw)))  # inf would cast to a garbage class
         if bad.size:
             raise RecordIOError(f"{self.rec_path}: record {keys[bad[0]]} has the non-integer label {raw[bad[0]]}")
         distinct, dense = np.unique(raw.astype(np.int64), return_inverse=True)

@@ -167,6 +167,13 @@ def test_state_dict_round_trip():
     assert torch.equal(fresh.centers, centers.centers) and torch.equal(fresh.initialized, centers.initialized)
 
 
+def test_initialized_centers_are_the_rows_marked_initialized(device):
+    centers = seeded_centers().to(device)
+    got = centers.initialized_centers()
+    assert not got.requires_grad and got.device == centers.centers.device
+    torch.testing.assert_close(got.cpu(), centers.centers.cpu()[[0, 2, 3, 5]], rtol=0, atol=0)
+
+
 def test_bad_input_is_refused_clearly():
     centers = ClassCenters(3, 2)
     with pytest.raises(ValueError, match=r"\[0, 3\)"):

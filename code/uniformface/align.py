@@ -20,10 +20,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .crop import crop_to_image
 # the official SphereFace detector settings and the detection size limit, explained in defaults.py
 from .defaults import DETECTION_MAX_SIDE, MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS  # noqa: F401 (re-exported)
-from .crop import crop_to_image
 from .mtcnn import detect_faces
+
 
 def align_face(image: np.ndarray, landmarks: np.ndarray, output_size: Sequence[int] = (112, 96)) -> np.ndarray:
     """Warp `image` (H, W, 3) or (H, W) uint8 so that its 5 `landmarks` (x, y), Matlab 1-based, land on

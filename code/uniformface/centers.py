@@ -243,11 +243,19 @@ class ClassCenters(_Centers):
         if self.scope == "all":
             others = self.host_initialized().clone()
             others[host_classes] = False
-            # row numbers from the host copy: a boolean mask on the device would be read back to size the rows
-            rows = torch.nonzero(others).squeeze(1).to(self.centers.device, non_blocking=True)
-            parts.append(self.centers[rows].to(dtype))
+            parts.append(self._rows(others).to(dtype))
         centers = torch.cat(parts)
         return F.normalize(centers, dim=1) if self.normalize else centers
+
+    def initialized_centers(self) -> torch.Tensor:
+        """The initialised centers (C_init, d), detached (for the log's figures), read as `loss_centers_of`
+        reads the other centers: without reading the device."""
+        return self._rows(self.host_initialized()).detach()
+
+    def _rows(self, host_mask: torch.Tensor) -> torch.Tensor:
+        """The centers a host mask picks, by row numbers sent to the device: a boolean mask on the device
+        would be read back to size the result."""
+        return self.centers[torch.nonzero(host_mask).squeeze(1).to(self.centers.device, non_blocking=True)]
 
     def _points(self, features: torch.Tensor) -> torch.Tensor:
         """What the centers average: the unit-normalised features (sphere reading) or the raw ones."""

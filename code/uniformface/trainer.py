@@ -298,7 +298,8 @@ class Trainer:
         n = self.dataset.num_classes
         labels = getattr(self.dataset, "labels", None)  # packed / RecordIO sets hold them as one array
         if labels is not None:
-            outside = np.flatnonzero((np.asarray(labels) < 0) | (np.asarray(labels) >= n))
+            labels = np.asarray(labels)
+            outside = np.flatnonzero((labels < 0) | (labels >= n))
             indices = outside[:1].tolist()
         else:
             indices = range(len(self.dataset))
@@ -692,9 +693,7 @@ class Trainer:
 
     def _center_matrix(self) -> torch.Tensor | None:
         if isinstance(self.centers, ClassCenters):
-            # row numbers from the host's copy of `initialized`: a mask on the device would be read back
-            rows = torch.nonzero(self.centers.host_initialized()).squeeze(1).to(self.device, non_blocking=True)
-            return self.centers.centers[rows].detach()
+            return self.centers.initialized_centers()
         return self.model.head.weight.detach()
 
 

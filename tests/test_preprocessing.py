@@ -85,3 +85,27 @@ def test_a_rerun_keeps_the_landmarks_of_a_file_name_with_a_line_separator_charac
     summary = preprocess(options)
     assert summary.already_done == 2 and summary.aligned == 0
     assert (out / LANDMARKS_NAME).read_text(encoding="utf-8") == written
+
+
+def test_a_landmarks_file_that_is_not_ours_is_named_with_the_line_an_editor_shows(tmp_path):
+    """Blank lines count: the refusal names the line as an editor numbers it. A malformed last line is one a
+    killed run may have cut (kept out, no refusal), and --overwrite refuses nothing, not even a file that is
+    not UTF-8 (its well-formed lines are kept, as from any file it replaces)."""
+    good = "A/A_0001.png\t90\t100\t150\t100\t120\t135\t95\t160\t145\t160\n"
+    marks = tmp_path / LANDMARKS_NAME
+    marks.write_text(good + "\n\n" + "milk\n" + good.replace("A_0001", "A_0002"))
+    with pytest.raises(FileExistsError, match=r"landmarks\.txt, line 4: not a landmarks file"):
+        preprocessing.check_own_files(tmp_path / "report.tsv", marks)
+    assert sorted(preprocessing.check_own_files(tmp_path / "report.tsv", marks, overwrite=True)) == [
+        "A/A_0001.png", "A/A_0002.png"]
+    marks.write_text(good + "\n" + "A/A_0002.png\t90\t10")
+    assert sorted(preprocessing.check_own_files(tmp_path / "report.tsv", marks)) == ["A/A_0001.png"]
+    marks.write_bytes(good.encode() + b"\xff\xfe notes\n" + good.encode())  # not ours, and not UTF-8
+    with pytest.raises(FileExistsError, match=r"landmarks\.txt, line 2: not a landmarks file"):
+        preprocessing.check_own_files(tmp_path / "report.tsv", marks)
+    assert sorted(preprocessing.check_own_files(tmp_path / "report.tsv", marks, overwrite=True)) == ["A/A_0001.png"]
+    marks.write_bytes(good.encode() + good.replace("A_0001", "\udcff").encode("utf-8", "surrogateescape"))
+    with pytest.raises(ValueError, match=r"landmarks\.txt:2: not UTF-8 text"):  # well-formed, but not UTF-8
+        preprocessing.check_own_files(tmp_path / "report.tsv", marks)
+    assert sorted(preprocessing.check_own_files(tmp_path / "report.tsv", marks, overwrite=True)) == [
+        "A/A_0001.png", "A/\ufffd.png"]

@@ -193,7 +193,7 @@ def mean_colour_identity_accuracy(summary, root):
 
 def test_mean_colour_does_not_identify_people(tmp_path):
     """A test that can fail: with per-image colour and lighting switched off and a strong per-person skin
-    tone (the failure the issue describes: tint carrying identity), the same measure finds people."""
+    tone (the failure this guards against: tint carrying identity), the same measure finds people."""
     sizes = dict(train_identities=12, images_per_identity=5, lfw_identities=4, lfw_images_min=2,
                  lfw_images_max=2, folds=2, pairs_per_fold=1)
     honest = generate(tmp_path / "honest", seed=5, settings=dataclasses.replace(TINY, **sizes), progress=False)

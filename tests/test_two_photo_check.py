@@ -55,3 +55,32 @@ def test_pair_cosine_subtracts_the_stored_mean():
     assert pair_cosine(a, b, mean) == pytest.approx(4 / 5, abs=1e-15)    # (0,1,2).(1,0,2) / 5
     with pytest.raises(ValueError, match="stored feature mean has 2 values but the model's features have 3"):
         pair_cosine(a, b, np.zeros(2))
+
+
+def test_a_rule_that_is_not_finite_numbers_is_refused(tmp_path):
+    """JSON allows NaN: a NaN threshold or feature mean would decide "different people" for every pair, so
+    it is an error naming the file, as is a list where the threshold belongs or old fold thresholds that are
+    not numbers."""
+    path = tmp_path / "r.json"
+    rule = {"protocol": "sphereface", "feature_mean": [0.0, 1.0], "cosine_threshold": 0.3, "fitted_on_pairs": 6}
+    path.write_text(json.dumps({"verify_rule": rule}))
+    assert load_rule(path).threshold == 0.3
+    for bad in ({"cosine_threshold": float("nan")}, {"feature_mean": [0.0, float("inf")]},
+                {"cosine_threshold": [0.3, 0.4]}, {"cosine_threshold": "high"}):
+        path.write_text(json.dumps({"verify_rule": {**rule, **bad}}))
+        with pytest.raises(ValueError, match=r"r\.json: verify_rule holds a .*rerun test\.py"):
+            load_rule(path)
+    path.write_text(json.dumps({"protocol": "insightface", "thresholds": [1.2, float("nan")]}))
+    with pytest.raises(ValueError, match=r"r\.json: thresholds holds a value that is not a finite number"):
+        load_rule(path)
+    path.write_text(json.dumps({"protocol": "insightface", "thresholds": [1.2, "x"]}))
+    with pytest.raises(ValueError, match=r"r\.json: thresholds holds a value that is not a number"):
+        load_rule(path)
+
+
+def test_pair_cosine_of_a_zero_feature_is_an_error_not_nan():
+    a, b = np.array([1.0, 2.0, 2.0]), np.array([2.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="feature is zero"):
+        pair_cosine(a, b, a.copy())
+    with pytest.raises(ValueError, match="stored feature mean has 1 values but the model's features have 3"):
+        pair_cosine(a, b, np.array(0.5))

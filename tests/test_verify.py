@@ -122,6 +122,14 @@ def test_stored_threshold_above_the_cosine_says_different(photos, model_path, re
     assert "different people" in capsys.readouterr().out
 
 
+def test_a_threshold_that_is_not_finite_is_a_usage_error(photos, capsys):
+    """`--threshold nan` would answer "different people" for every pair: refused before any work."""
+    pair = [str(photos / "astronaut.jpg"), str(photos / "same.jpg")]
+    for value in ("nan", "inf"):
+        assert verify_main(pair + ["--model_path", "absent.pt", "--threshold", value]) == 2
+        assert f"--threshold: expected a finite number, got {value}" in capsys.readouterr().err
+
+
 def test_faceless_photo_and_missing_rule_are_clear_errors(photos, model_path, capsys):
     wall = str(photos / "wall.jpg")
     args = [str(photos / "astronaut.jpg"), wall, "--model_path", str(model_path), "--threshold", "0.3"]

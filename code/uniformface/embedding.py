@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .crop import template
 from .atomic import atomic_write_bytes, atomic_write_text
+from .crop import template
 from .datasets import image_tensor
 from .images import IMAGE_EXTENSIONS, walk_images
 from .models import normalize_pixels

@@ -42,15 +42,8 @@ def evaluate_pairs(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Pa
     present = [p for p in unique_images(pairs) if p not in missing_set]
     features = extract_features(embed, ImageFiles(root, present, input_size), protocol, batch_size, num_workers,
                                 device, progress)
-    row = {p: i for i, p in enumerate(present)}
-    usable = np.array([p.left in row and p.right in row for p in pairs])
-    dim = features.shape[1]
-    # A pair with a missing image keeps its place (fold boundaries unchanged) with a zero feature.
-    left = np.zeros((len(pairs), dim), np.float32)
-    right = np.zeros((len(pairs), dim), np.float32)
+    left, right, usable = pair_features(features, present, pairs, np.float32)
     idx = np.flatnonzero(usable)
-    left[idx] = features[[row[pairs[i].left] for i in idx]]
-    right[idx] = features[[row[pairs[i].right] for i in idx]]
     is_same = np.array([p.is_same for p in pairs])
     n_folds = max(p.fold for p in pairs) + 1
     result = kfold_accuracy(left, right, is_same, protocol=protocol, n_folds=n_folds,
@@ -59,6 +52,22 @@ def evaluate_pairs(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Pa
     result["verify_rule"] = decision_rule(left[idx], right[idx], is_same[idx], protocol)
     result.update(n_pairs=len(pairs), n_missing_pairs=int((~usable).sum()), missing_images=[str(m) for m in missing])
     return result
+
+
+def pair_features(features: np.ndarray, items: Sequence, pairs: Sequence, dtype=np.float64
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(left, right, usable): each pair's two rows of `features`, whose row i is that of `items[i]` (the
+    pairs' `left` / `right` name items). A pair with an item that has no row (a missing image or video)
+    keeps its place, so that fold boundaries stay as the pairs file defines them, with zero features and
+    usable False."""
+    row = {item: i for i, item in enumerate(items)}
+    usable = np.array([p.left in row and p.right in row for p in pairs])
+    left = np.zeros((len(pairs), features.shape[1]), dtype)
+    right = np.zeros((len(pairs), features.shape[1]), dtype)
+    idx = np.flatnonzero(usable)
+    left[idx] = features[[row[pairs[i].left] for i in idx]]
+    right[idx] = features[[row[pairs[i].right] for i in idx]]
+    return left, right, usable
 
 
 def evaluate_bin(embed: Callable[[torch.Tensor], torch.Tensor], path: str | Path,

@@ -25,12 +25,13 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .align import align_face
-from .crop import template
 from .atomic import atomic_write_bytes
+from .crop import template
 from .embedding import extract_features
 from .feature_cache import cached_features, chunked, file_stamp, listing_digest, model_identity
 from .images import decode_rgb
 from .paths import first_and_more, read_utf8_text
+from .plots import new_figure
 from .results import beside_results, prepare_results, roc_path, update_results
 from .trained_network import load_embedder
 from .verification_protocol import curve_metrics, figure_png_bytes, l2_normalize, roc_points
@@ -305,14 +306,10 @@ def save_log_roc_png(fpr: np.ndarray, tpr: np.ndarray, path: str | Path, label: 
     """The ROC with the false accept rate on a log axis from 1e-6 (IJB reports TAR down to FAR 1e-6: on
     a linear axis that whole range is one pixel wide), written atomically. Millions of ROC points are
     thinned to the step curve at 2,000 log-spaced FARs (the best TAR not exceeding each)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     grid = np.logspace(-7, 0, 2000)
     positions = np.searchsorted(fpr, grid, side="right") - 1   # fpr is non-decreasing along the ROC
     best = np.maximum.accumulate(tpr)[np.maximum(positions, 0)]
-    figure = Figure(figsize=(6, 5), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = new_figure(6, 5, layout=None)
     axes = figure.add_subplot()
     axes.plot(grid, best, label=label)
     axes.set(xscale="log", xlim=(1e-6, 1), ylim=(0, 1.01), xlabel="false accept rate", ylabel="true accept rate",
@@ -360,12 +357,13 @@ def evaluate_ijb(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path
         raise ValueError(f"{files['pairs']}: all pairs are {'genuine' if labels.all() else 'impostor'}: no ROC")
     points = read_landmarks_scores(files["landmarks"])
 
-    used = np.isin(templates, np.union1d(first, second))   # only the images of templates some pair compares
+    compared = np.union1d(first, second)
+    used = np.isin(templates, compared)   # only the images of templates some pair compares
     images = list(dict.fromkeys(n for n, u in zip(names, used) if u))
     unlisted = [n for n in images if n not in points]
     if unlisted:
         raise ValueError(f"{files['landmarks']}: no landmarks for {len(unlisted)} image(s) of {files['tid_mid'].name}: "
-                         f"{', '.join(unlisted[:5])}{' ...' if len(unlisted) > 5 else ''}")
+                         f"{first_and_more(unlisted, 5)}")
     root = Path(root)
     missing = sorted(n for n in images if not (root / n).is_file())
     if missing and not allow_missing:
@@ -403,7 +401,7 @@ def evaluate_ijb(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path
         save_log_roc_png(fpr, tpr, roc_png, label=f"{label or 'model'} (AUC {metrics['auc']:.4f})",
                          title=f"{NAMES[name]} 1:1 verification, {len(scores):,} template pairs")
         result["roc_png"] = str(roc_png)
-    result.update(n_pairs=int(len(scores)), n_genuine=int(labels.sum()), n_templates=int(len(np.union1d(first, second))),
+    result.update(n_pairs=int(len(scores)), n_genuine=int(labels.sum()), n_templates=int(len(compared)),
                   n_images=len(present), n_missing_images=len(missing), missing_images=missing,
                   n_pairs_without_features=no_feature, detector_score_weighting=bool(detector_score),
                   crop=f"{crop[0]}x{crop[1]}", **cache_note)

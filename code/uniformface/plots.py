@@ -186,12 +186,13 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return (sums[end] - sums[start]) / (end - start)
 
 
-def new_figure(width: float, height: float):
-    """A Figure on its own Agg canvas (no pyplot, no global backend), laid out by constrained layout."""
+def new_figure(width: float, height: float, layout: str | None = "constrained"):
+    """A Figure on its own Agg canvas (no pyplot, no global backend), laid out by `layout` (None: margins
+    set by hand)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    figure = Figure(figsize=(width, height), dpi=100, layout=layout)
     FigureCanvasAgg(figure)
     return figure
 
@@ -392,9 +393,6 @@ def sphere_figure(views: Sequence[SphereView], note: str | None = None, panel_si
     the Figure; its axes are the panels, in order."""
     if not views:
         raise ValueError("no models to draw")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     titles = []
     for view in views:
         lines = [wrap_label(view.label, 48),
@@ -404,8 +402,7 @@ def sphere_figure(views: Sequence[SphereView], note: str | None = None, panel_si
     # one for the longest title (inches).
     top = 0.1 + 0.19 * max(title.count("\n") + 1 for title in titles)
     height = panel_size + top + (0.3 if note else 0.05)
-    figure = Figure(figsize=(panel_size * len(views), height), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = new_figure(panel_size * len(views), height, layout=None)
     figure.subplots_adjust(left=0.0, right=1.0, bottom=(0.3 if note else 0.05) / height, top=1 - top / height,
                            wspace=0.0)
     u = np.linspace(0.0, 2.0 * np.pi, 25)

@@ -37,12 +37,12 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from .align import DETECTION_MAX_SIDE, FaceDetector, align_face
-from .crop import to_original, to_reduced
 from .atomic import PARTIAL_SUFFIX, atomic_write_text
 from .checkpoint import FolderLock
+from .crop import to_original, to_reduced
 from .defaults import SMALLEST_MIN_FACE_SIZE
-from .paths import read_utf8_text
 from .images import ImageLoadError, ImageTooLargeError, image_header_size, read_rgb, walk_images, write_image
+from .paths import read_utf8_text
 from .registry import FALLBACKS
 
 REPORT_NAME = "preprocess_report.tsv"
@@ -540,19 +540,19 @@ def check_own_files(report: Path, landmarks: Path, overwrite: bool = False) -> d
         # Not UTF-8: a file that is not ours is refused as such first (it needs --overwrite, not a new encoding)
         text, not_utf8 = landmarks.read_text(encoding="utf-8-sig", errors="replace"), exc
     # only "\n" ends a line, as in read_landmark_file: a file name may hold U+2028 and the like
-    lines = [line for line in text.split("\n") if line.strip()]
+    lines = [(number, line) for number, line in enumerate(text.split("\n"), 1) if line.strip()]
     points: dict[str, np.ndarray] = {}
-    for number, line in enumerate(lines, 1):
+    for position, (number, line) in enumerate(lines, 1):
         try:
             relative, values = parse_landmark_line(line)
         except ValueError:
-            if overwrite or number == len(lines):  # the last line may be one a killed run cut
+            if overwrite or position == len(lines):  # the last line may be one a killed run cut
                 continue
             raise FileExistsError(f"{landmarks}, line {number}: not a landmarks file of preprocess.py (path and "
                                   "10 numbers, tab separated): pass --overwrite to replace it, or choose another "
                                   "--output_dir") from None
         points[relative] = values
-    if not_utf8 is not None:
+    if not_utf8 is not None and not overwrite:  # --overwrite replaces a file that is not ours, in any encoding
         raise not_utf8
     return points
 

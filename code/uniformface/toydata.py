@@ -125,7 +125,6 @@ def _source_photographs() -> dict[str, np.ndarray]:
 def _sources() -> tuple[_Source, ...]:
     from scipy.ndimage import gaussian_filter, map_coordinates
 
-
     out = []
     for name, image in _source_photographs().items():
         measured = np.asarray(SOURCE_LANDMARKS[name], dtype=np.float64)
@@ -316,7 +315,6 @@ def _draw_structure(rgb: np.ndarray, face: np.ndarray, skin: np.ndarray, strengt
     the skin: the LFW crop is mapped by its eyes and mouth onto the canonical ones and band-passed, so its
     own lighting and size do not come along."""
     from scipy.ndimage import gaussian_filter, map_coordinates
-
 
     to_crop = nonreflective_similarity(np.array([lm[0], lm[1], lm[3:5].mean(0)]), _LFW_SUBSET_POINTS)
     xs, ys = _coords()

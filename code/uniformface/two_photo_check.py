@@ -56,19 +56,31 @@ def load_rule(results_path: str | Path) -> Rule:
         for key in ("protocol", "cosine_threshold"):
             if key not in rule:
                 raise ValueError(f"{path}: verify_rule lacks {key!r}")
-        try:
-            mean = None if rule.get("feature_mean") is None else np.asarray(rule["feature_mean"], np.float64)
-            threshold = float(rule["cosine_threshold"])
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: verify_rule holds a value that is not a number ({exc}): rerun test.py "
-                             "--model_path on the model, or pass --threshold") from None
+        mean = None if rule.get("feature_mean") is None else _finite(rule["feature_mean"], path, "verify_rule")
+        threshold = float(_finite(rule["cosine_threshold"], path, "verify_rule", scalar=True))
         return Rule(rule["protocol"], mean, threshold,
                     f"{path} (threshold fitted on its {rule.get('fitted_on_pairs', '?')} pairs)")
     if results.get("protocol") == "insightface" and results.get("thresholds"):
-        distance = float(np.mean(results["thresholds"]))
+        distance = float(np.mean(_finite(results["thresholds"], path, "thresholds")))
         return Rule("insightface", None, 1.0 - distance / 2.0, f"{path} (mean of its fold thresholds)")
     raise ValueError(f"{path} has no 'verify_rule' (written by test.py from this version on): rerun "
                      "test.py --model_path on the model, or pass --threshold")
+
+
+def _finite(value, path: Path, key: str, scalar: bool = False) -> np.ndarray:
+    """`value` as float64 numbers (one number when `scalar`), or a ValueError naming the file: a NaN
+    threshold (JSON allows it) would answer "different people" for every pair, whatever the photos."""
+    try:
+        numbers = np.asarray(value, np.float64)
+    except (TypeError, ValueError) as exc:
+        numbers, problem = None, f"a value that is not a number ({exc})"
+    else:
+        problem = ("a list where one number belongs" if scalar and numbers.ndim else
+                   None if np.isfinite(numbers).all() else "a value that is not a finite number")
+    if problem is not None:
+        raise ValueError(f"{path}: {key} holds {problem}: rerun test.py --model_path on the model, or pass "
+                         "--threshold")
+    return numbers
 
 
 def align_photos(paths: Sequence[str | Path], output_size: Sequence[int], detector: FaceDetector
@@ -95,7 +107,11 @@ def pair_cosine(feature_a: np.ndarray, feature_b: np.ndarray, feature_mean: np.n
     a, b = np.asarray(feature_a, np.float64), np.asarray(feature_b, np.float64)
     if feature_mean is not None:
         if feature_mean.shape != a.shape:
-            raise ValueError(f"the stored feature mean has {feature_mean.shape[0]} values but the model's features "
-                             f"have {a.shape[0]}: the results file belongs to another model")
+            raise ValueError(f"the stored feature mean has {feature_mean.size} values but the model's features "
+                             f"have {a.size}: the results file belongs to another model")
         a, b = a - feature_mean, b - feature_mean
-    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+    norms = (a @ a) * (b @ b)
+    if not norms > 0:  # a zero feature has no direction: no cosine, and NaN would decide "different people"
+        raise ValueError("a face's feature is zero (after the stored feature mean is subtracted): no cosine "
+                         "to compare")
+    return float(a @ b / np.sqrt(norms))

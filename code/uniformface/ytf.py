@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .embedding import ImageFiles, extract_features
+from .evaluate import pair_features
 from .feature_cache import cached_features, chunked, file_stamp, listing_digest, model_identity
 from .images import is_image_name
 from .paths import first_and_more, read_utf8_text
@@ -192,13 +193,8 @@ def evaluate_ytf(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path
         lambda chunk: video_features(embed, root, chunk, protocol, input_size, batch_size, num_workers, device),
         sizes=[sum(len(video) for video in c) for c in chunks], progress=progress, desc="YTF frames", unit="frame")
 
-    row = {v: i for i, v in enumerate(present)}
-    usable = np.array([p.left in row and p.right in row for p in pairs])
-    left = np.zeros((len(pairs), features.shape[1]))
-    right = np.zeros((len(pairs), features.shape[1]))
+    left, right, usable = pair_features(features, present, pairs)
     idx = np.flatnonzero(usable)
-    left[idx] = features[[row[pairs[i].left] for i in idx]]
-    right[idx] = features[[row[pairs[i].right] for i in idx]]
     is_same = np.array([p.is_same for p in pairs])
     n_splits = pairs[-1].split
     result = kfold_accuracy(left, right, is_same, protocol=protocol, n_folds=n_splits,

@@ -50,18 +50,18 @@ def run(args, parser) -> int:
         step(str(CODE / "make_toy_data.py"), "--output", str(data), "--seed", str(args.seed))
         for part in ("train", "lfw"):
             step(str(CODE / "preprocess.py"), "--dataset", str(data / part),
-                "--output_dir", str(data / "processed" / part))
+                 "--output_dir", str(data / "processed" / part))
         shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time the demo is called
         step(str(CODE / "train.py"), "--config", str(CODE / "configs/toy.yaml"), "--logdir", args.logdir,
-            "--run_name", "demo", "--set", f"seed={args.seed}", "--set", f"dataset.train={data / 'processed/train'}",
-            "--set", f"dataset.test={data / 'processed/lfw'}", "--set", f"dataset.pairs={data / 'pairs.txt'}")
+             "--run_name", "demo", "--set", f"seed={args.seed}", "--set", f"dataset.train={data / 'processed/train'}",
+             "--set", f"dataset.test={data / 'processed/lfw'}", "--set", f"dataset.pairs={data / 'pairs.txt'}")
         model = run_dir / "sphereface4_512.pt"
         step(str(CODE / "test.py"), "--model_path", str(model))
         step(str(CODE / "plot_runs.py"), str(run_dir), "--output", str(run_dir / "curves.png"))
         common = ["--dataset", str(data / "processed/lfw"), "--pairs_path", str(data / "pairs.txt"), "--no_progress"]
         step(str(CODE / "test.py"), "--baseline", "raw", *common, "--json", str(run_dir / "baseline_raw.json"))
         step(str(CODE / "test.py"), "--baseline", "untrained", "--model_path", str(model), "--seed", str(args.seed),
-            *common, "--json", str(run_dir / "baseline_untrained.json"))
+             *common, "--json", str(run_dir / "baseline_untrained.json"))
     except subprocess.CalledProcessError as exc:
         raise ScriptError(f"failed at: {' '.join(exc.cmd[1:])}") from exc
     rows = [(name, json.loads((run_dir / file).read_text())) for name, file in

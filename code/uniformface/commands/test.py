@@ -31,7 +31,7 @@ from pathlib import Path
 from ..cli import new_parser, run_command
 from ..devices import AUTO
 from ..registry import BASELINES, BENCHMARKS, PROTOCOLS
-from ..report import RESULTS_FILE
+from ..report import RESULTS_FILE, accuracy_lines, bin_table, lfw_summary
 
 NAME = "test"
 
@@ -106,60 +106,47 @@ def run(args, parser) -> int:
     # torch: only after the arguments
     from ..devices import resolve_device
     from ..evaluate import evaluate_model_on_bins, evaluate_model_on_pairs
-    from ..report import bin_table, lfw_summary
     from ..trained_network import configured_dataset
 
     device = str(resolve_device(args.device))
     out = Path(args.json) if args.json else (model_path.parent / RESULTS_FILE if not args.baseline else None)
     common = dict(baseline=args.baseline, seed=args.seed, batch_size=args.batch_size, num_workers=args.workers,
                   device=device, progress=not args.no_progress, overwrite=args.overwrite)
+    result = {}  # what was evaluated; the last line names its ROC figure (--bin sets draw none)
     if args.benchmark == "ytf":
         from ..ytf import evaluate_model_on_ytf
 
-        label, ytf = evaluate_model_on_ytf(model_path, args.dataset, args.pairs_path, out, protocol=args.protocol,
-                                           frames_per_video=args.frames_per_video, allow_missing=args.allow_missing,
-                                           **common)
-        print(ytf_summary(label, ytf))
-        if out is not None:
-            print(f"wrote {out}" + (f" and {ytf['roc_png']}" if ytf.get("roc_png") else ""))
-        return 0
-    if args.benchmark in ("ijbb", "ijbc"):
+        label, result = evaluate_model_on_ytf(model_path, args.dataset, args.pairs_path, out, protocol=args.protocol,
+                                              frames_per_video=args.frames_per_video,
+                                              allow_missing=args.allow_missing, **common)
+        summary = ytf_summary(label, result)
+    elif args.benchmark in ("ijbb", "ijbc"):
         from ..ijb import evaluate_model_on_ijb
 
-        label, ijb = evaluate_model_on_ijb(model_path, args.benchmark, args.dataset, args.meta, out,
-                                           detector_score=args.detector_score, allow_missing=args.allow_missing,
-                                           **common)
-        print(ijb_summary(label, ijb))
-        if out is not None:
-            print(f"wrote {out}" + (f" and {ijb['roc_png']}" if ijb.get("roc_png") else ""))
-        return 0
-    if args.bin:
+        label, result = evaluate_model_on_ijb(model_path, args.benchmark, args.dataset, args.meta, out,
+                                              detector_score=args.detector_score, allow_missing=args.allow_missing,
+                                              **common)
+        summary = ijb_summary(label, result)
+    elif args.bin:
         label, results = evaluate_model_on_bins(model_path, args.bin, out, **common)
+        notes = [f"note: {name}: {r['crop']}" for name, r in results.items() if r["crop"]]
+        summary = "\n".join([*notes, f"{label}: insightface protocol, 10 folds", bin_table(list(results.items()))])
     else:
         # The run's config.yaml is read only for what the command line leaves open.
         dataset = args.dataset or (model_path and configured_dataset(model_path, "test")) or "data/processed/lfw"
         pairs_path = args.pairs_path or (model_path and configured_dataset(model_path, "pairs")) or "data/pairs.txt"
-        label, lfw = evaluate_model_on_pairs(model_path, dataset, pairs_path, out, protocol=args.protocol,
-                                             allow_missing=args.allow_missing, **common)
-
-    if args.bin:
-        for name, result in results.items():
-            if result["crop"]:
-                print(f"note: {name}: {result['crop']}")
-        print(f"{label}: insightface protocol, 10 folds")
-        print(bin_table(list(results.items())))
-    else:
-        print(lfw_summary(label, lfw, args.protocol))
+        label, result = evaluate_model_on_pairs(model_path, dataset, pairs_path, out, protocol=args.protocol,
+                                                allow_missing=args.allow_missing, **common)
+        summary = lfw_summary(label, result, args.protocol)
+    print(summary)
     if out is not None:
-        print(f"wrote {out}" + (f" and {lfw['roc_png']}" if not args.bin and lfw.get("roc_png") else ""))
+        print(f"wrote {out}" + (f" and {result['roc_png']}" if result.get("roc_png") else ""))
     return 0
 
 
 def ytf_summary(label: str, ytf: dict) -> str:
     """The per-split table, the mean, the ROC figures, the frames used, and a warning for pairs counted as
     wrong because a video had no frames."""
-    from ..report import accuracy_lines
-
     frames = "all frames" if ytf["frames_per_video"] is None else f"at most {ytf['frames_per_video']} frames"
     lines = accuracy_lines(label, ytf, "YouTube Faces", ytf["protocol"],
                            f"over {ytf['n_pairs']} pairs in {ytf['n_folds']} splits "

@@ -10,6 +10,7 @@ feature mean, subtracted before the cosine, and the evaluation.m threshold fitte
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..cli import new_parser, run_command
@@ -32,6 +33,8 @@ def build_parser():
 
 
 def run(args, parser) -> int:
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        parser.error(f"--threshold: expected a finite number, got {args.threshold}")
     # torch and the detector: only after the arguments
     from ..align import FaceDetector
     from ..devices import resolve_device

@@ -1,7 +1,7 @@
 """Loader throughput of the three training-set formats in one run: the aligned JPEG folder (baseline),
 the same images as an insightface `.rec`, and the packed uint8 memory map. Each goes through the loader
-Trainer builds (`data.training_loader` over a GlobalBatchSampler, random flip on), so the figures are images/s
-the training loop can be fed. The files are freshly written, hence in the page cache: this measures
+Trainer builds (`datasets.training_loader` over a GlobalBatchSampler, random flip on), so the figures are
+images/s the training loop can be fed. The files are freshly written, hence in the page cache: this measures
 decoding and copying, not the disk.
 
     PYTHONPATH=code python bench/bench_packed.py [--workers 0 2] [--batch 64] [--batches 30]

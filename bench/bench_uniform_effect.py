@@ -26,14 +26,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
+from uniformface.centers import ClassCenters, mean_min_angle
+from uniformface.config import load_config
+from uniformface.evaluate import evaluate_pairs
+from uniformface.losses import uniform_loss
+from uniformface.models import normalize_pixels
+from uniformface.trainer import Trainer
 
-from uniformface.centers import ClassCenters, mean_min_angle  # noqa: E402
-from uniformface.config import load_config  # noqa: E402
-from uniformface.evaluate import evaluate_pairs  # noqa: E402
-from uniformface.losses import uniform_loss  # noqa: E402
-from uniformface.models import normalize_pixels  # noqa: E402
-from uniformface.trainer import Trainer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT = ("default", [])
 BASELINE = ("alpha=0", ["alpha=0"])
@@ -153,23 +153,20 @@ def uniform_only(cfg_path: Path, data: Path, run_dir: Path, steps: int = 150, lr
     model, centers = trainer.model, trainer.centers
     optimizer = torch.optim.SGD(model.backbone.parameters(), lr=lr, momentum=0.9)
     print("step | nearest-center angle ° | Eq. 6 energy | squared norm of the unit centers' mean")
-    step = 0
-    while step <= steps:
-        for images, labels, _ in trainer._loader():
-            if step % 25 == 0:
-                unit = F.normalize(centers.centers[centers.initialized].detach().double(), dim=1)
-                print(f"{step} | {mean_min_angle(unit):.2f} | {float(uniform_loss(unit, reduction='pairs')):.5f} "
-                      f"| {float(unit.mean(0).square().sum()):.4f}", flush=True)
-            if step == steps:
-                return
-            features = model.backbone(normalize_pixels(images))
-            loss = uniform_loss(centers.loss_centers(features, labels), reduction=cfg.uniform_reduction,
-                                batch_size=cfg.batch_size)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            centers.update(features.detach(), labels, cfg.beta)
-            step += 1
+    for step, (images, labels, _) in enumerate(trainer._loader()):  # the training sampler is endless
+        if step % 25 == 0:
+            unit = F.normalize(centers.centers[centers.initialized].detach().double(), dim=1)
+            print(f"{step} | {mean_min_angle(unit):.2f} | {float(uniform_loss(unit, reduction='pairs')):.5f} "
+                  f"| {float(unit.mean(0).square().sum()):.4f}", flush=True)
+        if step == steps:
+            return
+        features = model.backbone(normalize_pixels(images))
+        loss = uniform_loss(centers.loss_centers(features, labels), reduction=cfg.uniform_reduction,
+                            batch_size=cfg.batch_size)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        centers.update(features.detach(), labels, cfg.beta)
 
 
 def main() -> int:

@@ -146,8 +146,8 @@ def write_bin(path, images, issame, quality=95):
 
 class TinyEmbedder:
     """A deterministic linear 'network' per input size: f = normalised pixels (C, H, W order) @ w64[size]
-    (float64 copies kept for the tests' independent references); counts the images it sees, and stops like
-    a killed process once it has seen `fail_after`."""
+    (float64 copies kept for the tests' independent references: `tiny_feature64`); counts the images it sees,
+    and stops like a killed process once it has seen `fail_after`."""
 
     def __init__(self, dim=5, seed=0, fail_after=None):
         rng = np.random.default_rng(seed)
@@ -161,3 +161,9 @@ class TinyEmbedder:
             raise KeyboardInterrupt("killed")
         self.images += len(x)
         return x.flatten(1) @ self.w[tuple(x.shape[2:])]
+
+
+def tiny_feature64(pixels, w64):
+    """TinyEmbedder's f in float64 straight from a uint8 (H, W, 3) crop: (p - 127.5) / 128, channels
+    first, @ w64 (its float64 weights for that crop size)."""
+    return ((pixels.astype(np.float64) - 127.5) / 128).transpose(2, 0, 1).ravel() @ w64

@@ -8,6 +8,7 @@ from PIL import Image
 
 from conftest import load_script
 from hostile import one_line_error
+from test_evaluate import direct_feature
 from uniformface.checkpoint import export_weights
 from uniformface.embedding import list_images, names_path
 from uniformface.models import build_model
@@ -46,12 +47,6 @@ def setup(tmp_path, tree_factory):
     return model, model_path, folder
 
 
-def direct(model, pixels):
-    x = torch.from_numpy((np.asarray(pixels, np.float32) - 127.5) / 128).permute(2, 0, 1)[None]
-    with torch.no_grad():
-        return model(x)[0].double().numpy(), model(x.flip(-1))[0].double().numpy()
-
-
 def test_folder_embeddings_and_names(setup, tmp_path, capsys):
     model, model_path, folder = setup
     output = tmp_path / "out" / "faces.npy"
@@ -68,7 +63,7 @@ def test_folder_embeddings_and_names(setup, tmp_path, capsys):
         pixels = np.asarray(Image.open(folder / name).convert("RGB"))
         if pixels.shape[1] == 112:
             pixels = pixels[:, 8:104]   # the 112x96 crop inside the 112x112 one
-        np.testing.assert_allclose(row, direct(model, pixels)[0], atol=1e-5)
+        np.testing.assert_allclose(row, direct_feature(model, pixels)[0], atol=1e-5)
     assert "7 x 16" in capsys.readouterr().out
 
     assert embed_main(common + ["--output", str(tmp_path / "unit.npy"), "--mode", "insightface"]) == 0
@@ -76,7 +71,7 @@ def test_folder_embeddings_and_names(setup, tmp_path, capsys):
     assert listed == names
     for row, name in zip(unit, names):
         pixels = np.asarray(Image.open(folder / name).convert("RGB"))
-        f, f_flip = direct(model, pixels[:, 8:104] if pixels.shape[1] == 112 else pixels)
+        f, f_flip = direct_feature(model, pixels[:, 8:104] if pixels.shape[1] == 112 else pixels)
         np.testing.assert_allclose(row, (f + f_flip) / np.linalg.norm(f + f_flip), atol=1e-5)
 
 

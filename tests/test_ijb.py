@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TinyEmbedder
+from conftest import TinyEmbedder, tiny_feature64
 
 from uniformface import ijb
 from uniformface.crop import template
@@ -21,9 +21,7 @@ LOOSE = (136, 132)   # loose crop (rows, cols), larger than any aligned crop
 
 def reference_image_feature(crop, w64):
     """f(img) + f(flip(img)) in float64 from the pixels of the expected crop."""
-    def f(p):
-        return ((p.astype(np.float64) - 127.5) / 128).transpose(2, 0, 1).ravel() @ w64
-    return f(crop) + f(crop[:, ::-1])
+    return tiny_feature64(crop, w64) + tiny_feature64(crop[:, ::-1], w64)
 
 
 def reference_tar_at_far(scores, genuine, far):

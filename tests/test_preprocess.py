@@ -10,19 +10,12 @@ from PIL import Image
 from skimage import data
 
 import preprocess as cli
+from test_align import astronaut_view
 from uniformface import preprocessing
 from uniformface.align import FaceDetector, align_face
 from uniformface.checkpoint import LOCK_FILE
 from uniformface.images import JPEG_QUALITY, decode_rgb
 from uniformface.preprocessing import LANDMARKS_NAME, REPORT_NAME, read_landmark_file
-
-
-def astronaut_view(angle=0.0, scale=1.0, shift=(0, 0), size=250):
-    """A size x size photo of the astronaut's face (turned, zoomed, moved), as in test_align."""
-    photo = Image.fromarray(data.astronaut()).rotate(angle, center=(226, 122), resample=Image.Resampling.BICUBIC)
-    half = 125 * scale
-    box = (226 - half + shift[0], 122 - half + shift[1], 226 + half + shift[0], 122 + half + shift[1])
-    return np.asarray(photo.crop(box).resize((size, size), Image.Resampling.BICUBIC))
 
 
 def faceless(seed=0, size=250):

@@ -11,7 +11,7 @@ from PIL import Image
 
 import hostile
 from conftest import load_script, write_bin
-from test_evaluate import face_like_images, saved_model
+from test_evaluate import direct_feature, face_like_images, saved_model
 from uniformface.pairs import read_pairs
 
 
@@ -171,9 +171,7 @@ def test_weights_that_are_not_weights(tmp_path, lfw_tree, capsys):
 
 def model_feature(model, pixels):
     """[f; f_flip] of a crop straight through the network (float32 out, then float64), no DataLoader."""
-    x = torch.from_numpy((np.asarray(pixels, np.float32) - 127.5) / 128).permute(2, 0, 1)[None]
-    with torch.no_grad():
-        return np.concatenate([model(x)[0].double().numpy(), model(x.flip(-1))[0].double().numpy()])
+    return np.concatenate(direct_feature(model, pixels))
 
 
 def test_ytf_end_to_end_beside_the_lfw_results(tmp_path, lfw_tree, capsys):

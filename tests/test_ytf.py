@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TinyEmbedder
+from conftest import TinyEmbedder, tiny_feature64
 from uniformface import ytf
 from uniformface.ytf import evaluate_ytf, natural_key, read_splits, select_frames, video_frames
 
@@ -18,9 +18,7 @@ HEADER = "split number, pair number, first name, second name, is same"
 
 def reference_frame_feature(pixels, w64):
     """[f; f_flip] in float64 straight from the pixels: (p - 127.5) / 128, channels first, @ W."""
-    def f(p):
-        return ((p.astype(np.float64) - 127.5) / 128).transpose(2, 0, 1).ravel() @ w64
-    return np.concatenate([f(pixels), f(pixels[:, ::-1])])
+    return np.concatenate([tiny_feature64(pixels, w64), tiny_feature64(pixels[:, ::-1], w64)])
 
 
 def reference_split_accuracies(left, right, same, split, valid):

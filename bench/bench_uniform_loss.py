@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from common import sync
 from uniformface.losses import uniform_loss
 
 
@@ -30,20 +31,15 @@ def naive_uniform_loss(centers: torch.Tensor) -> torch.Tensor:
     return (inverse.sum() - inverse.diagonal().sum()) / (m * (m - 1))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_forward_backward(fn, centers: torch.Tensor, repeats: int) -> tuple[float, float]:
     best, value = float("inf"), float("nan")
     for _ in range(repeats):
         centers.grad = None
-        _sync(centers.device)
+        sync(centers.device)
         start = time.perf_counter()
         loss = fn(centers)
         loss.backward()
-        _sync(centers.device)
+        sync(centers.device)
         best = min(best, time.perf_counter() - start)
         value = loss.item()
     return best, value
@@ -72,7 +68,7 @@ def memory_child(rows: int, dim: int, device: str) -> None:
     start = time.perf_counter()
     loss = uniform_loss(centers)
     loss.backward()
-    _sync(centers.device)
+    sync(centers.device)
     seconds = time.perf_counter() - start
     if device.startswith("cuda"):
         peak = torch.cuda.max_memory_allocated()

@@ -40,3 +40,11 @@ def stability_run(tree, run_dir, center_mode: str, beta: float, iterations: int 
         f"center_mode={center_mode}", f"beta={beta}"])
     train(cfg, run_dir, progress=False)
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def sync(device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that a timer reads what ran."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)

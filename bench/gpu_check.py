@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import sync
 from uniformface import trainer as trainer_module
 from uniformface.config import load_config
 from uniformface.datasets import TrainSet
@@ -80,11 +81,6 @@ def deadline(seconds: float):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class _ClassesOnly(TrainSet):
@@ -138,12 +134,12 @@ def train_rate(device: torch.device, model: str, batch: int, classes: int, warmu
     start = time.perf_counter()
     for _ in range(warmup):
         trainer.step(images, labels)
-    _sync(device)
+    sync(device)
     warm = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
         metrics = trainer.step(images, labels)
-    _sync(device)
+    sync(device)
     elapsed = time.perf_counter() - start
     return {"images_per_s": steps * batch / elapsed, "warmup_s": warm, "loss": float(metrics.loss)}
 
@@ -172,10 +168,10 @@ def mtcnn_rate(device: torch.device, count: int, scratch: Path) -> dict:
     photos = [decode_rgb(scratch / "photos" / n) for n in names]
     detector = FaceDetector(device=str(device))
     detector.detect_batch(photos[: detector.batch_size])  # CUDA context, cuDNN autotuning
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     found = detector.detect_batch(photos)
-    _sync(device)
+    sync(device)
     result = {"images_per_s": count / (time.perf_counter() - start), "found": sum(p is not None for p in found),
               "batch_size": detector.batch_size}
     # facenet-pytorch's own cascade on the same nets and batches: its per-box resize loop is what ours removes
@@ -188,7 +184,7 @@ def mtcnn_rate(device: torch.device, count: int, scratch: Path) -> dict:
             batch = torch.from_numpy(np.stack(photos[first:first + detector.batch_size])).to(device).float()
             detect_face(batch, detector.min_face_size, nets.pnet, nets.rnet, nets.onet, list(detector.thresholds),
                         detector.factor, device)
-    _sync(device)
+    sync(device)
     result["facenet_images_per_s"] = count / (time.perf_counter() - start)
     if device.type == "cuda":  # the GPU must find the same landmarks as the CPU
         reference = FaceDetector(device="cpu").detect_batch(photos[:8])
@@ -224,10 +220,10 @@ def extraction_time(device: torch.device, model: str, count: int, workers: int, 
         Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(folder / f"{i:05d}.jpg", quality=90)
     paths = [f"{i % unique:05d}.jpg" for i in range(count)]
     extract_features(net, _InMemory(images, min(count, 2 * batch)), "plain", batch, 0, str(device), False)  # warm-up
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     f = extract_features(net, ImageFiles(folder, paths), "plain", batch, workers, str(device), False)
-    _sync(device)
+    sync(device)
     files_s = time.perf_counter() - start
     resident = images.to(device)
     start = time.perf_counter()
@@ -236,7 +232,7 @@ def extraction_time(device: torch.device, model: str, count: int, workers: int, 
             index = torch.arange(first, min(first + batch, count), device=device) % unique
             x = normalize_pixels(resident[index])
             net(torch.cat([x, x.flip(-1)]))
-    _sync(device)
+    sync(device)
     memory_s = time.perf_counter() - start
     result = {"files_s": files_s, "memory_s": memory_s, "count": int(len(f))}
     if device.type == "cuda":  # cuDNN (TF32 convolutions by default) against the CPU's float32

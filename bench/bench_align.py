@@ -24,9 +24,9 @@ import torch
 from PIL import Image, ImageEnhance
 from skimage import data
 
-from uniformface.align import MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS, align_face
-from uniformface.images import decode_rgb, write_image
-from uniformface.preprocessing import LANDMARKS_NAME, Options, preprocess, read_landmark_file
+from uniformface.align.face import MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS, align_face
+from uniformface.base.images import decode_rgb, write_image
+from uniformface.align.preprocessing import LANDMARKS_NAME, Options, preprocess, read_landmark_file
 
 
 def make_photos(root: Path, count: int, seed: int = 0) -> list[str]:

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 from common import write_aligned_tree
-from uniformface.config import load_config
-from uniformface.trainer import Trainer
+from uniformface.base.config import load_config
+from uniformface.train.trainer import Trainer
 
 
 def main():

@@ -1,4 +1,4 @@
-"""Detection alone: our MTCNN cascade (uniformface.mtcnn.detect_faces) against facenet-pytorch's own
+"""Detection alone: our MTCNN cascade (uniformface.align.mtcnn.detect_faces) against facenet-pytorch's own
 `detect_face` on the same nets and the same batches of 250x250 photos, alternating, in one process; the
 faces found and their landmarks must agree, only the time may differ. On a GPU the difference is mostly
 facenet's per-box resize loop (thousands of small kernel launches per batch).
@@ -15,9 +15,9 @@ import torch
 from facenet_pytorch.models.utils.detect_face import detect_face
 
 from bench_align import make_photos
-from uniformface.align import MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS, FaceDetector
-from uniformface.images import decode_rgb
-from uniformface.mtcnn import detect_faces
+from uniformface.align.face import MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS, FaceDetector
+from uniformface.base.images import decode_rgb
+from uniformface.align.mtcnn import detect_faces
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from common import write_aligned_tree
-from uniformface.datasets import (GlobalBatchSampler, ImageFolderTrainSet, open_train_set, pack,
-                                  training_loader, write_record_file)
+from uniformface.data import (GlobalBatchSampler, ImageFolderTrainSet, open_train_set, pack,
+                              training_loader, write_record_file)
 
 
 def images_per_second(dataset, batch: int, batches: int, workers: int) -> float:

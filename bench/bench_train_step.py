@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from common import write_aligned_tree
-from uniformface.config import load_config
-from uniformface.heads import ASoftmax
-from uniformface.models import build_model, normalize_pixels
-from uniformface.trainer import Trainer
+from uniformface.base.config import load_config
+from uniformface.nn.heads import ASoftmax
+from uniformface.nn.models import build_model, normalize_pixels
+from uniformface.train.trainer import Trainer
 
 
 def plain_step(model, head, optimizer, centers, images, labels, beta):

@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from uniformface.centers import ClassCenters, mean_min_angle
-from uniformface.config import load_config
-from uniformface.evaluate import evaluate_pairs
-from uniformface.losses import uniform_loss
-from uniformface.models import normalize_pixels
-from uniformface.trainer import Trainer
+from uniformface.nn.centers import ClassCenters, mean_min_angle
+from uniformface.base.config import load_config
+from uniformface.eval.evaluate import evaluate_pairs
+from uniformface.nn.losses import uniform_loss
+from uniformface.nn.models import normalize_pixels
+from uniformface.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 

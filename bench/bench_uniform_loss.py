@@ -21,7 +21,7 @@ import time
 import torch
 
 from common import sync
-from uniformface.losses import uniform_loss
+from uniformface.nn.losses import uniform_loss
 
 
 def naive_uniform_loss(centers: torch.Tensor) -> torch.Tensor:

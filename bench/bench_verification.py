@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from uniformface.verification_protocol import SPHEREFACE_THRESHOLDS, fold_ids, kfold_accuracy, sphereface_threshold
+from uniformface.eval.protocols import SPHEREFACE_THRESHOLDS, fold_ids, kfold_accuracy, sphereface_threshold
 
 N_FOLDS, PER_SIDE, DIM = 10, 300, 1024
 

@@ -30,8 +30,8 @@ def stability_run(tree, run_dir, center_mode: str, beta: float, iterations: int 
     warm-up, a log line every 10 iterations; returns the metrics.jsonl records."""
     # Imported here: every test session imports this file for write_aligned_tree (tests/conftest.py), and
     # the trainer (with TensorBoard) takes seconds to import.
-    from uniformface.config import load_config
-    from uniformface.trainer import train
+    from uniformface.base.config import load_config
+    from uniformface.train.trainer import train
 
     cfg = load_config(ROOT / "code" / "configs" / "toy.yaml", [
         f"dataset.train={tree}", "dataset.exclude_identities=[]", "model_name=sphereface4", "emb_dim=32",

@@ -44,11 +44,11 @@ import numpy as np
 import torch
 
 from common import sync
-from uniformface import trainer as trainer_module
-from uniformface.config import load_config
-from uniformface.datasets import TrainSet
-from uniformface.embedding import ImageFiles, extract_features
-from uniformface.models import build_model, normalize_pixels
+from uniformface.train import trainer as trainer_module
+from uniformface.base.config import load_config
+from uniformface.data import TrainSet
+from uniformface.eval.embedding import ImageFiles, extract_features
+from uniformface.nn.models import build_model, normalize_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,8 +161,8 @@ def loader_rate(workers: int, batch: int, batches: int, scratch: Path) -> float:
 
 def mtcnn_rate(device: torch.device, count: int, scratch: Path) -> dict:
     from bench_align import make_photos
-    from uniformface.align import FaceDetector
-    from uniformface.images import decode_rgb
+    from uniformface.align.face import FaceDetector
+    from uniformface.base.images import decode_rgb
 
     names = make_photos(scratch / "photos", count)
     photos = [decode_rgb(scratch / "photos" / n) for n in names]

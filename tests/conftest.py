@@ -1,15 +1,15 @@
 """Fixtures and test data shared by the test files.
 
 Where a test goes (tests mirror the code):
-- a library module code/uniformface/<module>.py: tests/test_<module>.py (the package's own __init__.py,
-  its public names and its installation: tests/test_package.py);
-- the subpackage datasets/: tests/test_datasets.py for its shared part (__init__.py: open_train_set and the
-  training loader; base.py; folder.py: the image-folder set), tests/test_recordio.py for datasets/recordio.py
-  and tests/test_packed.py for datasets/packed.py;
+- a library module code/uniformface/<layer>/<module>.py: tests/test_<module>.py (the package's own
+  __init__.py, its public names, its layers and its installation: tests/test_package.py);
+- the training sets of data/: tests/test_datasets.py for their shared part (__init__.py: open_train_set and
+  the training loader; trainset.py; folder.py: the image-folder set), tests/test_recordio.py for
+  data/recordio.py and tests/test_packed.py for data/packed.py;
 - a script, code/<script>.py and uniformface/commands/<script>.py (its argument parsing and what it prints
   and writes, run end to end through its main or as a process): tests/test_<script>.py, named after the
   script (train.py: test_train.py, test.py: test_test.py, pack_dataset.py: test_pack_dataset.py); export.py
-  is both a module and a script, and test_export.py holds both. What every script shares (uniformface/cli.py
+  is both a module and a script, and test_export.py holds both. What every script shares (uniformface/base/cli.py
   and the list of scripts in commands/__init__.py) is tested in tests/test_cli.py;
 - tests/test_repository.py, test_docker.py and test_gpu_check.py check files outside code/ (comments and
   docs, the container files, bench/gpu_check.py).
@@ -67,7 +67,7 @@ def cuda():
 
 @pytest.fixture(scope="session")
 def detector():
-    from uniformface.align import FaceDetector
+    from uniformface.align.face import FaceDetector
 
     return FaceDetector()
 
@@ -89,7 +89,7 @@ def small_tree(tmp_path):
 
 def write_lfw_tree(root, n_names=6, per_name=3, n_folds=2, n_per_side=3, seed=1):
     """An LFW-style aligned tree (`name/name_%04d.jpg`) and a `pairs.txt` in LFW's format beside it."""
-    from uniformface.pairs import write_pairs
+    from uniformface.eval.pairs import write_pairs
 
     rng = np.random.default_rng(seed)
     tree = write_aligned_tree(root / "raw", n_classes=n_names, per_class=per_name, seed=seed)
@@ -133,8 +133,8 @@ def write_bin(path, images, issame, quality=95):
     issame is stored as a numpy bool array; the write is atomic."""
     import pickle
 
-    from uniformface.atomic import atomic_write_bytes
-    from uniformface.images import encode_image
+    from uniformface.base.atomic import atomic_write_bytes
+    from uniformface.base.images import encode_image
 
     issame = np.asarray(issame, dtype=bool)
     if len(images) != 2 * len(issame):

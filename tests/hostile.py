@@ -31,7 +31,7 @@ def read_only_folder(path):
 
 
 def one_line_error(err: str, *words: str) -> str:
-    """`err` (a script's stderr) is exactly one line `<script>: error: ...` (uniformface.cli's format, e.g.
+    """`err` (a script's stderr) is exactly one line `<script>: error: ...` (uniformface.base.cli's format, e.g.
     `train.py: error: ...`), with no traceback, holding every word."""
     assert re.match(r"[\w.-]+: error: ", err) and err.count("\n") == 1 and "Traceback" not in err, err
     for word in words:

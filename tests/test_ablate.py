@@ -9,8 +9,8 @@ import torch
 
 import ablate
 from conftest import write_aligned_tree, write_lfw_tree
-from uniformface import trainer
-from uniformface.config import load_config
+from uniformface.train import trainer
+from uniformface.base.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = str(ROOT / "code" / "configs" / "toy.yaml")
@@ -177,7 +177,7 @@ def test_a_second_ablation_or_a_train_py_into_its_folders_is_refused_at_once(tmp
     import socket
 
     import train as train_cli
-    from test_checkpoint import hold_lock
+    from test_locks import hold_lock
 
     logdir = tmp_path / "ablation"
     argv = ["--config", TOY, "--logdir", str(logdir), "--grid", "alpha=1", *data]

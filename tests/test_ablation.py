@@ -2,8 +2,8 @@
 bad grids refused. ablate.py's own tests (training and testing a grid, resuming it) are in test_ablate.py."""
 import pytest
 
-from uniformface.ablation import expand, folder_name, parse_grid
-from uniformface.config import ConfigError
+from uniformface.tools.ablation import expand, folder_name, parse_grid
+from uniformface.base.config import ConfigError
 
 
 def test_grid_values_are_yaml_and_expand_first_axis_slowest():
@@ -35,9 +35,9 @@ def test_the_settings_curves_are_drawn_beside_the_tables_and_linked(tmp_path, mo
 
     import yaml
 
-    from uniformface import ablation
-    from uniformface.ablation import draw_curves, plan, results_markdown
-    from uniformface.config import to_dict
+    from uniformface.tools import ablation
+    from uniformface.tools.ablation import draw_curves, plan, results_markdown
+    from uniformface.base.config import to_dict
 
     toy = str(Path(__file__).resolve().parents[1] / "code" / "configs" / "toy.yaml")
     settings = plan(toy, tmp_path, ["alpha=0,1", "lr=0.1,0.05"])

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from uniformface import atomic
-from uniformface.atomic import (PARTIAL_SUFFIX, atomic_open, atomic_write, atomic_write_bytes, atomic_write_text,
-                                glob_escape, remove_stale_partials)
+from uniformface.base import atomic
+from uniformface.base.atomic import (PARTIAL_SUFFIX, atomic_open, atomic_write, atomic_write_bytes, atomic_write_text,
+                                     glob_escape, remove_stale_partials)
 
 CODE = str(Path(__file__).resolve().parents[1] / "code")
 # What cli.describe recognises as an atomic write's temporary (it names the file the write was for).
@@ -25,7 +25,7 @@ def run_python(source: str, *args: str) -> str:
 
 def test_importing_it_needs_no_torch_and_leaves_the_umask_alone():
     out = run_python("import os, sys; sys.path.insert(0, sys.argv[1]); os.umask(0o027); "
-                     "import uniformface.atomic; print('torch' in sys.modules, oct(os.umask(0o022)))")
+                     "import uniformface.base.atomic; print('torch' in sys.modules, oct(os.umask(0o022)))")
     assert out.split() == ["False", "0o27"]
 
 
@@ -39,7 +39,7 @@ def test_permissions_follow_the_process_umask(tmp_path, umask, expected):
     """Run in a child process: the umask is process-wide, and the tests of this process must not see it move."""
     target = tmp_path / "result.json"
     script = ("import os, sys; sys.path.insert(0, sys.argv[1]); os.umask(int(sys.argv[3], 8)); "
-              "from uniformface.atomic import atomic_write_text, atomic_write_bytes; "
+              "from uniformface.base.atomic import atomic_write_text, atomic_write_bytes; "
               "atomic_write_text(sys.argv[2], 'text'); atomic_write_bytes(sys.argv[2] + '.bin', b'x', durable=False); "
               "print(oct(os.umask(0)))")
     assert run_python(script, str(target), oct(umask)).strip() == oct(umask)  # unchanged by the writes

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import write_bin
-from uniformface.binfile import RefusedGlobal, read_bin
+from uniformface.eval.binfile import RefusedGlobal, read_bin
 
 SHARED_BIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "insightface" / "small_lfw.bin"
 

@@ -11,10 +11,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from uniformface.centers import (ClassCenters, GlobalBatch, WeightCenters, mean_min_angle, mean_min_angle_tensor,
-                                 mean_min_distance, nearest_center_figures)
-from uniformface.heads import CosFace
-from uniformface.losses import uniform_loss
+from uniformface.nn.centers import (ClassCenters, GlobalBatch, WeightCenters, mean_min_angle, mean_min_angle_tensor,
+                                    mean_min_distance, nearest_center_figures)
+from uniformface.nn.heads import CosFace
+from uniformface.nn.losses import uniform_loss
 
 C, D = 7, 4
 

@@ -1,4 +1,4 @@
-"""uniformface.cli and every script's command line: exit status 2 for a usage error, 1 for a runtime failure,
+"""uniformface.base.cli and every script's command line: exit status 2 for a usage error, 1 for a runtime failure,
 0 for success; one error format `<script>: error: ...`; --debug shows the traceback; every option's help
 shows its default; `--help` imports no torch; the library's log messages are shown while a script runs."""
 import argparse
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from hostile import read_only_folder
-from uniformface.cli import (ERRORS_EPILOG, ScriptError, UsageError, add_debug_flag, describe, new_parser,
-                             run_script)
+from uniformface.base.cli import (ERRORS_EPILOG, ScriptError, UsageError, add_debug_flag, describe, new_parser,
+                                  run_script)
 from uniformface.commands import INSTALLED, SCRIPTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def test_an_exception_named_by_its_module_is_expected_once_that_module_is_loaded
 
 
 def test_the_prog_is_how_the_script_was_called(monkeypatch):
-    from uniformface.cli import command_name, script_name
+    from uniformface.base.cli import command_name, script_name
 
     assert command_name("gather_results") == "uniformface-gather-results"
     monkeypatch.setattr(sys, "argv", ["/usr/bin/uniformface-gather-results"])
@@ -126,7 +126,7 @@ def test_the_prog_is_how_the_script_was_called(monkeypatch):
 
 
 def test_library_messages_are_shown_on_stderr_while_a_script_runs(capsys):
-    logger = logging.getLogger("uniformface.trainer")
+    logger = logging.getLogger("uniformface.train.trainer")
 
     def main(argv):
         logger.info("note: removed 1 temporary file(s)")
@@ -192,7 +192,7 @@ def test_help_imports_no_torch_and_shows_every_options_default(name):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith(f"usage: {name}.py "), done.stdout[:200]
     imported = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert "uniformface.cli" in imported  # the probe sees the imports
+    assert "uniformface.base.cli" in imported  # the probe sees the imports
     assert not {m for m in imported if m == "torch" or m.startswith("torch.")}, f"{name}.py --help imports torch"
 
     parser = command(name).build_parser()

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from uniformface.config import Config, ConfigError, load_config, parse_overrides, run_name
+from uniformface.base.config import Config, ConfigError, load_config, parse_overrides, run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,8 +148,8 @@ def test_check_finite_every_step_is_a_boolean_off_by_default(tmp_path):
 
 
 def test_settings_changed_on_resume_are_recorded_once_and_config_rewritten(tmp_path):
-    from uniformface.config import (HISTORY_FILE, changed_settings, history_lines, read_history, record_settings,
-                                    save_config, to_dict)
+    from uniformface.base.config import (HISTORY_FILE, changed_settings, history_lines, read_history, record_settings,
+                                         save_config, to_dict)
 
     before = load_config(None)
     save_config(before, tmp_path / "config.yaml")

@@ -1,13 +1,13 @@
 """The crop's geometry (`crop.py`, face_align_demo.m): the template and Matlab's cp2tform 'similarity'. The
 reference is `cp2tform_reference` below, a float64 transcription of Matlab's cp2tform (findSimilarity /
 findNonreflectiveSimilarity, Matlab's row-vector convention and `norm`) that shares no code with
-`uniformface.crop`; the test of the warp (`align.align_face`) uses it too."""
+`uniformface.align.crop`; the test of the warp (`align.align_face`) uses it too."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from uniformface.crop import TEMPLATE_112x96, cp2tform_similarity, crop_to_image, template
+from uniformface.align.crop import TEMPLATE_112x96, cp2tform_similarity, crop_to_image, template
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 LFW_LANDMARKS = SHARED / "lfw" / "lfw_landmark.txt"

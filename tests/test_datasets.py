@@ -4,9 +4,9 @@ import torch
 from PIL import Image
 
 from conftest import bomb_png
-from uniformface.datasets import (GlobalBatchSampler, ImageFolderTrainSet, ReportingView, check_images,
-                                  collate_report_broken, collate_skip_broken, mix_seed, open_train_set,
-                                  write_record_file)
+from uniformface.data import (GlobalBatchSampler, ImageFolderTrainSet, ReportingView, check_images,
+                              collate_report_broken, collate_skip_broken, mix_seed, open_train_set,
+                              write_record_file)
 
 
 def make_tree(root, counts, size=(96, 112)):

@@ -1,17 +1,17 @@
-"""uniformface.defaults: the settings the scripts show as defaults are the library's own, read without torch."""
+"""uniformface.base.defaults: the settings the scripts show as defaults are the library's own, read without torch."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from uniformface import defaults
-
+from uniformface.base import defaults
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_library_uses_these_very_settings():
-    from uniformface import align, export, preprocessing
+    from uniformface.align import face as align, preprocessing
+    from uniformface.tools import export
 
     for name in ("MIN_FACE_SIZE", "THRESHOLDS", "SCALE_FACTOR", "DETECTION_MAX_SIDE"):
         assert getattr(align, name) is getattr(defaults, name), name
@@ -33,7 +33,7 @@ def test_the_detector_settings_are_sphereface_s_and_the_scripts_show_them():
 
 
 def test_reading_them_imports_no_torch():
-    probe = "import json, sys; import uniformface.defaults; print(json.dumps('torch' in sys.modules))"
+    probe = "import json, sys; import uniformface.base.defaults; print(json.dumps('torch' in sys.modules))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT / "code")})
     assert done.returncode == 0 and json.loads(done.stdout) is False, done.stderr

@@ -1,8 +1,8 @@
-"""uniformface.devices: a device name is checked against this machine, with the fix in the message."""
+"""uniformface.base.devices: a device name is checked against this machine, with the fix in the message."""
 import pytest
 import torch
 
-from uniformface.devices import resolve_device
+from uniformface.base.devices import resolve_device
 
 
 def test_resolve_device():

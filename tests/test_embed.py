@@ -9,9 +9,9 @@ from PIL import Image
 from conftest import load_script
 from hostile import one_line_error
 from test_evaluate import direct_feature
-from uniformface.checkpoint import export_weights
-from uniformface.embedding import list_images, names_path
-from uniformface.models import build_model
+from uniformface.train.checkpoint import export_weights
+from uniformface.eval.embedding import list_images, names_path
+from uniformface.nn.models import build_model
 
 
 def embed_main(args):

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from uniformface import embedding
-from uniformface.embedding import crop_offset, embed_folder, extract_features, fit_to_input, flip_embed
-from uniformface.models import build_model
+from uniformface.eval import embedding
+from uniformface.eval.embedding import crop_offset, embed_folder, extract_features, fit_to_input, flip_embed
+from uniformface.nn.models import build_model
 
 
 def test_crop_offset_is_the_template_shift():

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from conftest import write_bin
-from uniformface.checkpoint import export_weights
-from uniformface.evaluate import bin_embeddings, evaluate_bin, evaluate_pairs
-from uniformface.models import build_model
-from uniformface.pairs import read_pairs
+from uniformface.train.checkpoint import export_weights
+from uniformface.eval.evaluate import bin_embeddings, evaluate_bin, evaluate_pairs
+from uniformface.nn.models import build_model
+from uniformface.eval.pairs import read_pairs
 
 SHARED_BIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "insightface" / "small_lfw.bin"
 SPEC_112x96 = {"model_name": "sphereface4", "emb_dim": 32, "input_size": [112, 96]}

@@ -9,9 +9,9 @@ onnxruntime = pytest.importorskip("onnxruntime")
 
 from hostile import one_line_error  # noqa: E402
 import export  # noqa: E402  (code/export.py)
-from uniformface.checkpoint import export_weights  # noqa: E402
-from uniformface.export import compare_with_onnxruntime, export_onnx  # noqa: E402
-from uniformface.models import build_model, normalize_pixels  # noqa: E402
+from uniformface.train.checkpoint import export_weights  # noqa: E402
+from uniformface.tools.export import compare_with_onnxruntime, export_onnx  # noqa: E402
+from uniformface.nn.models import build_model, normalize_pixels  # noqa: E402
 
 
 @pytest.fixture

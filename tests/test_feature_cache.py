@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from uniformface.feature_cache import (cached_features, chunk_folder, chunked, listing_digest, load_cached,
-                                       model_identity, sidecar)
+from uniformface.eval.feature_cache import (cached_features, chunk_folder, chunked, listing_digest, load_cached,
+                                            model_identity, sidecar)
 
 
 class Counter:
@@ -115,7 +115,7 @@ def test_chunked_groups_consecutive_items_until_the_budget():
 
 
 def test_a_kill_between_the_array_and_its_key_never_pairs_new_rows_with_the_old_key(tmp_path, monkeypatch):
-    import uniformface.feature_cache as feature_cache
+    import uniformface.eval.feature_cache as feature_cache
 
     path = tmp_path / "f.npy"
     run(path, {"model": "a"}, Counter())

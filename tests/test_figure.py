@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from uniformface.commands import figure
-from uniformface.config import load_config
+from uniformface.base.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

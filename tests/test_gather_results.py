@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conftest import load_script
 from test_report import make_run, table_rows
-from uniformface.report import load_run
+from uniformface.tools.report import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

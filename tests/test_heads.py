@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from uniformface.heads import ArcFace, ASoftmax, CosFace, build_head
+from uniformface.nn.heads import ArcFace, ASoftmax, CosFace, build_head
 
 
 def sign(v):
@@ -255,7 +255,7 @@ def test_build_head_errors_name_the_problem():
 
 def test_default_margins_are_the_papers():
     """The papers' values: A-Softmax m=4 with lambda (1000, 0.12, 1, 5); CosFace s=64 m=0.35; ArcFace s=64 m=0.5."""
-    from uniformface.heads import ArcFace, ASoftmax, CosFace
+    from uniformface.nn.heads import ArcFace, ASoftmax, CosFace
 
     cos, arc, sphere = CosFace(2, 3), ArcFace(2, 3), ASoftmax(2, 3)
     assert (cos.s, cos.m) == (64.0, 0.35) and (arc.s, arc.m) == (64.0, 0.5)
@@ -427,8 +427,8 @@ def test_gradient_option_is_checked():
 def test_config_default_builds_the_official_gradient():
     from pathlib import Path
 
-    from uniformface.config import ConfigError, load_config
-    from uniformface.trainer import _head_kwargs
+    from uniformface.base.config import ConfigError, load_config
+    from uniformface.train.trainer import _head_kwargs
 
     paper = Path(__file__).resolve().parents[1] / "code" / "config.yaml"
     for cfg, expected in ((load_config(None), "official"), (load_config(paper), "official"),
@@ -442,8 +442,8 @@ def test_config_default_builds_the_official_gradient():
 def test_official_gradient_through_a_trainer_step(tmp_path, aligned_tree):
     """A default-config Trainer builds the official head, and one step moves the class weights by exactly
     -lr top_diff^T x (plain SGD here: no momentum, no weight decay)."""
-    from uniformface.config import load_config
-    from uniformface.trainer import Trainer
+    from uniformface.base.config import load_config
+    from uniformface.train.trainer import Trainer
 
     overrides = [f"dataset.train={aligned_tree}", "dataset.exclude_identities=[]", "model_name=sphereface4",
                  "emb_dim=16", "batch_size=8", "num_workers=0", "max_iters=1", "device=cpu", "alpha=0",

@@ -10,11 +10,11 @@ from PIL import Image
 
 from conftest import TinyEmbedder, tiny_feature64
 
-from uniformface import ijb
-from uniformface.crop import template
-from uniformface.ijb import (FAR_TARGETS, NO_FEATURE_SCORE, evaluate_ijb, read_landmarks_scores, read_template_media,
-                             read_template_pairs)
-from uniformface.trained_network import raw_pixel_embedder
+from uniformface.eval import ijb
+from uniformface.align.crop import template
+from uniformface.eval.ijb import (FAR_TARGETS, NO_FEATURE_SCORE, evaluate_ijb, read_landmarks_scores,
+                                  read_template_media, read_template_pairs)
+from uniformface.eval.trained_network import raw_pixel_embedder
 
 LOOSE = (136, 132)   # loose crop (rows, cols), larger than any aligned crop
 

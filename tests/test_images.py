@@ -13,15 +13,15 @@ import torch
 from PIL import Image
 
 from conftest import bomb_png, write_bin
-from uniformface import images
-from uniformface.atomic import atomic_write
-from uniformface.binfile import read_bin
-from uniformface.datasets import (ImageFolderTrainSet, PackedTrainSet, RecordTrainSet, open_train_set, pack,
-                                  write_record_file)
-from uniformface.embedding import EncodedImages, ImageFiles, list_images
-from uniformface.images import (ImageLoadError, ImageTooLargeError, decode_rgb, encode_image, image_header_size,
-                                read_rgb, walk_images, write_image)
-from uniformface.preprocessing import _ChunkSet
+from uniformface.base import images
+from uniformface.base.atomic import atomic_write
+from uniformface.eval.binfile import read_bin
+from uniformface.data import (ImageFolderTrainSet, PackedTrainSet, RecordTrainSet, open_train_set, pack,
+                              write_record_file)
+from uniformface.eval.embedding import EncodedImages, ImageFiles, list_images
+from uniformface.base.images import (ImageLoadError, ImageTooLargeError, decode_rgb, encode_image, image_header_size,
+                                     read_rgb, walk_images, write_image)
+from uniformface.align.preprocessing import _ChunkSet
 
 HEIGHT, WIDTH = 56, 40  # every test image below is this size once upright
 

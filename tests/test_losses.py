@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from uniformface.losses import regularface_loss, uniform_loss
+from uniformface.nn.losses import regularface_loss, uniform_loss
 
 
 def uniform_reference(centers, reduction="pairs"):
@@ -228,7 +228,7 @@ def test_regularface_with_one_class_is_zero():
 
 
 def test_exact_matmul_turns_tf32_off_for_cuda_and_restores_it():
-    from uniformface.losses import exact_matmul
+    from uniformface.nn.losses import exact_matmul
 
     matmul = torch.backends.cuda.matmul
     if not hasattr(matmul, "fp32_precision"):

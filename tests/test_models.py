@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from uniformface.models import build_model, normalize_pixels
+from uniformface.nn.models import build_model, normalize_pixels
 
 UNITS = {"sphereface4": [0, 0, 0, 0], "sphereface10": [0, 1, 2, 0], "sphereface20": [1, 2, 4, 1],
          "sphereface36": [2, 4, 8, 2], "sphereface64": [3, 8, 16, 3]}

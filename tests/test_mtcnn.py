@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from facenet_pytorch.models.utils.detect_face import detect_face
-from test_align import SHARED, astronaut_view
+from test_face import SHARED, astronaut_view
 
-from uniformface.align import MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS
-from uniformface.images import decode_rgb
-from uniformface.mtcnn import AreaSampler, _inside_parts, detect_faces, scale_pyramid
+from uniformface.align.face import MIN_FACE_SIZE, SCALE_FACTOR, THRESHOLDS
+from uniformface.base.images import decode_rgb
+from uniformface.align.mtcnn import AreaSampler, _inside_parts, detect_faces, scale_pyramid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

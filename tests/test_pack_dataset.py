@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import pack_dataset as cli
-from uniformface.datasets import ImageFolderTrainSet, PackedTrainSet, mix_seed, open_train_set
+from uniformface.data import ImageFolderTrainSet, PackedTrainSet, mix_seed, open_train_set
 
 
 def run_cli(*args):

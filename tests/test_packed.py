@@ -1,4 +1,4 @@
-"""datasets/packed.py: a packed set is recognised by its files, filtered like a folder, made from a folder
+"""data/packed.py: a packed set is recognised by its files, filtered like a folder, made from a folder
 or a .rec, refused by name when damaged, and trains bit-identically to its folder. pack_dataset.py's own
 test is in test_pack_dataset.py."""
 import json
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from uniformface.config import load_config
-from uniformface.datasets import ImageFolderTrainSet, PackedTrainSet, open_train_set, pack, write_record_file
-from uniformface.trainer import train
+from uniformface.base.config import load_config
+from uniformface.data import ImageFolderTrainSet, PackedTrainSet, open_train_set, pack, write_record_file
+from uniformface.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def test_training_on_the_packed_set_matches_the_folder(tmp_path, aligned_tree):
 
 
 def test_check_images_notes_what_packing_left_out(tmp_path, tree_factory):
-    from uniformface.datasets import check_images
+    from uniformface.data import check_images
 
     tree = tree_factory(tmp_path / "t", n_classes=2, per_class=2)
     assert check_images(open_train_set(tree), [112, 96], tree).notes == []

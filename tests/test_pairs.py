@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from uniformface.pairs import Pair, missing_images, read_pairs, unique_images, write_pairs
+from uniformface.eval.pairs import Pair, missing_images, read_pairs, unique_images, write_pairs
 
 SHARED_PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "lfw" / "pairs.txt"
 

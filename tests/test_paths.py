@@ -1,10 +1,10 @@
-"""uniformface.paths: a file this run did not write is kept unless asked; a write is checked before the work."""
+"""uniformface.base.paths: a file this run did not write is kept unless asked; a write is checked before the work."""
 import errno
 
 import pytest
 
 from hostile import read_only_folder
-from uniformface.paths import ensure_writable, first_and_more, os_fix, refuse_overwrite
+from uniformface.base.paths import ensure_writable, first_and_more, os_fix, refuse_overwrite
 
 
 def test_refuse_overwrite(tmp_path):

@@ -75,9 +75,9 @@ def test_the_installed_command_needs_no_display(tmp_path):
 def test_a_real_run_while_it_trains_and_when_resumed(tmp_path, capsys):
     """A run of the trainer itself (4 iterations), its log read back; then as a reader sees it while the
     trainer appends a line (cut), and after a resume that went back to the checkpoint at 2."""
-    from uniformface.config import load_config
-    from uniformface.plots import curves_figure, load_runs
-    from uniformface.trainer import train
+    from uniformface.base.config import load_config
+    from uniformface.tools.plots import curves_figure, load_runs
+    from uniformface.train.trainer import train
 
     tree = write_aligned_tree(tmp_path / "train", n_classes=3, per_class=4)
     cfg = load_config(TOY, [f"dataset.train={tree}", "dataset.exclude_identities=[]", "emb_dim=3", "batch_size=6",

@@ -8,8 +8,8 @@ import yaml
 from conftest import load_script, write_aligned_tree
 from hostile import one_line_error
 from test_plots import is_png
-from uniformface.checkpoint import export_weights
-from uniformface.models import build_model
+from uniformface.train.checkpoint import export_weights
+from uniformface.nn.models import build_model
 
 
 def tiny_run(folder, emb_dim, alpha, seed=0):

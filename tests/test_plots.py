@@ -14,11 +14,11 @@ import yaml
 from PIL import Image
 
 from conftest import write_aligned_tree
-from uniformface import plots
-from uniformface.checkpoint import export_weights
-from uniformface.models import build_model, normalize_pixels
-from uniformface.plots import (PANELS, curves_figure, load_runs, mean_nearest_angle, model_sphere_view,
-                               moving_average, read_metrics, save_png, sphere_figure, sphere_view)
+from uniformface.tools import plots
+from uniformface.train.checkpoint import export_weights
+from uniformface.nn.models import build_model, normalize_pixels
+from uniformface.tools.plots import (PANELS, curves_figure, load_runs, mean_nearest_angle, model_sphere_view,
+                                     moving_average, read_metrics, save_png, sphere_figure, sphere_view)
 
 TITLES = ["training accuracy", "cross-entropy", "uniform loss", "A-Softmax λ", "learning rate",
           "mean nearest-center angle (°)"]
@@ -201,7 +201,7 @@ def test_the_metrics_file_name_is_the_trainers():
     """plots.py stays torch-free, so it names the file itself; it must be the name the trainer writes."""
     import ast
 
-    source = Path(plots.__file__).with_name("trainer.py").read_text()
+    source = (Path(plots.__file__).parents[1] / "train" / "trainer.py").read_text()
     assigned = {node.targets[0].id: node.value.value for node in ast.parse(source).body
                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
                 and isinstance(node.value, ast.Constant)}

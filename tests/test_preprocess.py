@@ -10,12 +10,12 @@ from PIL import Image
 from skimage import data
 
 import preprocess as cli
-from test_align import astronaut_view
-from uniformface import preprocessing
-from uniformface.align import FaceDetector, align_face
-from uniformface.checkpoint import LOCK_FILE
-from uniformface.images import JPEG_QUALITY, decode_rgb
-from uniformface.preprocessing import LANDMARKS_NAME, REPORT_NAME, read_landmark_file
+from test_face import astronaut_view
+from uniformface.align import preprocessing
+from uniformface.align.face import FaceDetector, align_face
+from uniformface.base.locks import LOCK_FILE
+from uniformface.base.images import JPEG_QUALITY, decode_rgb
+from uniformface.align.preprocessing import LANDMARKS_NAME, REPORT_NAME, read_landmark_file
 
 
 def faceless(seed=0, size=250):
@@ -243,10 +243,10 @@ def test_output_inside_the_dataset_is_refused(tmp_path, capsys):
 
 def test_landmark_file_crops_are_cp2tform_and_imtransform_of_the_decoded_jpeg(tmp_path, capsys, monkeypatch):
     """`--landmarks` on real JPEGs gives the crop of Matlab's cp2tform + imtransform (the
-    float64 transcription in test_align, 1-based sampling) of the decoded photo, up to JPEG rounding: the
+    float64 transcription in test_face, 1-based sampling) of the decoded photo, up to JPEG rounding: the
     output is a quality-95 JPEG, so it is compared with the reference crop put through the same encoder.
     One image carries the numbers of the LFW row where the two fitting directions disagree most."""
-    from test_align import WORST_ROW, reference_warp
+    from test_face import WORST_ROW, reference_warp
 
     source = tmp_path / "lfw"
     photos = {"Eileen_Collins/Eileen_Collins_0001.jpg": astronaut_view(),
@@ -328,7 +328,7 @@ def test_symlinked_identity_folders_are_aligned_and_a_loop_is_reported(tmp_path,
 KILLED_RUN = """
 import os, signal, sys
 sys.path.insert(0, {code!r})
-from uniformface import preprocessing
+from uniformface.align import preprocessing
 real, calls = preprocessing.write_image, [0]
 def write_then_die(destination, image):  # SIGKILL: no cleanup, no flush, as a real kill
     calls[0] += 1
@@ -479,7 +479,7 @@ def test_files_in_the_output_folder_this_tool_did_not_write_are_kept(tmp_path, c
 HOLD_LOCK = """
 import sys
 sys.path.insert(0, {code!r})
-from uniformface.checkpoint import FolderLock
+from uniformface.base.locks import FolderLock
 lock = FolderLock({folder!r}).acquire()
 print("held", flush=True)
 sys.stdin.read()  # until killed

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uniformface import preprocessing
-from uniformface.preprocessing import LANDMARKS_NAME, Options, looks_like_test_set, preprocess, read_landmark_file
+from uniformface.align import preprocessing
+from uniformface.align.preprocessing import LANDMARKS_NAME, Options, looks_like_test_set, preprocess, read_landmark_file
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from uniformface.datasets import ImageFolderTrainSet, collate_skip_broken, mix_seed, open_train_set
-from uniformface.datasets.recordio import (RecordIOError, RecordTrainSet, encode_record, pack_payload, unpack_payload,
-                                           write_record_file)
+from uniformface.data import ImageFolderTrainSet, collate_skip_broken, mix_seed, open_train_set
+from uniformface.data.recordio import (RecordIOError, RecordTrainSet, encode_record, pack_payload, unpack_payload,
+                                       write_record_file)
 
 # The format, written out here from its description (dmlc-core recordio.cc, mxnet recordio.py),
 # independently of the module under test.

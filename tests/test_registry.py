@@ -1,4 +1,4 @@
-"""uniformface.registry: each list of names is written once; the builders, the config's validation and the
+"""uniformface.base.registry: each list of names is written once; the builders, the config's validation and the
 scripts' choices all read it, and reading it imports no torch."""
 import json
 import os
@@ -8,14 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from uniformface import registry
-from uniformface.config import ConfigError, load_config
+from uniformface.base import registry
+from uniformface.base.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_registry_imports_no_torch():
-    probe = "import json, sys; import uniformface.registry, uniformface.config; print(json.dumps('torch' in sys.modules))"
+    probe = ("import json, sys; import uniformface.base.registry, uniformface.base.config; "
+             "print(json.dumps('torch' in sys.modules))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT / "code")})
     assert done.returncode == 0 and json.loads(done.stdout) is False, done.stderr
@@ -24,7 +25,7 @@ def test_the_registry_imports_no_torch():
 def test_every_model_name_builds_its_backbone_and_no_other_name_does():
     import torch
 
-    from uniformface.models import FaceNet, build_model
+    from uniformface.nn.models import FaceNet, build_model
 
     # SphereFace-20's residual units per stage (official sphereface_model.prototxt: conv1_x 1, conv2_x 2,
     # conv3_x 4, conv4_x 1), and the [2, 3, 5, 2] of UniformFace's Fig. 3
@@ -41,8 +42,7 @@ def test_every_model_name_builds_its_backbone_and_no_other_name_does():
 
 
 def test_every_head_name_builds_the_class_the_registry_names():
-    from uniformface import heads
-
+    from uniformface.nn import heads
     assert list(heads.HEADS) == list(registry.HEAD_NAMES)
     for name, class_name in registry.HEAD_CLASSES.items():
         assert type(heads.build_head(name, 4, 3)) is getattr(heads, class_name)
@@ -53,9 +53,9 @@ def test_every_head_name_builds_the_class_the_registry_names():
 def test_the_library_checks_read_the_registry():
     import torch
 
-    from uniformface import heads, losses
-    from uniformface.embedding import check_mode
-    from uniformface.verification_protocol import check_protocol
+    from uniformface.nn import heads, losses
+    from uniformface.eval.embedding import check_mode
+    from uniformface.eval.protocols import check_protocol
 
     # A-Softmax's gradient and the uniform loss's reduction are checked against the registry's tuples
     # themselves: every registry name is accepted, and a refusal lists exactly the registry's names.

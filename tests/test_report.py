@@ -5,7 +5,8 @@ import json
 import pytest
 import yaml
 
-from uniformface.report import bin_table, center_distance_table, fold_table, gather_markdown, load_run, setting_names
+from uniformface.tools.report import (bin_table, center_distance_table, fold_table, gather_markdown, load_run,
+                                      setting_names)
 
 
 def cells(line):
@@ -45,7 +46,7 @@ def test_a_resumed_run_is_named_by_its_final_settings_and_its_changes_listed(tmp
 
     import yaml
 
-    from uniformface.report import gather_markdown, load_run
+    from uniformface.tools.report import gather_markdown, load_run
 
     for name, history in (("resumed", [{"iteration": 300, "time": "", "changed": {
             "beta": {"from": 0.5, "to": 0.1}, "milestones": {"from": [16000], "to": [400]}}}]), ("plain", None)):

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from hostile import read_only_folder
-from uniformface.results import (RESULT_KEYS, merge_results, prepare_results, read_results, roc_path,
-                                 update_results)
+from uniformface.eval.results import (RESULT_KEYS, merge_results, prepare_results, read_results, roc_path,
+                                      update_results)
 
 
 def test_merge_results_keeps_the_other_kind():
@@ -97,7 +97,7 @@ def test_each_benchmark_keeps_its_own_section():
 
 
 def test_benchmark_files_sit_beside_the_results_file(tmp_path):
-    from uniformface.results import beside_results
+    from uniformface.eval.results import beside_results
 
     run = tmp_path / "run"
     assert roc_path(run / "lfw_results.json", "ytf") == run / "ytf_roc.png"

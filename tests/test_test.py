@@ -12,7 +12,7 @@ from PIL import Image
 import hostile
 from conftest import load_script, write_bin
 from test_evaluate import direct_feature, face_like_images, saved_model
-from uniformface.pairs import read_pairs
+from uniformface.eval.pairs import read_pairs
 
 
 def test_cli_writes_results_roc_and_center_distance_beside_model(tmp_path, lfw_tree, capsys):
@@ -200,8 +200,8 @@ def test_ytf_end_to_end_beside_the_lfw_results(tmp_path, lfw_tree, capsys):
     assert section["features"] == str(model_path.parent / "ytf_features.npy")
     assert script.main(ytf) == 0 and "reused: all" in capsys.readouterr().out
     from test_evaluate import SPEC_112x96
-    from uniformface.checkpoint import export_weights
-    from uniformface.models import build_model
+    from uniformface.train.checkpoint import export_weights
+    from uniformface.nn.models import build_model
 
     torch.manual_seed(1)                                  # retrained: the same file name, other weights
     export_weights(model_path, build_model("sphereface4", 32).eval(), SPEC_112x96)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from uniformface import toydata
-from uniformface.toydata import ToySettings, generate
+from uniformface.tools import toydata
+from uniformface.tools.toydata import ToySettings, generate
 
 TINY = dataclasses.replace(ToySettings(), train_identities=3, images_per_identity=2, lfw_identities=4,
                            lfw_images_min=3, lfw_images_max=4, folds=2, pairs_per_fold=3)
@@ -113,7 +113,7 @@ def test_layout_and_pairs_file(tiny_set):
 
 
 def test_pairs_file_reads_with_the_project_reader(tiny_set):
-    from uniformface.pairs import missing_images, read_pairs
+    from uniformface.eval.pairs import missing_images, read_pairs
 
     root, _ = tiny_set
     pairs = read_pairs(root / "pairs.txt")
@@ -215,7 +215,7 @@ def raw_and_gradient_auc(summary, root):
     (x - 127.5) / 128, and HOG, a gradient-orientation feature that ignores slow lighting changes."""
     from skimage.feature import hog
 
-    from uniformface.align import align_face
+    from uniformface.align.face import align_face
 
     names, raw, gradient = [], [], []
     for rel, points in summary.landmarks.items():

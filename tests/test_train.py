@@ -17,7 +17,7 @@ from PIL import Image
 import train as train_cli
 from conftest import write_aligned_tree
 from hostile import one_line_error
-from uniformface.config import load_config, save_config
+from uniformface.base.config import load_config, save_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = str(ROOT / "code" / "configs" / "toy.yaml")
@@ -253,7 +253,7 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_a_killed_ones_lock_is_no
     import signal
     import socket
 
-    from test_checkpoint import hold_lock
+    from test_locks import hold_lock
 
     run = tmp_path / "log" / "run"
     holder = hold_lock(run)
@@ -332,7 +332,7 @@ def test_divergence_between_log_points_names_its_step(tmp_path, small_tree, caps
 # ------------------------------------------------------------------ resume records what ran
 
 def test_resume_with_set_rewrites_config_and_records_the_change(tmp_path, small_tree, caplog):
-    from uniformface.config import HISTORY_FILE, read_history
+    from uniformface.base.config import HISTORY_FILE, read_history
 
     run = tmp_path / "log" / "run"
     args = cli_args(small_tree, tmp_path / "log")
@@ -362,7 +362,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it(tmp_path, 
     run = tmp_path / "log" / "run"
     args = cli_args(small_tree, tmp_path / "log")
     if left != "nothing":
-        from uniformface.config import save_config
+        from uniformface.base.config import save_config
 
         run.mkdir(parents=True)
         save_config(load_config(TOY, args[args.index("--set"):][1::2]), run / "config.yaml")  # as train.py writes it

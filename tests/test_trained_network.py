@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from uniformface.checkpoint import export_weights
-from uniformface.models import build_model
-from uniformface.trained_network import (center_stats, configured_dataset, load_backbone, load_embedder,
-                                         raw_pixel_embedder, read_weights, run_config)
+from uniformface.train.checkpoint import export_weights
+from uniformface.nn.models import build_model
+from uniformface.eval.trained_network import (center_stats, configured_dataset, load_backbone, load_embedder,
+                                              raw_pixel_embedder, read_weights, run_config)
 
 SPEC = {"model_name": "sphereface4", "emb_dim": 32, "input_size": [112, 96]}
 
@@ -130,7 +130,7 @@ def test_center_figures_from_one_sweep_equal_the_two_separate_figures():
     """center_stats takes both figures from centers.nearest_center_figures; they are what the separate
     mean_min_distance and mean_min_angle give, for centers of unequal norms (nearest by distance and by
     angle differ) in float32 as train.py keeps them, to the digits report.py prints and beyond."""
-    from uniformface.centers import mean_min_angle, mean_min_distance
+    from uniformface.nn.centers import mean_min_angle, mean_min_distance
 
     generator = torch.Generator().manual_seed(5)
     centers = torch.randn(40, 16, generator=generator) * torch.rand(40, 1, generator=generator).mul(4).add(0.1)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from uniformface.config import load_config
-from uniformface.trainer import Trainer, learning_rate, train
+from uniformface.base.config import load_config
+from uniformface.train.trainer import Trainer, learning_rate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,8 +131,8 @@ def test_center_update_rates_that_nan_the_earlier_port_stay_finite(tmp_path, tre
 
 def test_caffe_parameter_multipliers():
     """sphereface_model.prototxt: conv/fc biases lr_mult 2, decay_mult 0; weights and PReLU slopes 1, 1."""
-    from uniformface.models import build_model
-    from uniformface.trainer import parameter_groups
+    from uniformface.nn.models import build_model
+    from uniformface.train.trainer import parameter_groups
 
     model = build_model("sphereface20")
     groups = parameter_groups(model, 5e-4)
@@ -180,7 +180,7 @@ def test_default_solver_steps_are_sgd_with_momentum_and_decay_in_float64(tmp_pat
 
 
 def test_training_labels_are_checked_once_when_the_set_is_opened(tmp_path, small_tree, monkeypatch):
-    from uniformface.datasets import ImageFolderTrainSet
+    from uniformface.data import ImageFolderTrainSet
 
     original = ImageFolderTrainSet.label
     monkeypatch.setattr(ImageFolderTrainSet, "label", lambda self, i: 7 if i == 3 else original(self, i))
@@ -302,8 +302,7 @@ def _gather_counting_worker(rank, init_file, tree, out_dir):
     import torch.distributed as dist
 
     from test_centers import counted_gathers
-    from uniformface import distributed
-
+    from uniformface.base import distributed
     if sys.platform.startswith("linux"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
@@ -347,7 +346,7 @@ def test_a_step_on_two_ranks_gathers_the_batch_once(tmp_path, aligned_tree):
 def test_log_point_figures_are_the_separate_sweeps_to_the_bit(tmp_path, aligned_tree, center_mode):
     """The log point computes the centers' distance and angle in one sweep (and, when the centers are the
     head's weights, their angle once): the figures are those of the separate functions."""
-    from uniformface.centers import ClassCenters, mean_min_angle_tensor, mean_min_distance
+    from uniformface.nn.centers import ClassCenters, mean_min_angle_tensor, mean_min_distance
 
     trainer = Trainer(tiny_config(aligned_tree, center_mode=center_mode, emb_dim=8), tmp_path / "run", progress=False)
     try:

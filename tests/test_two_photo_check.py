@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from uniformface.models import build_model
-from uniformface.two_photo_check import face_features, load_rule, pair_cosine
+from uniformface.nn.models import build_model
+from uniformface.eval.two_photo_check import face_features, load_rule, pair_cosine
 
 
 def test_load_rule_variants(tmp_path):

@@ -14,9 +14,9 @@ from skimage import data
 
 from conftest import load_script
 from hostile import one_line_error
-from uniformface.align import FaceDetector, align_face
-from uniformface.checkpoint import export_weights
-from uniformface.models import build_model
+from uniformface.align.face import FaceDetector, align_face
+from uniformface.train.checkpoint import export_weights
+from uniformface.nn.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FACE_CENTRE = (226, 122)  # the astronaut's face in data.astronaut(), (x, y)
@@ -170,7 +170,7 @@ def test_hostile_inputs_end_in_one_line(photos, model_path, tmp_path, capsys):
 def test_cheap_checks_come_before_the_weights_are_read(photos, tmp_path, monkeypatch, capsys):
     """The weights path does not exist and reading it is counted: a missing photo, a missing results file
     or one that is not test.py's is the error shown, and the weights were never read."""
-    import uniformface.trained_network as trained_network
+    import uniformface.eval.trained_network as trained_network
 
     reads = []
     original = trained_network.load_backbone

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from conftest import TinyEmbedder, tiny_feature64
-from uniformface import ytf
-from uniformface.ytf import evaluate_ytf, natural_key, read_splits, select_frames, video_frames
+from uniformface.eval import ytf
+from uniformface.eval.ytf import evaluate_ytf, natural_key, read_splits, select_frames, video_frames
 
 SIZE = (112, 96)
 HEADER = "split number, pair number, first name, second name, is same"

@@ -2,7 +2,7 @@
 
     from uniformface import build_model, build_head, uniform_loss, ClassCenters, load_config, Trainer
 
-The names below are loaded on first use, so that `import uniformface.config` (or a script's `--help`)
+The names below are loaded on first use, so that `import uniformface.base.config` (or a script's `--help`)
 does not import torch.
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "build_model": "models",
-    "build_head": "heads",
-    "uniform_loss": "losses",
-    "ClassCenters": "centers",
-    "load_config": "config",
-    "Trainer": "trainer",
+    "build_model": "nn.models",
+    "build_head": "nn.heads",
+    "uniform_loss": "nn.losses",
+    "ClassCenters": "nn.centers",
+    "load_config": "base.config",
+    "Trainer": "train.trainer",
 }
 
 __all__ = ["build_model", "build_head", "uniform_loss", "ClassCenters", "load_config", "Trainer"]

@@ -25,9 +25,9 @@ import os
 import sys
 from pathlib import Path
 
-from ..cli import EXPECTED, ScriptError, UsageError, describe, new_parser, run_command
-from ..config import ConfigError
-from ..registry import PROTOCOLS
+from ..base.cli import EXPECTED, ScriptError, UsageError, describe, new_parser, run_command
+from ..base.config import ConfigError
+from ..base.registry import PROTOCOLS
 from .train import DEFAULT_CONFIG, check_config_given
 
 NAME = "ablate"
@@ -51,9 +51,9 @@ def run(args, parser) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UsageError("run ablate.py as one process; for several GPUs run train.py under torchrun per setting")
     check_config_given(args.config)
-    from ..ablation import CURVES_PNG, RESULTS_MD, missing_inputs, plan  # torch: only after the arguments
-    from ..atomic import remove_stale_partials
-    from ..trainer import check_device, lock_folder
+    from ..tools.ablation import CURVES_PNG, RESULTS_MD, missing_inputs, plan  # torch: only after the arguments
+    from ..base.atomic import remove_stale_partials
+    from ..train.trainer import check_device, lock_folder
 
     try:
         settings = plan(args.config, args.logdir, args.grid, args.overrides)
@@ -83,11 +83,11 @@ def run(args, parser) -> int:
 
 
 def _run(args, settings, locks) -> int:
-    from ..ablation import CURVES_PNG, RESULTS_MD, draw_curves, results_markdown, run_grid
-    from ..atomic import atomic_write_text
-    from ..evaluate import evaluate_model_on_pairs
-    from ..report import RESULTS_FILE, lfw_summary
-    from ..trainer import train
+    from ..tools.ablation import CURVES_PNG, RESULTS_MD, draw_curves, results_markdown, run_grid
+    from ..base.atomic import atomic_write_text
+    from ..eval.evaluate import evaluate_model_on_pairs
+    from ..tools.report import RESULTS_FILE, lfw_summary
+    from ..train.trainer import train
 
     def train_fn(cfg, run_dir, resume):
         return train(cfg, run_dir, resume=resume, progress=not args.no_progress, lock=locks[Path(run_dir)])
@@ -122,4 +122,4 @@ def _run(args, settings, locks) -> int:
 
 
 def main(argv=None) -> int:
-    return run_command(NAME, build_parser, run, argv, EXPECTED + ("uniformface.trainer.TrainingError",))
+    return run_command(NAME, build_parser, run, argv, EXPECTED + ("uniformface.train.trainer.TrainingError",))

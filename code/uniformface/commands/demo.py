@@ -17,8 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli import ScriptError, new_parser, run_command
-from ..report import fold_table
+from ..base.cli import ScriptError, new_parser, run_command
+from ..tools.report import fold_table
 
 NAME = "demo"
 CODE = Path(__file__).resolve().parents[2]  # the source tree's code/: the scripts and configs/toy.yaml

@@ -11,9 +11,9 @@ test.py's default protocol); insightface = normalise(f + f_flip).
 """
 from __future__ import annotations
 
-from ..cli import new_parser, run_command
-from ..devices import AUTO
-from ..registry import EMBEDDING_MODES
+from ..base.cli import new_parser, run_command
+from ..base.devices import AUTO
+from ..base.registry import EMBEDDING_MODES
 
 NAME = "embed"
 
@@ -38,9 +38,9 @@ def run(args, parser) -> int:
     if not args.output.endswith(".npy"):
         parser.error(f"--output {args.output}: expected a .npy file name")
     # torch: only after the arguments
-    from ..devices import resolve_device
-    from ..embedding import check_outputs, embed_folder, save_embeddings
-    from ..trained_network import load_backbone
+    from ..base.devices import resolve_device
+    from ..eval.embedding import check_outputs, embed_folder, save_embeddings
+    from ..eval.trained_network import load_backbone
 
     device = str(resolve_device(args.device))
     model, spec, _ = load_backbone(args.model_path, device)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cli import ScriptError, new_parser, run_command
-from ..defaults import DEFAULT_OPSET, DEFAULT_TOLERANCE
-from ..paths import ensure_writable, refuse_overwrite
+from ..base.cli import ScriptError, new_parser, run_command
+from ..base.defaults import DEFAULT_OPSET, DEFAULT_TOLERANCE
+from ..base.paths import ensure_writable, refuse_overwrite
 
 NAME = "export"
 
@@ -39,8 +39,8 @@ def run(args, parser) -> int:
         parser.error(f"--output {output} is the model file itself")
     refuse_overwrite(output, args.overwrite)
     # torch: only after the arguments
-    from ..export import compare_with_onnxruntime, export_onnx
-    from ..trained_network import load_backbone
+    from ..tools.export import compare_with_onnxruntime, export_onnx
+    from ..eval.trained_network import load_backbone
 
     try:
         model, spec, _ = load_backbone(model_path)

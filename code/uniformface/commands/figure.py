@@ -15,8 +15,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from ..cli import ScriptError, run_command
-from ..images import IMAGE_EXTENSIONS
+from ..base.cli import ScriptError, run_command
+from ..base.images import IMAGE_EXTENSIONS
 from .demo import CODE, step, toy_parser
 
 NAME = "figure"

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import sys
 
-from ..atomic import atomic_write_text
-from ..cli import new_parser, run_command
-from ..paths import ensure_writable, refuse_overwrite
-from ..report import gather_markdown, load_run
+from ..base.atomic import atomic_write_text
+from ..base.cli import new_parser, run_command
+from ..base.paths import ensure_writable, refuse_overwrite
+from ..tools.report import gather_markdown, load_run
 
 NAME = "gather_results"
 

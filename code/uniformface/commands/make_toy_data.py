@@ -8,7 +8,7 @@ writes, deterministically from the seed,
     OUTPUT/pairs.txt                          LFW's format: `10<TAB>30`, then per fold 30 same + 30 different
 and then runs MTCNN (official SphereFace settings) on a sample of the images and prints the detection rate.
 The faces are built from real photographs that ship with scikit-image and matplotlib (no downloads); see
-`uniformface/toydata.py` for how identity is put into the face and nuisance into each image. Exit status
+`uniformface/tools/toydata.py` for how identity is put into the face and nuisance into each image. Exit status
 2 for settings that cannot make a set (before anything is written), 1 for a failure while writing (such
 as an OUTPUT folder that holds something else), each as one line `make_toy_data.py: error: ...`.
 """
@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from ..cli import UsageError, new_parser, run_command
-from ..toydata import ToySettings
+from ..base.cli import UsageError, new_parser, run_command
+from ..tools.toydata import ToySettings
 
 NAME = "make_toy_data"
 
@@ -47,7 +47,7 @@ def build_parser():
 
 
 def run(args, parser) -> int:
-    from ..toydata import detection_check, generate  # the detector check imports torch: only after the arguments
+    from ..tools.toydata import detection_check, generate  # the detector check imports torch: only after the arguments
 
     settings = dataclasses.replace(
         ToySettings(), train_identities=args.identities, images_per_identity=args.images_per_identity,

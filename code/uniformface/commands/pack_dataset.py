@@ -5,7 +5,7 @@ an aligned folder as an insightface-style `.rec` + `.idx`.
     python code/pack_dataset.py --dataset data/faces_webface_112x112/train.rec --output data/webface
     python code/pack_dataset.py --dataset data/processed/CASIA-WebFace --output data/casia.rec  # .rec + .idx
 
-`--dataset` is anything `uniformface.datasets.open_train_set` reads (aligned folder, `.rec`, `.packed`).
+`--dataset` is anything `uniformface.data.open_train_set` reads (aligned folder, `.rec`, `.packed`).
 The packed set keeps every identity of the source (exclusions apply when training, by name, as for
 folders) unless --exclude / --min_images_per_class are given here. Undecodable images are left out and
 listed (stdout and `meta.json`); the exit status is still 0. `.rec` output stores each file's bytes unchanged.
@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..cli import new_parser, run_command
-from ..paths import refuse_overwrite
+from ..base.cli import new_parser, run_command
+from ..base.paths import refuse_overwrite
 
 NAME = "pack_dataset"
 
@@ -38,7 +38,7 @@ def build_parser():
 
 
 def run(args, parser) -> int:
-    from ..datasets import ImageFolderTrainSet, pack, write_record_file  # torch: only after the arguments
+    from ..data import ImageFolderTrainSet, pack, write_record_file  # torch: only after the arguments
 
     output = Path(args.output)
     if output.suffix == ".rec":

@@ -13,7 +13,7 @@ replaced without --overwrite. A metrics file that cannot be read is an error nam
 """
 from __future__ import annotations
 
-from ..cli import check_png_output, new_parser, run_command
+from ..base.cli import check_png_output, new_parser, run_command
 
 NAME = "plot_runs"
 
@@ -35,7 +35,7 @@ def run(args, parser) -> int:
     if args.window < 1:
         parser.error(f"--window: must be at least 1, got {args.window}")
     check_png_output(parser, args.output, args.dpi, args.overwrite, args.names, args.runs, "runs")
-    from ..plots import curves_figure, load_runs, save_png  # matplotlib: only after the arguments
+    from ..tools.plots import curves_figure, load_runs, save_png  # matplotlib: only after the arguments
 
     runs = load_runs(args.runs, args.names)
     save_png(curves_figure(runs, args.window, args.title or None), args.output, args.dpi)

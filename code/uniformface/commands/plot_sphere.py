@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cli import check_png_output, new_parser, run_command
-from ..devices import AUTO
+from ..base.cli import check_png_output, new_parser, run_command
+from ..base.devices import AUTO
 
 NAME = "plot_sphere"
 
@@ -44,8 +44,8 @@ def build_parser():
 def panel_names(model_paths) -> list[str]:
     """Each model's run named as the result tables name it (`alpha=1.0/beta=0.5`, from the config.yaml
     beside the weights; runs sharing those get the settings they differ in), else its folder's name."""
-    from ..config import read_yaml
-    from ..report import Run, setting_names
+    from ..base.config import read_yaml
+    from ..tools.report import Run, setting_names
 
     runs = []
     for path in model_paths:
@@ -62,8 +62,8 @@ def run(args, parser) -> int:
         parser.error(f"--max_classes: need at least 2, got {args.max_classes}")
     check_png_output(parser, args.output, args.dpi, args.overwrite, args.names, args.model_path, "models")
     # torch: only after the arguments
-    from ..devices import resolve_device
-    from ..plots import model_sphere_view, save_png, sphere_figure
+    from ..base.devices import resolve_device
+    from ..tools.plots import model_sphere_view, save_png, sphere_figure
 
     device = str(resolve_device(args.device))
     names = args.names or panel_names(args.model_path)

@@ -24,10 +24,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..cli import ScriptError, new_parser, run_command
-from ..defaults import DETECTION_MAX_SIDE, MIN_FACE_SIZE, SCALE_FACTOR, SMALLEST_MIN_FACE_SIZE, THRESHOLDS
-from ..images import PILLOW_MAX_PIXELS
-from ..registry import FALLBACKS
+from ..base.cli import ScriptError, new_parser, run_command
+from ..base.defaults import DETECTION_MAX_SIDE, MIN_FACE_SIZE, SCALE_FACTOR, SMALLEST_MIN_FACE_SIZE, THRESHOLDS
+from ..base.images import PILLOW_MAX_PIXELS
+from ..base.registry import FALLBACKS
 
 NAME = "preprocess"
 
@@ -72,9 +72,9 @@ def build_parser():
 
 def run(args, parser) -> int:
     # torch and the detector: only after the arguments
-    from ..checkpoint import FolderBusy
-    from ..devices import resolve_device
-    from ..preprocessing import DETECTOR_FAILED, Options, parse_output_size, preprocess, validate_options
+    from ..base.locks import FolderBusy
+    from ..base.devices import resolve_device
+    from ..align.preprocessing import DETECTOR_FAILED, Options, parse_output_size, preprocess, validate_options
 
     try:
         output_size = parse_output_size(args.output_size)

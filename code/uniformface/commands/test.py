@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cli import new_parser, run_command
-from ..devices import AUTO
-from ..registry import BASELINES, BENCHMARKS, PROTOCOLS
-from ..report import RESULTS_FILE, accuracy_lines, bin_table, lfw_summary
+from ..base.cli import new_parser, run_command
+from ..base.devices import AUTO
+from ..base.registry import BASELINES, BENCHMARKS, PROTOCOLS
+from ..tools.report import RESULTS_FILE, accuracy_lines, bin_table, lfw_summary
 
 NAME = "test"
 
@@ -104,9 +104,9 @@ def run(args, parser) -> int:
     if args.bin and len({Path(b).stem for b in args.bin}) != len(args.bin):
         parser.error("--bin: two files share a set name (the name is the file name without .bin)")
     # torch: only after the arguments
-    from ..devices import resolve_device
-    from ..evaluate import evaluate_model_on_bins, evaluate_model_on_pairs
-    from ..trained_network import configured_dataset
+    from ..base.devices import resolve_device
+    from ..eval.evaluate import evaluate_model_on_bins, evaluate_model_on_pairs
+    from ..eval.trained_network import configured_dataset
 
     device = str(resolve_device(args.device))
     out = Path(args.json) if args.json else (model_path.parent / RESULTS_FILE if not args.baseline else None)
@@ -114,14 +114,14 @@ def run(args, parser) -> int:
                   device=device, progress=not args.no_progress, overwrite=args.overwrite)
     result = {}  # what was evaluated; the last line names its ROC figure (--bin sets draw none)
     if args.benchmark == "ytf":
-        from ..ytf import evaluate_model_on_ytf
+        from ..eval.ytf import evaluate_model_on_ytf
 
         label, result = evaluate_model_on_ytf(model_path, args.dataset, args.pairs_path, out, protocol=args.protocol,
                                               frames_per_video=args.frames_per_video,
                                               allow_missing=args.allow_missing, **common)
         summary = ytf_summary(label, result)
     elif args.benchmark in ("ijbb", "ijbc"):
-        from ..ijb import evaluate_model_on_ijb
+        from ..eval.ijb import evaluate_model_on_ijb
 
         label, result = evaluate_model_on_ijb(model_path, args.benchmark, args.dataset, args.meta, out,
                                               detector_score=args.detector_score, allow_missing=args.allow_missing,
@@ -160,7 +160,7 @@ def ytf_summary(label: str, ytf: dict) -> str:
 
 def ijb_summary(label: str, ijb: dict) -> str:
     """TAR at each FAR as a table row, AUC and EER, the feature cache, and what --allow_missing left out."""
-    from ..ijb import FAR_TARGETS, far_key
+    from ..eval.ijb import FAR_TARGETS, far_key
 
     width = max(18, len(label))
     header = f"| {'':<{width}} | " + " | ".join(f"{f'{far:.0e}':>6}" for far in FAR_TARGETS) + " |"

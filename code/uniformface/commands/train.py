@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..cli import EXPECTED, UsageError, new_parser, run_command
-from ..config import ConfigError, load_config, run_name
+from ..base.cli import EXPECTED, UsageError, new_parser, run_command
+from ..base.config import ConfigError, load_config, run_name
 
 NAME = "train"
 # code/config.yaml of the source tree this package sits in (a copy installed by `pip install .` has none)
@@ -63,7 +63,7 @@ def run(args, parser) -> int:
         # the trainer starts from iteration 0
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
-    from ..trainer import STATE_FILE, check_device, lock_folder, train  # torch: only after the arguments
+    from ..train.trainer import STATE_FILE, check_device, lock_folder, train  # torch: only after the arguments
 
     check_device(cfg.resolved_device())  # before the run folder is made
     # Rank 0 locks the folder first, so that a run already in it is named before anything else is said.
@@ -83,4 +83,4 @@ def run(args, parser) -> int:
 
 
 def main(argv=None) -> int:
-    return run_command(NAME, build_parser, run, argv, EXPECTED + ("uniformface.trainer.TrainingError",))
+    return run_command(NAME, build_parser, run, argv, EXPECTED + ("uniformface.train.trainer.TrainingError",))

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..cli import new_parser, run_command
-from ..devices import AUTO
-from ..report import RESULTS_FILE
+from ..base.cli import new_parser, run_command
+from ..base.devices import AUTO
+from ..tools.report import RESULTS_FILE
 
 NAME = "verify"
 
@@ -36,10 +36,10 @@ def run(args, parser) -> int:
     if args.threshold is not None and not math.isfinite(args.threshold):
         parser.error(f"--threshold: expected a finite number, got {args.threshold}")
     # torch and the detector: only after the arguments
-    from ..align import FaceDetector
-    from ..devices import resolve_device
-    from ..trained_network import load_backbone
-    from ..two_photo_check import Rule, align_photos, face_features, load_rule, pair_cosine
+    from ..align.face import FaceDetector
+    from ..base.devices import resolve_device
+    from ..eval.trained_network import load_backbone
+    from ..eval.two_photo_check import Rule, align_photos, face_features, load_rule, pair_cosine
 
     model_path = Path(args.model_path)
     results = Path(args.results) if args.results else model_path.parent / RESULTS_FILE

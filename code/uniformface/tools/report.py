@@ -1,0 +1,207 @@
+"""Result tables in the earlier port's README format (ka-tsu-mo/pytorch-uniformface: per-fold LFW accuracy
+in percent with 3 decimals; mean minimum class-center distance with 4), and the gathering of several
+runs' `lfw_results.json` into them."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from ..base.config import history_lines, read_history, read_yaml
+from ..base.paths import read_utf8_text
+from ..eval.results import RESULTS_FILE
+
+# insightface's usual order of its verification sets; others follow alphabetically.
+BIN_SET_ORDER = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
+
+
+def fold_table(rows: Sequence[tuple[str, dict]]) -> str:
+    """Markdown table: one row per setting, `Avg.` then folds 1..n, accuracies as percentages (cells 7
+    wide, so that a 100.000 fold keeps the columns aligned)."""
+    n_folds = max(len(result["fold_accuracies"]) for _, result in rows)
+    width = max([18] + [len(name) for name, _ in rows])
+    header = f"| {'':<{width}} |    Avg. | " + " | ".join(f"{i:^7}" for i in range(1, n_folds + 1)) + " |"
+    rule = f"| {'-' * width} | ------- | " + " | ".join("-------" for _ in range(n_folds)) + " |"
+    lines = [header, rule]
+    for name, result in rows:
+        folds = [f"{100 * a:7.3f}" for a in result["fold_accuracies"]]
+        folds += [" " * 7] * (n_folds - len(folds))
+        lines.append(f"| {name:<{width}} | {100 * result['accuracy_mean']:7.3f} | {' | '.join(folds)} |")
+    return "\n".join(lines)
+
+
+def accuracy_lines(label: str, result: dict, benchmark: str, protocol: str, over: str) -> list[str]:
+    """The per-fold table, the mean accuracy with its spread, and the ROC figures when there are any."""
+    lines = [fold_table([(label, result)]),
+             f"{label}: {benchmark} accuracy ({protocol} protocol) {100 * result['accuracy_mean']:.3f} "
+             f"+- {100 * result['accuracy_std']:.3f} % {over}"]
+    if result.get("auc") is not None:
+        lines.append(f"TAR@FAR=1e-3 {result['tar_at_far_1e-3']:.4f}, TAR@FAR=1e-2 {result['tar_at_far_1e-2']:.4f}, "
+                     f"AUC {result['auc']:.4f}, EER {result['eer']:.4f}")
+    return lines
+
+
+def lfw_summary(label: str, lfw: dict, protocol: str) -> str:
+    """What test.py prints for one model on LFW: the per-fold table, the mean, the ROC figures, the
+    center spread, and a warning when pairs were counted as wrong for a missing image."""
+    lines = accuracy_lines(label, lfw, "LFW", protocol, f"over {lfw['n_pairs']} pairs")
+    if "mean_min_center_distance" in lfw:
+        angle = lfw.get("mean_min_center_angle")
+        lines.append(f"mean minimum distance between class centers ({lfw['centers_from']}): "
+                     f"{lfw['mean_min_center_distance']:.4f}" + ("" if angle is None else f" ({angle:.2f}°)"))
+    if lfw.get("n_missing_pairs"):
+        lines.append(f"warning: {lfw['n_missing_pairs']} pair(s) had a missing image and were counted as wrong")
+    return "\n".join(lines)
+
+
+def center_distance_table(rows: Sequence[tuple[str, float]]) -> str:
+    """The earlier port's second table: mean over classes of the distance to the nearest other center."""
+    width = max([18] + [len(name) for name, _ in rows])
+    lines = [f"| {'':<{width}} |   Min Avg. |", f"| {'-' * width} | ---------  |"]
+    lines += [f"| {name:<{width}} | {value:^10.4f} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def bin_table(rows: Sequence[tuple[str, dict]]) -> str:
+    """One row per insightface `.bin` set: pairs, mean accuracy +- std (%), TAR@FAR, AUC, EER."""
+    width = max([8] + [len(name) for name, _ in rows])
+    lines = [f"| {'set':<{width}} | pairs |  Acc. (%) |    std | TAR@FAR=1e-3 | TAR@FAR=1e-2 |    AUC |    EER |",
+             f"| {'-' * width} | ----- | --------- | ------ | ------------ | ------------ | ------ | ------ |"]
+    def cell(value, width):  # None: the set has no ROC (only one kind of pair)
+        return f"{value:{width}.4f}" if value is not None else f"{'-':>{width}}"
+
+    for name, r in rows:
+        lines.append(f"| {name:<{width}} | {r['n_pairs']:>5} | {100 * r['accuracy_mean']:9.3f} | "
+                     f"{100 * r['accuracy_std']:6.3f} | {cell(r['tar_at_far_1e-3'], 12)} | "
+                     f"{cell(r['tar_at_far_1e-2'], 12)} | {cell(r['auc'], 6)} | {cell(r['eer'], 6)} |")
+    return "\n".join(lines)
+
+
+def bin_accuracy_table(rows: Sequence[tuple[str, dict]]) -> str:
+    """Runs x `.bin` sets: mean 10-fold accuracy (%), '-' where a run has no result for a set."""
+    names = {s for _, sets in rows for s in sets}
+    columns = [s for s in BIN_SET_ORDER if s in names] + sorted(names - set(BIN_SET_ORDER))
+    width = max([18] + [len(name) for name, _ in rows])
+    widths = [max(8, len(c)) for c in columns]
+    lines = [f"| {'':<{width}} | " + " | ".join(f"{c:^{w}}" for c, w in zip(columns, widths)) + " |",
+             f"| {'-' * width} | " + " | ".join("-" * w for w in widths) + " |"]
+    for name, sets in rows:
+        cells = [f"{100 * sets[c]['accuracy_mean']:^{w}.3f}" if c in sets else f"{'-':^{w}}"
+                 for c, w in zip(columns, widths)]
+        lines.append(f"| {name:<{width}} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- gathering
+
+@dataclass
+class Run:
+    folder: Path            # the run's folder (where lfw_results.json and config.yaml are)
+    results: dict
+    config: dict | None     # the run's config.yaml (the settings in force at its end), None when absent
+    history: list[dict] = field(default_factory=list)  # settings changed on resume (config.HISTORY_FILE)
+
+
+def load_run(path: str | Path) -> Run:
+    """A run folder (holding lfw_results.json, and config.yaml as train.py writes it) or a results file.
+    A run resumed with changed settings is read with those in force at its end (train.py rewrites
+    config.yaml) and the history of the changes."""
+    path = Path(path)
+    results_path = path if path.suffix == ".json" else path / RESULTS_FILE
+    if not results_path.is_file():
+        raise FileNotFoundError(f"{results_path}: no results file (run test.py --model_path on the run's weights)")
+    try:
+        results = json.loads(read_utf8_text(results_path))  # a ValueError naming the file and line
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{results_path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+    if not isinstance(results, dict):
+        raise ValueError(f"{results_path}: expected a JSON object of results")
+    try:
+        config, history = read_run_settings(results_path.parent)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; fix it, or pass the results file itself") from None
+    return Run(results_path.parent, results, config, history)
+
+
+def read_run_settings(folder: Path) -> tuple[dict | None, list]:
+    """A run folder's settings in force at its end: config.yaml (None when absent) and the changes
+    config_history.yaml records. A config that is not a mapping is a ValueError naming it."""
+    config_path = folder / "config.yaml"
+    config = read_yaml(config_path) if config_path.is_file() else None
+    if config is not None and not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a mapping of settings")
+    return config, (read_history(folder) if config is not None else [])
+
+
+def setting_name(config: dict | None) -> str | None:
+    """`alpha=1.0/beta=0.001`, the earlier port's row names (alpha: uniform-loss weight, beta: center rate)."""
+    if not config or "alpha" not in config or "beta" not in config:
+        return None
+    return f"alpha={float(config['alpha'])}/beta={float(config['beta'])}"
+
+
+def setting_names(runs: Sequence[Run]) -> list[str]:
+    """Row names: alpha/beta from each run's config (else the folder's name). Runs sharing a name get the
+    settings in which they differ appended (`/center_mode=weight`), then their folder if still equal."""
+    names = [setting_name(run.config) or run.folder.name for run in runs]
+    for name in [n for n, count in Counter(names).items() if count > 1]:
+        group = [i for i, n in enumerate(names) if n == name]
+        flat = [_flatten(runs[i].config or {}) for i in group]
+        keys = sorted({k for f in flat for k in f} - {"alpha", "beta"})
+        differing = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
+        for i, f in zip(group, flat):
+            names[i] = name + "".join(f"/{k}={f.get(k)}" for k in differing)
+    for name in [n for n, count in Counter(names).items() if count > 1]:
+        for i in [i for i, n in enumerate(names) if n == name]:
+            names[i] = f"{name} ({runs[i].folder.name})"
+    return names
+
+
+def gather_markdown(runs: Sequence[Run], names: Sequence[str] | None = None) -> str:
+    """The earlier port's README result section for these runs: the per-fold LFW table, the mean minimum
+    center distance table (runs that report one), and `.bin` set accuracies when any run has them."""
+    names = list(names) if names is not None else setting_names(runs)
+    if len(names) != len(runs):
+        raise ValueError(f"{len(names)} names for {len(runs)} runs")
+    sections = []
+    for run in runs:
+        has_lfw = "fold_accuracies" in run.results or "accuracy_mean" in run.results
+        if has_lfw and not ("fold_accuracies" in run.results and "accuracy_mean" in run.results):
+            raise ValueError(f"{run.folder / RESULTS_FILE}: needs both 'accuracy_mean' and 'fold_accuracies'")
+        if not has_lfw and not run.results.get("bin"):
+            raise ValueError(f"{run.folder / RESULTS_FILE}: holds neither LFW results ('fold_accuracies') "
+                             "nor .bin results ('bin')")
+    lfw = [(name, run) for name, run in zip(names, runs) if "fold_accuracies" in run.results]
+    if lfw:
+        protocols = sorted({str(run.results.get("protocol", "sphereface")) for _, run in lfw})
+        rows = [(name if len(protocols) == 1 else f"{name} [{run.results.get('protocol', 'sphereface')}]", run.results)
+                for name, run in lfw]
+        n_folds = max(len(r["fold_accuracies"]) for _, r in rows)
+        sections.append(f"- LFW accuracy ({n_folds}-fold, {' / '.join(protocols)} protocol)\n\n{fold_table(rows)}")
+    centers = [(name, float(run.results["mean_min_center_distance"])) for name, run in zip(names, runs)
+               if run.results.get("mean_min_center_distance") is not None]
+    if centers:
+        sections.append("- average of minimum class distance for all class centers\n\n"
+                        + center_distance_table(centers))
+    bins = [(name, run.results["bin"]) for name, run in zip(names, runs) if run.results.get("bin")]
+    if bins:
+        sections.append("- insightface .bin sets, accuracy (10-fold, insightface protocol)\n\n"
+                        + bin_accuracy_table(bins))
+    changed = [(name, run.history) for name, run in zip(names, runs) if run.history]
+    if changed:
+        sections.append("- settings changed when resumed (the rows show those in force at the end)\n\n"
+                        + "\n".join(f"  - {name}: {line}" for name, history in changed
+                                    for line in history_lines(history)))
+    return "\n\n".join(sections) + "\n"
+
+
+def _flatten(mapping: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -18,7 +18,8 @@ from uniformface.base.cli import command_name
 from uniformface.commands import INSTALLED
 
 ROOT = Path(__file__).resolve().parents[1]
-PUBLIC = ["build_model", "build_head", "uniform_loss", "ClassCenters", "load_config", "Trainer"]
+PUBLIC = ["build_model", "build_head", "uniform_loss", "ClassCenters", "load_config", "Trainer",
+          "ASoftmax", "CosFace", "ArcFace", "kfold_accuracy", "open_train_set", "read_splits"]
 
 
 def pyproject():
@@ -44,6 +45,19 @@ def test_the_public_names_are_the_library_objects():
         (model_builder, head_builder, loss, centers_class, config_loader, trainer_class)
     with pytest.raises(AttributeError, match="no attribute 'build_modle'"):
         uniformface.build_modle
+
+
+def test_the_names_outside_checks_import_from_the_package_top():
+    """The shared reference's public names (heads, the k-fold protocol, the training-set opener, the YouTube
+    Faces reader) import from the package top, whichever module holds them."""
+    from uniformface import ArcFace, ASoftmax, CosFace, kfold_accuracy, open_train_set, read_splits
+    from uniformface.data import open_train_set as opener
+    from uniformface.eval.protocols import kfold_accuracy as kfold
+    from uniformface.eval.ytf import read_splits as splits_reader
+    from uniformface.nn.heads import ArcFace as arcface, ASoftmax as asoftmax, CosFace as cosface
+
+    assert (ASoftmax, CosFace, ArcFace, kfold_accuracy, open_train_set, read_splits) == \
+        (asoftmax, cosface, arcface, kfold, opener, splits_reader)
 
 
 def test_importing_the_package_or_its_config_imports_no_torch():

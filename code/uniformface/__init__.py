@@ -1,8 +1,9 @@
 """UniformFace (Duan, Lu, Zhou, CVPR 2019) on SphereFace (Liu et al., CVPR 2017), in PyTorch.
 
     from uniformface import build_model, build_head, uniform_loss, ClassCenters, load_config, Trainer
+    from uniformface import ASoftmax, CosFace, ArcFace, kfold_accuracy, open_train_set, read_splits
 
-The names below are loaded on first use, so that `import uniformface.base.config` (or a script's `--help`)
+Where each lives is the package's own business (`_EXPORTS` below names it). The names are loaded on first use, so that `import uniformface.base.config` (or a script's `--help`)
 does not import torch.
 """
 from __future__ import annotations
@@ -19,9 +20,15 @@ _EXPORTS = {
     "ClassCenters": "nn.centers",
     "load_config": "base.config",
     "Trainer": "train.trainer",
+    "ASoftmax": "nn.heads",
+    "CosFace": "nn.heads",
+    "ArcFace": "nn.heads",
+    "kfold_accuracy": "eval.protocols",
+    "open_train_set": "data",
+    "read_splits": "eval.ytf",
 }
 
-__all__ = ["build_model", "build_head", "uniform_loss", "ClassCenters", "load_config", "Trainer"]
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str):

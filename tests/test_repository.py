@@ -1,7 +1,8 @@
 """The repository explains itself: the facts the code follows are in docs/DESIGN.md, so no file under
 code/, tests/ or bench/ may send a reader to a document outside the repository or to an issue-tracker
 number, and every section of docs/DESIGN.md that a file cites must exist. The tests mirror the code (the
-rule is in tests/conftest.py), and the benchmarks stand on the package alone, not on the tests."""
+rule is in tests/conftest.py), and the benchmarks stand on the package alone, not on the tests. The README
+and docs/*.md name only what exists: files and headings they link to, repository paths, make targets, tests."""
 from __future__ import annotations
 
 import ast
@@ -98,7 +99,7 @@ def test_no_file_cites_a_document_outside_the_repository_or_an_issue_number():
 
 def test_every_cited_design_section_exists():
     sections = set(design_sections(DESIGN.read_text(encoding="utf-8")))
-    sources = [*scanned_files(), ROOT / "README.md"]
+    sources = [*scanned_files(), *(document for document in DOCUMENTS if document != DESIGN)]  # README, docs/
     missing = []
     for path in sources:
         for ref in cited_sections(path.read_text(encoding="utf-8", errors="replace")):
@@ -226,3 +227,155 @@ def test_benchmarks_import_nothing_from_the_tests_and_edit_no_path():
             else:
                 continue
             assert not {name.split(".")[0] for name in names} & test_modules, (path.name, names)
+
+
+# ------------------------------------------------------------------ the documents point at things that exist
+
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# [text](target) and ![alt](target), with an optional "title"
+_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+_EXTERNAL = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)  # http:, https:, mailto:
+# A repository path: it starts a word (so ".../train/code/x.prototxt" of an outside repository is no match) and
+# ends on a name character; a path followed by "<" or "{" is a pattern ("code/<script>.py"), not a path.
+_REPO_PATH = re.compile(r"(?<![\w./-])((?:code|bench|tests|docs)/[\w./-]*[\w/])(?![\w<{*])")
+_MAKE = re.compile(r"(?:^|[;&|(]\s*)make\s+([A-Za-z][\w.-]*)")  # at the start of a command: not the verb
+_TEST_NAME = re.compile(r"(?:(?<![\w/])(?:tests/)?(test_\w+\.py))?::(test_\w+)")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_MAKE_RULE = re.compile(r"^([A-Za-z0-9_.-]+(?:[ \t]+[A-Za-z0-9_.-]+)*)[ \t]*::?(?!=)", re.MULTILINE)
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: its text without Markdown code and link marks, lower case,
+    every character but letters, digits, '_', '-' and spaces dropped, spaces made '-'."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # a link's text stays, its target goes
+    text = text.replace("`", "").replace("*", "").strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def markdown_blocks(text: str) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """(line number, line) of the prose and of the fenced code blocks, apart."""
+    prose, code, fenced = [], [], False
+    for number, line in enumerate(text.splitlines(), 1):
+        if _FENCE.match(line):
+            fenced = not fenced
+            continue
+        (code if fenced else prose).append((number, line))
+    return prose, code
+
+
+def heading_anchors(text: str) -> set[str]:
+    """Every anchor of a Markdown file's headings (outside code blocks), a repeated one numbered as GitHub
+    numbers it: "x", "x-1", "x-2"."""
+    anchors: set[str] = set()
+    for _, line in markdown_blocks(text)[0]:
+        match = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if match:
+            slug = base = github_slug(match[1])
+            count = 0
+            while slug in anchors:
+                count += 1
+                slug = f"{base}-{count}"
+            anchors.add(slug)
+    return anchors
+
+
+def make_targets(makefile: Path) -> set[str]:
+    """The targets the Makefile has rules for (recipe lines, which start with a tab, excluded)."""
+    targets = set()
+    for match in _MAKE_RULE.finditer(makefile.read_text()):
+        targets.update(name for name in match[1].split() if not name.startswith("."))
+    return targets
+
+
+def inline_code(line: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", line)
+
+
+def broken_references(text: str, where: Path, root: Path = ROOT, targets: set[str] | None = None) -> list[str]:
+    """What a Markdown file at `where` names that is not there: a relative link to a missing file or to a
+    heading its target does not have, a repository path (code/, bench/, tests/, docs/) that does not exist,
+    a `make` target without a rule, a `test_x.py::test_y` that the test file does not define."""
+    targets = make_targets(root / "Makefile") if targets is None else targets
+    prose, code = markdown_blocks(text)
+    problems = []
+    for number, line in prose:
+        for target in _LINK.findall(line):
+            if _EXTERNAL.match(target):
+                continue
+            path_part, _, anchor = target.partition("#")
+            linked = (where.parent / path_part).resolve() if path_part else where
+            if not linked.exists():
+                problems.append(f"{where.name}:{number}: link to {target}: no file {path_part}")
+            elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked.read_text()):
+                problems.append(f"{where.name}:{number}: link to {target}: {linked.name} has no heading #{anchor}")
+    commands = [(n, part) for n, line in prose for part in inline_code(line)] + code
+    for number, line in prose + code:
+        for path in _REPO_PATH.findall(line):
+            if not (root / path).exists():
+                problems.append(f"{where.name}:{number}: {path} does not exist")
+        test_file = None
+        for named_file, test in _TEST_NAME.findall(line):
+            test_file = named_file or test_file  # "`a.py::x`, `::y`": y is in a.py too
+            source = root / "tests" / test_file if test_file else None
+            if source is None or not source.is_file() or not re.search(rf"^\s*(?:async\s+)?def {test}\(",
+                                                                       source.read_text(), re.MULTILINE):
+                problems.append(f"{where.name}:{number}: {test_file}::{test} is not a test of tests/{test_file}")
+    for number, command in commands:
+        for target in _MAKE.findall(command):
+            if target not in targets:
+                problems.append(f"{where.name}:{number}: `make {target}`: the Makefile has no rule {target}")
+    return problems
+
+
+def test_every_link_path_make_target_and_test_named_in_the_documents_exists():
+    problems = [problem for document in DOCUMENTS
+                for problem in broken_references(document.read_text(encoding="utf-8"), document)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_readme_stays_a_short_guide_that_links_every_document():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 200
+    linked = {target.partition("#")[0] for target in _LINK.findall(readme)}
+    assert {f"docs/{document.name}" for document in DOCUMENTS[1:]} <= linked
+
+
+def test_broken_links_paths_make_targets_and_test_names_are_reported(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "train.py").write_text("")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text("def test_kept():\n    pass\n")
+    (tmp_path / "docs" / "B.md").write_text("# B\n\n## 4. Two words (`x.py`)\n\n```\n# not a heading\n```\n")
+    (tmp_path / "Makefile").write_text(".PHONY: demo test\n\ndemo test: venv\n\tpython code/demo.py\n")
+    where = tmp_path / "docs" / "A.md"
+    good = ("See [B](B.md#4-two-words-xpy), [the top](B.md), [lfw](http://example.org/x#y), `make demo`,\n"
+            "`code/train.py`, `tests/test_a.py::test_kept`, the code/<script>.py pattern; to make sense.\n"
+            "```\nmake test   # and python code/train.py\n```\n")
+    assert broken_references(good, where, tmp_path) == []
+    bad = ("[gone](C.md) [no heading](B.md#not-a-heading) [no anchor](B.md#two-words) `make test-fast`\n"
+           "`code/trainer.py` `test_a.py::test_kept`, `::test_gone`\n"
+           "```\ncd x && make bench\n```\n")
+    problems = broken_references(bad, where, tmp_path)
+    assert [problem.split(": ", 1)[1] for problem in problems] == [
+        "link to C.md: no file C.md",
+        "link to B.md#not-a-heading: B.md has no heading #not-a-heading",
+        "link to B.md#two-words: B.md has no heading #two-words",
+        "code/trainer.py does not exist",
+        "test_a.py::test_gone is not a test of tests/test_a.py",
+        "`make test-fast`: the Makefile has no rule test-fast",
+        "`make bench`: the Makefile has no rule bench",
+    ], problems
+
+
+@pytest.mark.parametrize("heading, slug", [
+    ("8. File formats", "8-file-formats"),
+    ("On a GPU: `bench/gpu_check.sh`", "on-a-gpu-benchgpu_checksh"),
+    ("Reproducing the paper: CASIA-WebFace → LFW", "reproducing-the-paper-casia-webface--lfw"),
+    ("4. The uniform loss (`losses.py`, `centers.py`)", "4-the-uniform-loss-lossespy-centerspy"),
+    ("The uniform loss's reading, measured", "the-uniform-losss-reading-measured"),
+    ("See [the notes](DESIGN.md)", "see-the-notes"),
+])
+def test_headings_get_githubs_anchors(heading, slug):
+    assert github_slug(heading) == slug
+    assert heading_anchors(f"# {heading}\n\n## {heading}\n") == {slug, f"{slug}-1"}

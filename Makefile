@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TOY := data/toy
 
-.PHONY: demo test bench venv clean figure
+.PHONY: demo test test-fast bench venv clean figure
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ figure: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The unit tests alone (no end-to-end runs marked `slow`), for development: about a minute on 2 cores.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; PYTHONPATH=code $(PY) $$b || exit 1; done

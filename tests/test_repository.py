@@ -379,3 +379,23 @@ def test_broken_links_paths_make_targets_and_test_names_are_reported(tmp_path):
 def test_headings_get_githubs_anchors(heading, slug):
     assert github_slug(heading) == slug
     assert heading_anchors(f"# {heading}\n\n## {heading}\n") == {slug, f"{slug}-1"}
+
+
+def test_the_readmes_config_keys_exist_with_the_defaults_it_states():
+    """Each row of the README's key table names keys of code/config.yaml and their values there, in order."""
+    import yaml
+
+    from uniformface.base.config import get_key, load_config
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The config keys you will change", 1)[1].split("\n## ", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| `")]
+    assert len(rows) >= 8, section
+    config = load_config(ROOT / "code" / "config.yaml", [])
+    for keys_cell, _paper, defaults_cell, _meaning in rows:
+        keys = re.findall(r"`([\w.]+)`", keys_cell)
+        defaults = yaml.safe_load("[" + defaults_cell.replace("`", "") + "]")
+        assert len(keys) == len(defaults), (keys_cell, defaults_cell)
+        for key, stated in zip(keys, defaults):
+            assert get_key(config, key) == stated, (key, get_key(config, key), stated)

@@ -1,11 +1,13 @@
 """The lock that keeps two runs out of one folder (a run folder, an aligned output folder)."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
 import os
 import socket
+import stat
 import sys
 import time
 import weakref
@@ -36,14 +38,23 @@ os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 
 class FolderBusy(RuntimeError):
-    """Another live process holds the folder's lock; the message names it (process id, host)."""
+    """The folder cannot be taken: another live process holds its lock (the message names it: process id,
+    host), or its lock file is unsafe to write (`UnsafeLockFile`). Either way nothing was touched."""
+
+
+class UnsafeLockFile(FolderBusy):
+    """`<folder>/.lock` is not a file of its own: a symbolic link, a hard link of another file, a folder, a
+    FIFO or a device. Writing the lock's text through it would overwrite whatever it leads to (a link
+    planted in a downloaded or shared folder, `ln -s ~/.bashrc OUT/.lock`), so the run is refused, naming
+    the path; deleting it is the fix. Callers treat it as a busy folder: refuse, touch nothing."""
 
 
 class FolderLock:
     """An exclusive `flock` on `folder/.lock`, held while a run writes into the folder. The kernel drops
     it when the holder exits, however it exits, so the lock of a killed run never blocks the next one
     (the file stays; its text, the last holder, is only information). The holder's process id, host,
-    start time and command are written into the file so that a refused run can name it."""
+    start time and command are written into the file so that a refused run can name it. A `.lock` that
+    is not a regular file of its own (a symbolic or hard link, ...) is never written: `UnsafeLockFile`."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -55,12 +66,12 @@ class FolderLock:
         return self._fd is not None
 
     def acquire(self) -> "FolderLock":
-        """Take the lock or raise `FolderBusy` at once (no waiting); an OSError (read-only folder, ...)
-        propagates with the lock file's name."""
+        """Take the lock or raise `FolderBusy` at once (no waiting; `UnsafeLockFile` for a lock file that is
+        a link or not a regular file); an OSError (read-only folder, ...) propagates with the lock file's name."""
         if self._fd is not None:
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the kernel applies the umask
+        fd = _open_own_file(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -99,6 +110,43 @@ class FolderLock:
             self.release()
         except OSError:
             pass
+
+
+def _open_own_file(path: Path) -> int:
+    """A read-write descriptor of the regular file at `path` (created when absent; the kernel applies the
+    umask), never of what a link there leads to: O_NOFOLLOW refuses a symbolic link in the kernel (no
+    window between a check and the open), O_NONBLOCK keeps a FIFO from blocking the open, and the
+    descriptor's own fstat refuses anything that is not a regular file with a single name. Raises
+    UnsafeLockFile naming the path; other OSErrors (a read-only folder) propagate."""
+    fix = f"delete it (rm {path}; a lock file holds nothing of value) and run again"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise UnsafeLockFile(f"{path} is a symbolic link (to {_link_target(path)}), not a lock file: refusing "
+                                 f"to write through it; delete the link (rm {path}: what it leads to is kept) and "
+                                 "run again") from None
+        if exc.errno in (errno.EISDIR, errno.ENXIO):  # ENXIO: a socket, or a device without its driver
+            if exc.errno == errno.EISDIR:
+                raise UnsafeLockFile(f"{path} is a folder, not a lock file; {fix.replace('rm ', 'rm -r ')}") from None
+            raise UnsafeLockFile(f"{path} is a socket or a device, not a lock file; {fix}") from None
+        raise
+    info = os.fstat(fd)
+    kind = (None if stat.S_ISREG(info.st_mode) and info.st_nlink == 1 else
+            f"a hard link of another file ({info.st_nlink} names)" if stat.S_ISREG(info.st_mode) else
+            "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a device or other special file")
+    if kind is not None:
+        os.close(fd)
+        raise UnsafeLockFile(f"{path} is {kind}, not a lock file: refusing to write to it; {fix}")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
 
 
 def _holder_text(fd: int) -> str:

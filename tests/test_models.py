@@ -1,4 +1,5 @@
-"""Backbones against the official SphereFace prototxt (sphereface_model.prototxt)."""
+"""Backbones against the official SphereFace prototxt (sphereface_model.prototxt), and build_model's IResNets
+(their layers against insightface's iresnet.py: test_iresnet.py)."""
 import math
 
 import pytest
@@ -135,8 +136,17 @@ def test_uniformface_net_is_the_figure_reading():
     assert "figure" in build_model.__doc__.lower()
 
 
+@pytest.mark.parametrize("name, parameters", [("iresnet50", 43_590_848), ("iresnet100", 65_156_160)])
+def test_iresnet_has_insightfaces_parameter_count_and_a_512d_output(name, parameters):
+    """The counts of insightface's arcface_torch IResNet-50/100 at 112x112 and 512-d (layers: test_iresnet.py)."""
+    model = build_model(name, embedding_size=512, input_size=(112, 112))
+    assert count(model) == parameters
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, 112, 112)).shape == (2, 512)
+
+
 def test_unknown_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="sphereface20.*uniformface"):
+    with pytest.raises(ValueError, match="sphereface20.*uniformface, iresnet18, iresnet34, iresnet50, iresnet100$"):
         build_model("resnet50")
 
 

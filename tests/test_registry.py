@@ -25,18 +25,24 @@ def test_the_registry_imports_no_torch():
 def test_every_model_name_builds_its_backbone_and_no_other_name_does():
     import torch
 
+    from uniformface.nn.iresnet import IResNet
     from uniformface.nn.models import FaceNet, build_model
 
     # SphereFace-20's residual units per stage (official sphereface_model.prototxt: conv1_x 1, conv2_x 2,
-    # conv3_x 4, conv4_x 1), and the [2, 3, 5, 2] of UniformFace's Fig. 3
+    # conv3_x 4, conv4_x 1), the [2, 3, 5, 2] of UniformFace's Fig. 3, insightface's IResNet-50 [3, 4, 14, 3]
     assert registry.BACKBONES["sphereface20"].units == (1, 2, 4, 1)
     assert registry.BACKBONES["uniformface"] == registry.Backbone((2, 3, 5, 2), True)
+    assert registry.BACKBONES["iresnet50"] == registry.Backbone((3, 4, 14, 3), False, "iresnet")
+    assert {b.family for b in registry.BACKBONES.values()} == {"sphereface", "iresnet"}
     for name in registry.MODEL_NAMES:
+        backbone = registry.BACKBONES[name]
         model = build_model(name, 8)
-        residual_units = sum(1 for m in model.modules() if type(m).__name__ == "ResidualUnit")
-        assert isinstance(model, FaceNet) and residual_units == sum(registry.BACKBONES[name].units), name
+        unit_class = {"sphereface": "ResidualUnit", "iresnet": "IBasicBlock"}[backbone.family]
+        residual_units = sum(1 for m in model.modules() if type(m).__name__ == unit_class)
+        assert isinstance(model, {"sphereface": FaceNet, "iresnet": IResNet}[backbone.family]), name
+        assert residual_units == sum(backbone.units), name
         pools = sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
-        assert pools == (4 if registry.BACKBONES[name].pool_stages else 0), name
+        assert pools == (4 if backbone.pool_stages else 0), name
     with pytest.raises(ValueError, match="unknown model name 'sphereface30'; valid names: sphereface4, "):
         build_model("sphereface30")
 

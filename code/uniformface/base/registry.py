@@ -2,9 +2,10 @@
 
 `config.py` validates against these lists and the scripts offer them as `choices` before anything heavy is
 imported (a script's `--help` imports no torch); the builders are looked up from the same tables:
-`models.build_model` builds `BACKBONES[name]`, `heads.build_head` the class `HEAD_CLASSES[name]` names,
-`losses.uniform_loss` accepts `UNIFORM_REDUCTIONS`, `ASoftmax` accepts `ASOFTMAX_GRADIENTS`, the LFW protocol
-(`protocols.py`) accepts `PROTOCOLS` and the feature extraction (`embedding.py`) `EMBEDDING_MODES`.
+`models.build_model` builds `BACKBONES[name]` (a SphereFace-like net or an IResNet), `heads.build_head` the
+class `HEAD_CLASSES[name]` names, `losses.uniform_loss` accepts `UNIFORM_REDUCTIONS`, `ASoftmax` accepts
+`ASOFTMAX_GRADIENTS`, the LFW protocol (`protocols.py`) accepts `PROTOCOLS` and the feature extraction
+(`embedding.py`) `EMBEDDING_MODES`.
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from typing import NamedTuple
 
 
 class Backbone(NamedTuple):
-    """What `models.FaceNet` needs to build a named network (docs: `models.py`)."""
+    """What `models.build_model` needs to build a named network (docs: `models.py`, `iresnet.py`)."""
 
     units: tuple[int, int, int, int]  # residual units in each of the four stages (64, 128, 256, 512 channels)
     pool_stages: bool  # True: a stage opens with 2x2/2 max-pool + 3x3/1 conv; False: a 3x3/2 conv (SphereFace)
+    family: str = "sphereface"  # "sphereface": models.FaceNet; "iresnet": iresnet.IResNet (pool_stages unused)
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -27,6 +29,11 @@ BACKBONES: dict[str, Backbone] = {
     "sphereface64": Backbone((3, 8, 16, 3), False),
     # the [2, 3, 5, 2] network read off UniformFace's Fig. 3 (Duan et al., CVPR 2019)
     "uniformface": Backbone((2, 3, 5, 2), True),
+    # insightface's IResNet-N, recognition/arcface_torch/backbones/iresnet.py (units per stage as there)
+    "iresnet18": Backbone((2, 2, 2, 2), False, "iresnet"),
+    "iresnet34": Backbone((3, 4, 6, 3), False, "iresnet"),
+    "iresnet50": Backbone((3, 4, 14, 3), False, "iresnet"),
+    "iresnet100": Backbone((3, 13, 30, 3), False, "iresnet"),
 }
 MODEL_NAMES = tuple(BACKBONES)
 

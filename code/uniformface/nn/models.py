@@ -1,5 +1,6 @@
 """Backbones: SphereFace-4/10/20/36/64 (Liu et al., CVPR 2017; official `sphereface_model.prototxt`)
 and the [2,3,5,2] net of UniformFace's Fig. 3 (Duan et al., CVPR 2019). Described in docs/DESIGN.md §2.
+`build_model` also builds insightface's IResNet-18/34/50/100, defined in `iresnet.py`.
 
 SphereFace stage: conv3x3 stride 2 pad 1 (with bias) -> PReLU, then n residual units
 conv3x3 -> PReLU -> conv3x3 -> PReLU added to the unit's input (convs bias-free: Caffe froze their
@@ -18,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from ..base.registry import BACKBONES, MODEL_NAMES  # the names and their residual units, torch-free
+from .iresnet import IResNet
 
 STAGE_CHANNELS = (64, 128, 256, 512)
 PRELU_INIT = 0.25
@@ -112,7 +114,8 @@ class FaceNet(nn.Module):
 
 def build_model(name: str, embedding_size: int = 512, input_size: tuple[int, int] = (112, 96)) -> nn.Module:
     """`sphereface4/10/20/36/64` (official prototxt; SphereFace-20 at 112x96/512-d has 22,666,944
-    parameters) or `uniformface`.
+    parameters), `uniformface`, or `iresnet18/34/50/100` (insightface's arcface_torch, `iresnet.py`;
+    IResNet-50 at 112x112/512-d has 43,590,848 parameters, IResNet-100 65,156,160).
 
     `uniformface` is read off a figure (UniformFace, Fig. 3), not from released code: residual units
     [2, 3, 5, 2], a 3x3 stride-1 stem conv (3 -> 64) + PReLU, and each stage opening with a 2x2/2
@@ -125,4 +128,6 @@ def build_model(name: str, embedding_size: int = 512, input_size: tuple[int, int
     if name not in BACKBONES:
         raise ValueError(f"unknown model name {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     backbone = BACKBONES[name]
+    if backbone.family == "iresnet":
+        return IResNet(backbone.units, embedding_size, input_size)
     return FaceNet(backbone.units, embedding_size, input_size, pool_stages=backbone.pool_stages)

@@ -133,6 +133,46 @@ def test_splits_are_read_by_column_name_in_file_order(tmp_path):
         [(p.split, p.left, p.right, p.is_same) for p in pairs]
 
 
+def test_splits_as_people_have_them_no_header_or_the_six_column_header(tmp_path):
+    """Public copies have no header (five fields, CRLF), others the header with a sixth
+    column 'is physically the same, is the same'; both were refused for their first line."""
+    rows = pair_rows()
+    bare = tmp_path / "bare.txt"
+    bare.write_bytes("".join(f"{s},{i + 1},{a},{b},{same}\r\n" for i, (s, a, b, same) in enumerate(rows)).encode())
+    pairs = read_splits(bare)
+    assert [(p.split, p.left, p.right, int(p.is_same)) for p in pairs] == rows
+    assert pairs[0].line == 1 and pairs[-1].line == 16
+
+    # the label is 'is the same'; 'is physically the same' differs from it on two pairs here and is ignored
+    six = tmp_path / "six.txt"
+    physically = [1 - same if i in (3, 9) else same for i, (*_, same) in enumerate(rows)]
+    six.write_bytes(("split number, pair number, first name, second name, is physically the same, is the same\r\n"
+                     + "".join(f"{s}, {i + 1}, {a}, {b}, {p}, {same}\r\n"
+                               for i, ((s, a, b, same), p) in enumerate(zip(rows, physically)))).encode())
+    assert [(p.split, p.left, p.right, int(p.is_same), p.line) for p in read_splits(six)] == \
+        [(*row, i + 2) for i, row in enumerate(rows)]
+
+    # anything else stays an error naming the file and line
+    lines = bare.read_bytes().decode().split("\r\n")
+    lines[5] = "2,6,Person_2/0,Person_2/1,1,0"
+    bare.write_text("\r\n".join(lines))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(bare))}:6: expected five comma-separated fields \(split "
+                                         r"number, pair number, first name, second name, is same\), found 6"):
+        read_splits(bare)
+    lines[5] = "2,6,Person_2/0,Person_2/1,same"
+    bare.write_text("\r\n".join(lines))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(bare))}:6: 'is same' is 'same', expected 0 or 1"):
+        read_splits(bare)
+    six.write_text(six.read_text().replace("is the same", "is it the same", 1))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(six))}:1: expected a header .*no column 'is same' \(or "
+                                         r"'is the same'\); or no header and five fields a line"):
+        read_splits(six)
+    six.write_text("pairs of YouTube Faces\n" + "".join(f"{s},{i + 1},{a},{b},{same}\n"
+                                                       for i, (s, a, b, same) in enumerate(rows)))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(six))}:1: expected a header naming the columns"):
+        read_splits(six)
+
+
 @pytest.mark.parametrize("line, problem", [
     ("1, 1, Person_0/0, Person_0/1", "expected 5 comma-separated fields"),
     ("1, 1, Person_0/0, Person_0/1, yes", "'is same' is 'yes'"),

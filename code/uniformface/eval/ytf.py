@@ -2,8 +2,10 @@
 (Duan et al., CVPR 2019, 97.70 %) and SphereFace (Liu et al., CVPR 2017, 95.0 %) report it
 (docs/DESIGN.md §7.7, §8.12):
 
-* `splits.txt` read as published: a header naming the comma-separated columns, then one line per pair;
-  the 5,000 pairs and 10 splits exactly as listed, each split a consecutive block of the file;
+* `splits.txt` read as people have it: five comma-separated fields a pair (split, pair number, first name,
+  second name, is same) with no header, or a header naming the columns (the published one has a sixth,
+  `is physically the same, is the same`); the 5,000 pairs and 10 splits exactly as listed, each split a
+  consecutive block of the file;
 * a video is the folder `<name>/<video number>` of its aligned frames (`aligned_images_DB` aligned again by
   preprocess.py with the project's crop); its feature is the mean over its frames of each frame's feature
   formed with the mirror as the protocol does (sphereface [f, f_flip]; insightface normalise(f + f_flip)),
@@ -34,6 +36,10 @@ from .protocols import check_protocol, fold_ids, kfold_accuracy, roc_summary
 # The columns read from splits.txt; the published file has also a pair number (and others may follow).
 SPLIT, FIRST, SECOND, SAME = "split number", "first name", "second name", "is same"
 REQUIRED_COLUMNS = (SPLIT, FIRST, SECOND, SAME)
+# The label's other name, in the header with a sixth column `is physically the same, is the same`.
+SAME_OTHER_NAME = "is the same"
+# A file with no header: these five fields a line (the public copies' layout).
+HEADERLESS_COLUMNS = (SPLIT, "pair number", FIRST, SECOND, SAME)
 # Frames per chunk of the feature cache: a killed run loses at most this much work.
 CHUNK_FRAMES = 16384
 
@@ -59,43 +65,64 @@ def _video_name(value: str, where: str, column: str) -> str:
     return name
 
 
+def _header_columns(path: Path, line_no: int, header: str) -> tuple[list[str], dict[str, int], str]:
+    """(the header's column names, {required column: position}, the label column's name) of a header line:
+    the columns found by name, case and spaces around them ignored; the label from 'is same', or from
+    'is the same' (the published six-column header). Anything else is a ValueError naming the line."""
+    columns = [c.strip().lower() for c in header.split(",")]
+    label = SAME_OTHER_NAME if SAME_OTHER_NAME in columns and SAME not in columns else SAME
+    missing = [repr(c) + (f" (or {SAME_OTHER_NAME!r})" if c == SAME else "") for c in REQUIRED_COLUMNS
+               if c not in columns and (c != SAME or label == SAME)]
+    if missing or len(set(columns)) != len(columns):
+        problem = f"no column {', '.join(missing)}" if missing else "a column name repeats"
+        raise ValueError(f"{path}:{line_no}: expected a header naming the columns '{', '.join(REQUIRED_COLUMNS)}' "
+                         f"(comma-separated), {problem}; or no header and five fields a line "
+                         f"({', '.join(HEADERLESS_COLUMNS)}): {header!r}")
+    return columns, {SPLIT: columns.index(SPLIT), FIRST: columns.index(FIRST), SECOND: columns.index(SECOND),
+                     SAME: columns.index(label)}, label
+
+
 def read_splits(path: str | Path) -> list[VideoPair]:
-    """Every pair of a YouTube Faces `splits.txt`, in file order. The first non-blank line is the header,
-    comma-separated column names; the columns 'split number', 'first name', 'second name' and 'is same' are
-    found by name (case and spaces around them ignored), any others are ignored. Each following non-blank
-    line has as many fields as the header; split numbers are positive integers, 'is same' is 0 or 1. The
-    splits must be listed in order 1..K, each a consecutive block, all of one size (the first N mod K one
-    pair longer), as the published file is (10 splits of 500): they are then the folds of
-    `kfold_accuracy`. A malformed line is a ValueError naming the file and line."""
+    """Every pair of a YouTube Faces `splits.txt`, in file order, in either layout people have:
+    - no header (the first non-blank line starts with a number): five comma-separated fields a line,
+      'split number, pair number, first name, second name, is same';
+    - a header of comma-separated column names: 'split number', 'first name', 'second name' and 'is same'
+      (or 'is the same', as in the header with a sixth column 'is physically the same, is the same') are
+      found by name (case and spaces around them ignored), any others are ignored; each following line has
+      as many fields as the header.
+    Lines may end in CRLF; split numbers are positive integers, the label is 0 or 1. The splits must be
+    listed in order 1..K, each a consecutive block, all of one size (the first N mod K one pair longer), as
+    the published file is (10 splits of 500): they are then the folds of `kfold_accuracy`. A malformed line
+    is a ValueError naming the file and line."""
     path = Path(path)
     lines = _decoded_lines(path)
     numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
     if not numbered:
-        raise ValueError(f"{path}: empty file, expected a header line '{', '.join(REQUIRED_COLUMNS)}'")
+        raise ValueError(f"{path}: empty file, expected pairs of five fields ({', '.join(HEADERLESS_COLUMNS)}), "
+                         f"with or without a header line naming the columns")
     header_line, header = numbered[0]
-    columns = [c.strip().lower() for c in header.split(",")]
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing or len(set(columns)) != len(columns):
-        problem = f"no column {', '.join(repr(c) for c in missing)}" if missing else "a column name repeats"
-        raise ValueError(f"{path}:{header_line}: expected a header naming the columns "
-                         f"'{', '.join(REQUIRED_COLUMNS)}' (comma-separated), {problem}: {header!r}")
-    at = {c: columns.index(c) for c in REQUIRED_COLUMNS}
+    if re.fullmatch(r"[0-9]+", header.split(",")[0].strip()):  # a pair, not a column name: no header
+        columns, label = list(HEADERLESS_COLUMNS), SAME
+        at = {SPLIT: 0, FIRST: 2, SECOND: 3, SAME: 4}
+        layout, rows = f"five comma-separated fields ({', '.join(HEADERLESS_COLUMNS)})", numbered
+    else:
+        columns, at, label = _header_columns(path, header_line, header)
+        layout, rows = f"{len(columns)} comma-separated fields as the header names", numbered[1:]
     pairs = []
-    for line_no, line in numbered[1:]:
+    for line_no, line in rows:
         where = f"{path}:{line_no}"
         fields = [f.strip() for f in line.split(",")]
         if len(fields) != len(columns):
-            raise ValueError(f"{where}: expected {len(columns)} comma-separated fields as the header names, "
-                             f"found {len(fields)}: {line!r}")
+            raise ValueError(f"{where}: expected {layout}, found {len(fields)}: {line!r}")
         split, same = fields[at[SPLIT]], fields[at[SAME]]
         if not re.fullmatch(r"[0-9]+", split) or int(split) < 1:
             raise ValueError(f"{where}: split number {split!r} is not a positive integer: {line!r}")
         if same not in ("0", "1"):
-            raise ValueError(f"{where}: 'is same' is {same!r}, expected 0 or 1: {line!r}")
+            raise ValueError(f"{where}: {label!r} is {same!r}, expected 0 or 1: {line!r}")
         pairs.append(VideoPair(_video_name(fields[at[FIRST]], where, FIRST),
                                _video_name(fields[at[SECOND]], where, SECOND), same == "1", int(split), line_no))
     if not pairs:
-        raise ValueError(f"{path}: a header but no pairs")
+        raise ValueError(f"{path}:{header_line}: a header but no pairs")
     n_splits = max(p.split for p in pairs)
     if n_splits < 2:
         raise ValueError(f"{path}: all pairs are in split {n_splits}; the protocol needs at least 2 splits")

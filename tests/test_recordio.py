@@ -205,3 +205,20 @@ def test_damaged_header_end_key_fails_at_once(tmp_path):
                                       (2, frame(0, payload(float("inf"), b"")))])
     with pytest.raises(RecordIOError, match="record 2 has the non-integer label inf"):
         RecordTrainSet(rec)
+
+
+@pytest.mark.parametrize("line, problem", [("2\t-16", "a negative byte offset"), ("-2\t16", "a negative key"),
+                                           (f"2\t{2 ** 63}", "a byte offset beyond any file"),
+                                           ("2\t\u0661\u0666", "expected 'key<TAB>offset'")])
+def test_an_impossible_index_line_is_named(tmp_path, line, problem):
+    """A negative offset in the .idx reached os.pread, whose EINVAL named neither file nor line
+    (and an offset past 2**63 its OverflowError, a traceback); Arabic-Indic digits were taken as a number."""
+    img, _ = png_bytes(1)
+    rec, _ = write_by_hand(tmp_path, [(0, frame(0, payload([3.0, 3.0]))), (1, frame(0, payload(0.0, img))),
+                                      (2, frame(0, payload(1.0, img)))])
+    idx = rec.with_suffix(".idx")
+    lines = idx.read_text().splitlines()
+    lines[2] = line
+    idx.write_text("\n".join(lines) + "\n")
+    with pytest.raises(RecordIOError, match=rf"hand\.idx: line 3: {problem}"):
+        RecordTrainSet(rec)

@@ -16,6 +16,7 @@ flag 0 has no header: every key of the `.idx` is an image.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,19 +95,27 @@ def encode_record(payload: bytes) -> bytes:
     return bytes(out)
 
 
+# Byte offsets beyond this cannot be read (os.pread takes a signed 64-bit offset)
+MAX_OFFSET = 2 ** 63 - 1
+
+
 def read_index(idx_path: str | Path) -> dict[int, int]:
-    """`.idx` -> {key: byte offset}."""
+    """`.idx` -> {key: byte offset}: lines of two non-negative decimal integers (ASCII digits) separated by a
+    tab. Anything else, a negative offset among them, is a RecordIOError naming the file and line."""
     index = {}
-    with open(idx_path) as handle:
+    with open(idx_path, encoding="ascii", errors="replace", newline="\n") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
-            fields = line.split("\t")
-            try:
-                key, offset = int(fields[0]), int(fields[1])
-            except (IndexError, ValueError):
+            fields = [field.strip() for field in line.split("\t")]
+            if len(fields) < 2 or not all(re.fullmatch(r"-?[0-9]+", field) for field in fields[:2]):
                 raise RecordIOError(f"{idx_path}: line {number}: expected 'key<TAB>offset', "
-                                    f"got {line.rstrip()!r}") from None
+                                    f"got {line.rstrip()!r}")
+            key, offset = int(fields[0]), int(fields[1])
+            problem = ("a negative key" if key < 0 else "a negative byte offset" if offset < 0 else
+                       "a byte offset beyond any file" if offset > MAX_OFFSET else None)
+            if problem:
+                raise RecordIOError(f"{idx_path}: line {number}: {problem}: {line.rstrip()!r}")
             index[key] = offset
     return index
 

@@ -2,8 +2,10 @@
 or a .rec, refused by name when damaged, and trains bit-identically to its folder. pack_dataset.py's own
 test is in test_pack_dataset.py."""
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,3 +81,42 @@ def test_check_images_notes_what_packing_left_out(tmp_path, tree_factory):
     assert check.notes == [f"1 images of the source were left out when {out} was packed (unreadable or of another "
                            f"size; listed under 'skipped' in {out / 'meta.json'})"]
     assert check.lines(out) == [f"note: {check.notes[0]}"]
+
+
+class Trap:
+    """Unpickling it creates the file `path`: the proof that a loader unpickled what it read."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_a_labels_file_holding_a_pickle_is_named_and_never_unpickled(tmp_path, tree_factory):
+    """A labels.npy holding a pickle was numpy's own message, naming no file."""
+    tree = tree_factory(tmp_path / "t", n_classes=2, per_class=2)
+    out = pack(tree, tmp_path / "p.packed", progress=False).output
+    labels = out / "labels.npy"
+    trap = tmp_path / "unpickled"
+    np.save(labels, np.array([Trap(trap)] * 4, dtype=object), allow_pickle=True)   # an object array
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(labels))}: not the int64 array that "
+                                         r"code/pack_dataset\.py writes .*nothing in it was unpickled"):
+        open_train_set(out)
+    import pickle
+
+    labels.write_bytes(pickle.dumps(Trap(trap)))                                   # a bare pickle, no .npy header
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(labels))}: not the int64 array"):
+        open_train_set(out)
+    assert not trap.exists()
+    np.save(labels, np.zeros(4))                                                   # floats: not labels
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(labels))}: not the int64 array .*float64"):
+        open_train_set(out)
+    labels.write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(labels))}: not the int64 array"):
+        open_train_set(out)
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["classes"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"meta\.json: no usable 'classes'"):
+        open_train_set(out)

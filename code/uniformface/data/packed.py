@@ -63,21 +63,37 @@ class PackedTrainSet(TrainSet):
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise ValueError(f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')!r}, "
                              f"expected {FORMAT!r} version {VERSION}")
-        self.shape = tuple(int(v) for v in meta["shape"])
+        try:
+            self.shape = tuple(int(v) for v in meta["shape"])
+            names = [str(name) for name in meta["classes"]]
+            skipped = [tuple(str(part) for part in item) for item in meta.get("skipped", [])]
+        except (KeyError, TypeError, ValueError) as exc:
+            what = exc if isinstance(exc, KeyError) else "'shape', 'classes' or 'skipped'"
+            raise ValueError(f"{meta_path}: no usable {what} (code/pack_dataset.py writes a shape [N, 3, H, W], "
+                             "the class names and a list of skipped items)") from None
+        if len(self.shape) != 4 or min(self.shape) < 0 or self.shape[1] != 3:
+            raise ValueError(f"{meta_path}: shape {list(self.shape)} is not [N, 3, H, W]")
         images_path = self.root / IMAGES_FILE
         expected = int(np.prod(self.shape))
         actual = images_path.stat().st_size if images_path.is_file() else None
         if actual != expected:
             raise ValueError(f"{images_path}: {'missing' if actual is None else f'{actual} bytes'}, expected "
                              f"{expected} for shape {list(self.shape)} in {meta_path}")
-        labels = np.load(self.root / LABELS_FILE, allow_pickle=False)  # plain int64: never unpickled
-        names = list(meta["classes"])
+        labels_path = self.root / LABELS_FILE
+        try:
+            labels = np.load(labels_path, allow_pickle=False)  # plain int64: never unpickled
+        except (ValueError, EOFError) as exc:  # a pickle (object array or none at all), or not .npy
+            raise ValueError(f"{labels_path}: not the int64 array that code/pack_dataset.py writes ({exc}); "
+                             "nothing in it was unpickled") from None
+        if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
+            raise ValueError(f"{labels_path}: not the int64 array that code/pack_dataset.py writes "
+                             f"({'an npz archive' if not isinstance(labels, np.ndarray) else labels.dtype})")
         if labels.shape != (self.shape[0],) or (labels.size and not 0 <= labels.min() <= labels.max() < len(names)):
             raise ValueError(f"{self.root / LABELS_FILE}: expected {self.shape[0]} labels in [0, {len(names)}), "
                              f"got shape {labels.shape}")
         self.classes, self.rows, self.labels = select_classes(labels, names, exclude, min_images_per_class,
                                                               self.root)
-        self.skipped = [tuple(item) for item in meta.get("skipped", [])]
+        self.skipped = skipped
         self.flip, self.seed = flip, seed
         self._images: np.memmap | None = None
         self._pid = None

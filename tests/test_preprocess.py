@@ -10,6 +10,7 @@ from PIL import Image
 from skimage import data
 
 import preprocess as cli
+from hostile import one_line_error
 from test_face import astronaut_view
 from uniformface.align import preprocessing
 from uniformface.align.face import FaceDetector, align_face
@@ -235,10 +236,49 @@ def test_malformed_landmark_file_is_an_error_naming_the_line(tmp_path, capsys):
     assert code == 1 and "marks.txt, line 2" in stderr
 
 
-def test_output_inside_the_dataset_is_refused(tmp_path, capsys):
+def test_an_output_folder_and_its_dataset_never_hold_each_other(tmp_path, capsys):
+    """`--dataset OUT/x --output_dir OUT` aligned the input into a tree that then held it
+    (train.py would take its folder for an identity) and exited 0. Either way round: one line, status 2, and
+    nothing written."""
     save(faceless(), tmp_path / "set" / "A" / "A_0001.jpg")
     code, _, stderr = run_cli(capsys, "--dataset", tmp_path / "set", "--output_dir", tmp_path / "set" / "out")
-    assert code == 1 and "inside" in stderr
+    assert code == 2 and not (tmp_path / "set" / "out").exists()
+    one_line_error(stderr, f"--output_dir {tmp_path / 'set' / 'out'} must not be inside --dataset")
+    out = tmp_path / "OUT"
+    save(faceless(), out / "x" / "A" / "A_0001.jpg")
+    before = written_files(out)
+    code, _, stderr = run_cli(capsys, "--dataset", out / "x", "--output_dir", out, "--workers", 0)
+    assert code == 2 and written_files(out) == before and not (out / LOCK_FILE).exists()
+    one_line_error(stderr, f"--dataset {out / 'x'} is inside --output_dir {out}")
+    with pytest.raises(ValueError, match="is inside --output_dir"):  # the library refuses it too
+        preprocessing.preprocess(preprocessing.Options(dataset=out / "x", output_dir=out, workers=0, progress=False))
+
+
+def test_a_run_whose_every_image_is_broken_exits_1(tmp_path, capsys):
+    """A dataset of nothing but broken files (an empty JPEG, a cut one, text) exited 0. Its
+    rerun, and a set where one image aligns, still succeed."""
+    source, marks = tmp_path / "set", tmp_path / "marks.txt"
+    good = save(astronaut_view(), source / "A" / "1.jpg", quality=95).read_bytes()
+    (source / "A" / "1.jpg").write_bytes(good[: len(good) // 3])
+    (source / "A" / "2.jpg").write_bytes(b"")
+    (source / "B" ).mkdir()
+    (source / "B" / "1.jpg").write_text("not a picture")
+    marks.write_text("A/1.jpg\t104\t103\t147\t106\t125\t130\t102\t141\t145\t144\n")
+    code, stdout, stderr = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "out", "--workers", 0,
+                                   "--landmarks", marks)
+    assert code == 1 and counts(stdout) == {"aligned": 0, "fallback": 0, "no_face": 0, "broken": 3,
+                                            "already_done": 0}
+    one_line_error(stderr, f"all 3 image files of {source} are broken", "first: A/1.jpg:", "truncated",
+                   str(tmp_path / "out" / REPORT_NAME))
+    assert report(tmp_path / "out") == {"A/1.jpg": "broken", "A/2.jpg": "broken", "B/1.jpg": "broken"}
+
+    (source / "A" / "1.jpg").write_bytes(good)  # one image mended: aligned, the other two still broken
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "out", "--workers", 0,
+                              "--landmarks", marks)
+    assert code == 0 and counts(stdout)["aligned"] == 1 and counts(stdout)["broken"] == 2
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "out", "--workers", 0,
+                              "--landmarks", marks)
+    assert code == 0 and counts(stdout)["already_done"] == 1 and counts(stdout)["broken"] == 2  # a rerun: the same
 
 
 def test_landmark_file_crops_are_cp2tform_and_imtransform_of_the_decoded_jpeg(tmp_path, capsys, monkeypatch):
@@ -442,8 +482,9 @@ def test_a_large_genuine_photo_needs_and_gets_a_higher_decompression_bomb_limit(
     (source / "A").mkdir(parents=True)
     frame.save(source / "A" / "big.jpg", quality=80)
     del frame
-    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "out", "--workers", 0)
-    assert code == 0 and counts(stdout)["broken"] == 1
+    code, stdout, stderr = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "out", "--workers", 0)
+    assert code == 1 and counts(stdout)["broken"] == 1  # the only image: every image broken is a failure
+    one_line_error(stderr, "all 1 image files", "A/big.jpg", "--max_megapixels")
     detail = (tmp_path / "out" / REPORT_NAME).read_text()
     assert "180900000 pixels" in detail and "--max_megapixels" in detail
     code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "out2", "--workers", 0,

@@ -409,8 +409,7 @@ class _Run:
         dataset, output_dir = options.dataset.resolve(), options.output_dir.resolve()
         if not dataset.is_dir():
             raise FileNotFoundError(f"--dataset {options.dataset} is not a folder")
-        if output_dir == dataset or dataset in output_dir.parents:
-            raise ValueError(f"--output_dir {options.output_dir} must not be inside --dataset {options.dataset}")
+        check_folders(options.dataset, options.output_dir)
         # Locked before anything in the folder is read or touched (and created here when new): another run's
         # landmarks.txt, report and temporaries are not this run's to check, sweep or rewrite.
         lock = lock_output_folder(output_dir)
@@ -570,6 +569,17 @@ def lock_output_folder(output_dir: Path) -> FolderLock:
         if exc.errno is None:
             raise
         raise type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno), str(output_dir)) from exc
+
+
+def check_folders(dataset: Path, output_dir: Path) -> None:
+    """ValueError when one of the two folders holds the other: outputs written among the inputs, or
+    inputs inside the tree that is then trained on (their folder would be taken for an identity)."""
+    dataset_real, output_real = Path(dataset).resolve(), Path(output_dir).resolve()
+    if output_real == dataset_real or dataset_real in output_real.parents:
+        raise ValueError(f"--output_dir {output_dir} must not be inside --dataset {dataset}")
+    if output_real in dataset_real.parents:
+        raise ValueError(f"--dataset {dataset} is inside --output_dir {output_dir}: the aligned tree would hold its "
+                         "own input (and train.py would take its folders for identities); choose another --output_dir")
 
 
 def validate_options(options: Options) -> None:

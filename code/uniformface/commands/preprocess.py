@@ -14,7 +14,8 @@ completes both exactly as an uninterrupted run would have written them. Identity
 symbolic link are aligned too (a link that loops is reported as not_followed). Images over
 --max_megapixels (default: Pillow's decompression-bomb limit, 178.96 megapixels) are reported broken;
 raise it for genuine large photos. The exit status is 0 even when some files are broken or faceless (1
-when the detector failed on every image, 2 for a usage error); a rerun skips the outputs that exist
+when every image of the run was broken or the detector failed on every image, 2 for a usage error, such
+as an OUTPUT_DIR inside DATASET or holding it); a rerun skips the outputs that exist
 (whatever their size: use a new folder for another --output_size). One run at a time writes into an
 OUTPUT_DIR: a second one is refused at once, naming the first (its lock is the hidden OUTPUT_DIR/.lock,
 which a killed run does not keep).
@@ -24,7 +25,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..base.cli import ScriptError, new_parser, run_command
+from ..base.cli import ScriptError, UsageError, new_parser, run_command
 from ..base.defaults import DETECTION_MAX_SIDE, MIN_FACE_SIZE, SCALE_FACTOR, SMALLEST_MIN_FACE_SIZE, THRESHOLDS
 from ..base.images import PILLOW_MAX_PIXELS
 from ..base.registry import FALLBACKS
@@ -74,7 +75,8 @@ def run(args, parser) -> int:
     # torch and the detector: only after the arguments
     from ..base.locks import FolderBusy
     from ..base.devices import resolve_device
-    from ..align.preprocessing import DETECTOR_FAILED, Options, parse_output_size, preprocess, validate_options
+    from ..align.preprocessing import (DETECTOR_FAILED, Options, check_folders, parse_output_size, preprocess,
+                                       validate_options)
 
     try:
         output_size = parse_output_size(args.output_size)
@@ -86,6 +88,10 @@ def run(args, parser) -> int:
         parser.error(str(exc))
     if args.landmarks is not None and not Path(args.landmarks).is_file():
         parser.error(f"--landmarks {args.landmarks}: no such file")
+    try:
+        check_folders(Path(args.dataset), Path(args.output_dir))
+    except ValueError as exc:  # one line, as the README's hostile-input table promises, and status 2
+        raise UsageError(str(exc)) from None
 
     if args.threads is not None:
         import torch
@@ -113,6 +119,10 @@ def run(args, parser) -> int:
                      if status == "broken" and detail.startswith(DETECTOR_FAILED))
         raise ScriptError(f"the face detector failed on all {summary.detector_failures} decoded images "
                           f"(first: {first}); check --min_face_size, --thresholds and --factor")
+    if summary.broken and not summary.detection_attempts and not summary.already_done:
+        path, _, detail = next(row for row in summary.rows if row[1] == "broken")
+        raise ScriptError(f"all {summary.broken} image files of {args.dataset} are broken, nothing was aligned "
+                          f"(first: {path}: {detail}); each is listed in {summary.report_path}")
     return 0
 
 

@@ -1,12 +1,16 @@
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import bomb_png
+from conftest import bomb_png, write_lfw_tree
 from uniformface.data import (GlobalBatchSampler, ImageFolderTrainSet, ReportingView, check_images,
                               collate_report_broken, collate_skip_broken, mix_seed, open_train_set,
                               write_record_file)
+from uniformface.data.folder import FALLBACK_REASON
 
 
 def make_tree(root, counts, size=(96, 112)):
@@ -158,3 +162,77 @@ def test_recordio_image_of_another_size_is_skipped_by_name_when_met(tmp_path):
     image, label, problem = ReportingView(ds)[2]
     assert image is None and label == 1 and problem == f"{rec} record 3: 112x112, not the input_size 112x96"
     assert ReportingView(ds)[3][2] is None
+
+
+# ------------------------------------------------------------------------ fallback crops never train
+
+# SphereFace's 112x96 template (1-based): raw images of that size with landmarks near it align almost unchanged
+TEMPLATE = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655],
+                     [62.7299, 92.2041]])
+
+
+def preprocessed_tree(tmp_path, missed, pairs=False):
+    """A raw LFW-named tree of real JPEG files (`conftest.write_lfw_tree`: Person_00 .. Person_05, three images
+    each, and its pairs.txt) aligned by preprocess.py's library from a landmarks file that lacks the images
+    in `missed`: the detector's misses, which `--fallback auto` aligns with the mean landmarks (LFW names).
+    Returns (aligned folder, raw folder, pairs.txt)."""
+    from uniformface.align.preprocessing import Options, preprocess
+
+    raw, pairs_file = write_lfw_tree(tmp_path)
+    rng = np.random.default_rng(3)
+    names = sorted(p.relative_to(raw).as_posix() for p in raw.glob("*/*.jpg"))
+    marks = tmp_path / "marks.txt"
+    marks.write_text("".join(f"{name}\t" + "\t".join(f"{v:.4f}" for v in (TEMPLATE + rng.normal(0, 1, (5, 2))).ravel())
+                             + "\n" for name in names if name not in missed))
+    out = tmp_path / "aligned"
+    summary = preprocess(Options(dataset=raw, output_dir=out, landmarks=marks, workers=0, progress=False))
+    assert summary.fallback == len(missed) and summary.aligned == len(names) - len(missed)
+    return out, raw, pairs_file
+
+
+def test_fallback_crops_listed_in_the_report_never_train(tmp_path):
+    """LFW-named training trees got mean-landmark fallbacks under `--fallback auto`, and the folder set
+    trained on them. Now the report's fallback rows are left out (an identity left with none is no
+    class) and counted in the note train.py logs; the crops stay on disk for test sets."""
+    missed = ["Person_01/Person_01_0002.jpg", "Person_05/Person_05_0001.jpg", "Person_05/Person_05_0002.jpg",
+              "Person_05/Person_05_0003.jpg"]
+    out, _, _ = preprocessed_tree(tmp_path, missed)
+    assert all((out / name).is_file() for name in missed)  # written: a test set keeps every pair
+    ds = open_train_set(out)
+    assert isinstance(ds, ImageFolderTrainSet) and ds.classes == [f"Person_0{k}" for k in range(5)]
+    used = sorted(Path(s.path).relative_to(out).as_posix() for s in ds.samples)
+    assert len(used) == 14 and not set(used) & set(missed)
+    assert ds.left_out == [(str(out / name), FALLBACK_REASON) for name in missed]
+    check = check_images(ds, [112, 96], out)
+    note = (f"note: 4 fallback crops left out: faces the detector missed, which preprocess.py aligned with mean "
+            f"landmarks (status 'fallback' in {out / 'preprocess_report.tsv'}); they never train")
+    assert check.lines(out) == [note]
+
+    # a killed run's fallbacks are in its journal (the report is written at the end): left out too, but
+    # not a last line the kill cut short (its output was never renamed into place)
+    report = out / "preprocess_report.tsv"
+    lines = report.read_text().splitlines(keepends=True)
+    report.write_text("".join(line for line in lines if "Person_05" not in line))
+    (out / ".preprocess_journal.tsv").write_text("".join(line for line in lines if "Person_05_000" in line)
+                                                 + "Person_01/Person_01_0001.jpg\tfallb")
+    ds = open_train_set(out)
+    assert len(ds) == 14 and "Person_01/Person_01_0001.jpg" in {Path(s.path).relative_to(out).as_posix()
+                                                                 for s in ds.samples}
+    assert len(ds.left_out) == 4
+
+
+def test_a_report_in_the_training_folder_that_preprocess_did_not_write_is_an_error_naming_it(tmp_path):
+    """It decides what never trains: a file of its name that is not the report stops training, by name."""
+    root = make_tree(tmp_path / "t", {"a": 2, "b": 2})
+    (root / "preprocess_report.tsv").write_text("my notes on this set\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(root / 'preprocess_report.tsv'))}:1: not a report of "
+                                         r"preprocess\.py \(first line 'my notes on this set'"):
+        open_train_set(root)
+    (root / "preprocess_report.tsv").write_text("path\tstatus\tdetail\na/000.jpg\tfallback\n")
+    with pytest.raises(ValueError, match=r"preprocess_report\.tsv:2: not a row of preprocess\.py's report"):
+        open_train_set(root)
+    (root / "preprocess_report.tsv").write_bytes(b"path\tstatus\tdetail\na/\xff.jpg\tfallback\tx\n")
+    with pytest.raises(ValueError, match=r"preprocess_report\.tsv:2: not UTF-8"):
+        open_train_set(root)
+    (root / "preprocess_report.tsv").write_text("path\tstatus\tdetail\na/000.jpg\tfallback\tmean landmarks\n")
+    assert len(open_train_set(root)) == 3

@@ -10,6 +10,7 @@ from PIL import Image
 from skimage import data
 
 import preprocess as cli
+from conftest import write_lfw_tree
 from hostile import one_line_error
 from test_face import astronaut_view
 from uniformface.align import preprocessing
@@ -17,6 +18,7 @@ from uniformface.align.face import FaceDetector, align_face
 from uniformface.base.locks import LOCK_FILE
 from uniformface.base.images import JPEG_QUALITY, decode_rgb
 from uniformface.align.preprocessing import LANDMARKS_NAME, REPORT_NAME, read_landmark_file
+from uniformface.eval.pairs import read_pairs
 
 
 def faceless(seed=0, size=250):
@@ -279,6 +281,57 @@ def test_a_run_whose_every_image_is_broken_exits_1(tmp_path, capsys):
     code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "out", "--workers", 0,
                               "--landmarks", marks)
     assert code == 0 and counts(stdout)["already_done"] == 1 and counts(stdout)["broken"] == 2  # a rerun: the same
+
+
+def test_pairs_name_the_test_set_and_only_their_images_fall_back(tmp_path, capsys, monkeypatch):
+    """`--pairs` names a test set explicitly: a missed face of an image the pairs need is aligned with the mean
+    landmarks, one elsewhere is skipped and reported, and a pair image the dataset lacks is reported; without
+    it, the earlier port's LFW command falls back for every miss, as before."""
+    from test_datasets import TEMPLATE
+
+    source, pairs_file = write_lfw_tree(tmp_path)
+    needed = {path for pair in read_pairs(pairs_file) for path in (pair.left, pair.right)}
+    names = sorted(p.relative_to(source).as_posix() for p in source.glob("*/*.jpg"))
+    in_pairs = next(name for name in names if name in needed)
+    elsewhere = next(name for name in names if name not in needed)
+    gone = sorted(needed)[-1]
+    (source / gone).unlink()
+    marks = tmp_path / "marks.txt"
+    marks.write_text("".join(f"{name}\t" + "\t".join(f"{v:.4f}" for v in (TEMPLATE + k / 10).ravel()) + "\n"
+                             for k, name in enumerate(names) if name not in (in_pairs, elsewhere, gone)))
+    monkeypatch.setattr(preprocessing, "FaceDetector", None)  # landmark-file mode: no detector
+
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "test", "--workers", 0,
+                              "--landmarks", marks, "--pairs", pairs_file)
+    assert code == 0
+    assert stdout.splitlines()[0] == (f"fallback: mean for the {len(needed)} images the pairs of {pairs_file} need, "
+                                      f"skip for the others (--pairs)")
+    assert counts(stdout) == {"aligned": len(names) - 3, "fallback": 1, "no_face": 1, "broken": 0,
+                              "already_done": 0}
+    assert "pair images not in the dataset 1" in stdout
+    rows = {line.split("\t")[0]: line.split("\t")[1:] for line in
+            (tmp_path / "test" / REPORT_NAME).read_text().splitlines()[1:]}
+    assert {name: status for name, (status, _) in rows.items()} == {in_pairs: "fallback", elsewhere: "no_face",
+                                                                    gone: "missing_file"}
+    assert rows[elsewhere][1] == f"no landmarks in {marks}; skipped (not an image of {pairs_file})"
+    assert (tmp_path / "test" / in_pairs).is_file() and not (tmp_path / "test" / elsewhere).exists()
+
+    # the LFW command as it was (no --pairs): auto sees LFW names and aligns every miss with the mean
+    code, stdout, _ = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "aligned", "--workers", 0,
+                              "--landmarks", marks)
+    assert code == 0 and stdout.startswith("fallback: mean (--fallback auto:") and counts(stdout)["fallback"] == 2
+    assert report(tmp_path / "aligned") == {in_pairs: "fallback", elsewhere: "fallback"}
+
+    # --pairs decides the fallback: a --fallback beside it is a usage error, as a pairs file that is not there
+    code, _, stderr = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "x", "--pairs", pairs_file,
+                              "--fallback", "mean")
+    assert code == 2 and "drop --fallback mean" in stderr and not (tmp_path / "x").exists()
+    code, _, stderr = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "x", "--pairs", tmp_path / "no")
+    assert code == 2 and f"--pairs {tmp_path / 'no'}: no such file" in stderr
+    pairs_file.write_text(pairs_file.read_text().replace("\t2\n", "\ttwo\n", 1))
+    code, _, stderr = run_cli(capsys, "--dataset", source, "--output_dir", tmp_path / "x", "--pairs", pairs_file)
+    assert code == 1 and not (tmp_path / "x").exists()
+    one_line_error(stderr, f"{pairs_file}:", "is not a positive integer")
 
 
 def test_landmark_file_crops_are_cp2tform_and_imtransform_of_the_decoded_jpeg(tmp_path, capsys, monkeypatch):

@@ -3,8 +3,10 @@
 One pass over chunks of files: DataLoader workers decode them and MTCNN runs on batches of same-size
 images (on a CPU inside each worker, single-threaded; on a GPU in the main process), then the main process
 aligns and writes them. A face the detector misses is either skipped (training sets) or aligned
-with the mean landmarks of the detected images of the same size (test sets, so that no pair is lost);
-those misses are kept aside and finished after the pass, when the means are known. Every miss, fallback
+with the mean landmarks of the detected images of the same size (test sets, so that no pair is lost;
+with `pairs`, only the images a pairs file names); those misses are kept aside and finished after the
+pass, when the means are known. Such a fallback crop never trains: the report names it, and a training
+set read from the output folder leaves it out (`data.folder.fallback_crops`). Every miss, fallback
 and broken file is listed in `OUT/preprocess_report.tsv`; the landmarks used for every aligned image go
 to `OUT/landmarks.txt` (the `lfw_landmark.txt` format, so `--landmarks OUT/landmarks.txt` replays them).
 A rerun skips outputs that exist; each output is written to a temporary file and renamed into place.
@@ -45,13 +47,12 @@ from ..base.images import (ImageLoadError, ImageTooLargeError, image_header_size
                            write_image)
 from ..base.paths import read_utf8_text
 from ..base.registry import FALLBACKS
+# The report and the journal (a killed run's fallback rows) are read back by training sets, which leave
+# the fallback crops out: their names and format are defined there, once.
+from ..data.folder import FALLBACK, JOURNAL_NAME, REPORT_HEADER, REPORT_NAME
 
-REPORT_NAME = "preprocess_report.tsv"
 LANDMARKS_NAME = "landmarks.txt"
-REPORT_HEADER = ["path", "status", "detail"]
 DETECTOR_FAILED = "face detector failed"
-# A run's fallback rows as they happen (a killed run's report is never written); removed when a run completes.
-JOURNAL_NAME = ".preprocess_journal.tsv"
 LFW_NAME = re.compile(r"^(?P<identity>[^/]+)/(?P=identity)_\d{4}\.[A-Za-z]+$")
 # Misses waiting for the mean landmarks keep their pixels up to this many bytes; beyond, they are decoded again.
 MISS_PIXEL_BUDGET = 512 * 2**20
@@ -74,6 +75,10 @@ class Options:
     progress: bool = True
     max_pixels: float | None = None    # decompression-bomb limit (inf: none); None: Pillow's, 178,956,970
     overwrite: bool = False            # replace a report / landmarks file there that this tool did not write
+    # A test set named explicitly: the relative paths of the images its pairs file (`pairs_file`) needs. Only
+    # these get the mean-landmark fallback; a missed face elsewhere is skipped (and reported).
+    pair_images: frozenset[str] | None = None
+    pairs_file: Path | None = None
     announce: Callable[[str], None] | None = None   # where the fallback decision is told (preprocess.py: print)
 
 
@@ -86,6 +91,7 @@ class Summary:
     already_done: int = 0
     ignored: int = 0          # files without an image extension
     missing_files: int = 0    # landmark-file lines naming a file that is not in the dataset
+    missing_pair_images: int = 0  # images the pairs file needs that are not in the dataset
     links_not_followed: int = 0   # symlinked folders that loop or lead into the output folder
     detector_failures: int = 0    # decoded images the face detector failed on (reported as broken)
     fallback_note: str = ""       # the fallback mode and why (auto's decision)
@@ -99,6 +105,7 @@ class Summary:
                 f"broken {self.broken}, already-done {self.already_done}"
                 + (f", ignored {self.ignored}" if self.ignored else "")
                 + (f", landmark lines without a file {self.missing_files}" if self.missing_files else "")
+                + (f", pair images not in the dataset {self.missing_pair_images}" if self.missing_pair_images else "")
                 + (f", symlinked folders not followed {self.links_not_followed}" if self.links_not_followed else ""))
 
     def detection_rate_line(self, label: str = "detection rate") -> str:
@@ -117,13 +124,18 @@ def looks_like_test_set(relative_paths: Sequence[str]) -> bool:
     return matching * 2 > len(relative_paths)
 
 
-def choose_fallback(option: str, images: Sequence[str]) -> tuple[bool, str]:
-    """(align missed faces with the mean landmarks?, the line that says so and why). `auto` decides by
-    the names: mean when more than half of the image files are named as LFW's (a test set, where every
-    pair must keep its images), skip otherwise (a training set, where a face the detector missed is as
-    likely to be no face at all)."""
+def choose_fallback(option: str, images: Sequence[str], pair_images: Sequence[str] | None = None,
+                    pairs_file: Path | None = None) -> tuple[bool, str]:
+    """(align missed faces with the mean landmarks?, the line that says so and why). With `pair_images`
+    (a test set named by its pairs file) only those images fall back, whatever the option. Otherwise `auto`
+    decides by the names: mean when more than half of the image files are named as LFW's (a test set,
+    where every pair must keep its images), skip otherwise (a training set, where a face the detector
+    missed is as likely to be no face at all)."""
     if option not in FALLBACKS:
         raise ValueError(f"fallback must be {', '.join(FALLBACKS[:-1])} or {FALLBACKS[-1]}, got {option!r}")
+    if pair_images is not None:
+        return False, (f"fallback: mean for the {len(pair_images)} images the pairs of {pairs_file} need, skip for "
+                       f"the others (--pairs)")
     if option != "auto":
         return option == "mean", f"fallback: {option} (--fallback {option})"
     strays = [p for p in images if not LFW_NAME.match(p)]
@@ -303,6 +315,11 @@ class _Run:
         self.done: set[str] = set()                           # images whose output an earlier run wrote
         self.fallback_mean = False
         self.miss_reason = "no face found"
+        self.pair_images = options.pair_images
+
+    def falls_back(self, relative: str) -> bool:
+        """Is a missed face at `relative` aligned with the mean landmarks (rather than skipped)?"""
+        return relative in self.pair_images if self.pair_images is not None else self.fallback_mean
 
     def report(self, path: str, status: str, detail: str) -> None:
         self.summary.rows.append((path, status, detail))
@@ -327,7 +344,7 @@ class _Run:
         original_size = (round(width * item["scale"][0]), round(height * item["scale"][1]))
         self.summary.detection_attempts += 1
         if points_reduced is None:
-            if self.fallback_mean:
+            if self.falls_back(item["path"]):
                 if self.miss_bytes + item["pixels"].nbytes > MISS_PIXEL_BUDGET:
                     item = dict(item, pixels=None)  # decoded again at the end
                 else:
@@ -335,7 +352,8 @@ class _Run:
                 self.misses.append(dict(item, size=original_size))
             else:
                 self.summary.no_face += 1
-                self.report(item["path"], "no_face", self.miss_reason + "; skipped")
+                elsewhere = f" (not an image of {self.options.pairs_file})" if self.pair_images is not None else ""
+                self.report(item["path"], "no_face", f"{self.miss_reason}; skipped{elsewhere}")
             return
         self.summary.detected += 1
         original = to_original(points_reduced, item["scale"])
@@ -384,7 +402,7 @@ class _Run:
                 self.summary.no_face += 1
                 self.report(miss["path"], "no_face", f"{self.miss_reason}; {how}; skipped")
                 continue
-            row = (miss["path"], "fallback", f"{self.miss_reason}; aligned with the {how}: {_format_points(mean, ' ')}")
+            row = (miss["path"], FALLBACK, f"{self.miss_reason}; aligned with the {how}: {_format_points(mean, ' ')}")
             if self.save(miss, to_reduced(mean, miss["scale"]), lambda: writer.writerow(row)):
                 self.summary.fallback += 1
                 self.report(*row)
@@ -436,9 +454,16 @@ class _Run:
         for relative, reason in skipped:
             self.summary.links_not_followed += 1
             self.report(relative, "not_followed", reason)
-        self.fallback_mean, self.summary.fallback_note = choose_fallback(options.fallback, images)
+        self.fallback_mean, self.summary.fallback_note = choose_fallback(
+            options.fallback, images, sorted(self.pair_images) if self.pair_images is not None else None,
+            options.pairs_file)
         if options.announce is not None:
             options.announce(self.summary.fallback_note)
+        if self.pair_images is not None:
+            for relative in sorted(self.pair_images - set(images)):
+                self.summary.missing_pair_images += 1
+                self.report(relative, "missing_file", f"needed by the pairs of {options.pairs_file} but not found "
+                                                      "in the dataset")
 
         if options.landmarks is not None:
             self.given = read_landmark_file(Path(options.landmarks))

@@ -8,7 +8,9 @@ an aligned folder as an insightface-style `.rec` + `.idx`.
 `--dataset` is anything `uniformface.data.open_train_set` reads (aligned folder, `.rec`, `.packed`).
 The packed set keeps every identity of the source (exclusions apply when training, by name, as for
 folders) unless --exclude / --min_images_per_class are given here. Undecodable images are left out and
-listed (stdout and `meta.json`); the exit status is still 0. `.rec` output stores each file's bytes unchanged.
+listed (stdout and `meta.json`); the exit status is still 0. The fallback crops an aligned folder's
+preprocess_report.tsv lists (faces the detector missed, aligned with mean landmarks) never train: they are
+left out, counted on stdout, and listed in `meta.json`. `.rec` output stores each file's bytes unchanged.
 Outputs are written to a temporary name and renamed into place.
 """
 from __future__ import annotations
@@ -46,6 +48,8 @@ def run(args, parser) -> int:
         source = ImageFolderTrainSet(args.dataset, exclude=args.exclude, min_images_per_class=args.min_images_per_class)
         n = write_record_file(output, output.with_suffix(".idx"), [(s.path, s.label) for s in source.samples],
                               progress=not args.no_progress)
+        for note in source.check_notes():
+            print(f"note: {note}")
         print(f"wrote {n} images of {source.num_classes} classes to {output} and {output.with_suffix('.idx')} "
               f"(label i is the i-th identity folder in sorted name order)")
         return 0
@@ -53,6 +57,8 @@ def run(args, parser) -> int:
                    workers=max(0, args.workers), overwrite=args.overwrite, progress=not args.no_progress)
     for item, reason in summary.skipped:
         print(f"skipped: {item}: {reason}")
+    for note in summary.notes:
+        print(f"note: {note}")
     print(summary.line())
     return 0
 

@@ -3,22 +3,25 @@
     python code/preprocess.py --dataset data/CASIA-WebFace --output_dir data/processed/CASIA-WebFace
     python code/preprocess.py --dataset data/lfw --output_dir data/processed/lfw --device cuda
     python code/preprocess.py --dataset data/lfw --output_dir data/processed/lfw --landmarks lfw_landmark.txt
+    python code/preprocess.py --dataset data/lfw --output_dir data/processed/lfw --pairs data/lfw/pairs.txt
 
 Outputs keep the input's relative path and file name; the format follows the extension (.jpg/.jpeg: JPEG
 at quality 95, .png: lossless PNG, ...). A face the detector misses is skipped (training sets) or aligned
 with the mean landmarks of the same-size images (test sets). `--fallback auto` decides by the names: mean
 when more than half of the image files are named <dir>/<dir>_NNNN.<ext> as in LFW, skip otherwise; the
-choice and its counts are printed first. Broken, faceless and fallback files are listed in
-OUTPUT_DIR/preprocess_report.tsv, the landmarks used in OUTPUT_DIR/landmarks.txt; a rerun after a kill
-completes both exactly as an uninterrupted run would have written them. Identity folders reached through a
-symbolic link are aligned too (a link that loops is reported as not_followed). Images over
---max_megapixels (default: Pillow's decompression-bomb limit, 178.96 megapixels) are reported broken;
-raise it for genuine large photos. The exit status is 0 even when some files are broken or faceless (1
-when every image of the run was broken or the detector failed on every image, 2 for a usage error, such
-as an OUTPUT_DIR inside DATASET or holding it); a rerun skips the outputs that exist
-(whatever their size: use a new folder for another --output_size). One run at a time writes into an
-OUTPUT_DIR: a second one is refused at once, naming the first (its lock is the hidden OUTPUT_DIR/.lock,
-which a killed run does not keep).
+choice and its counts are printed first. `--pairs PAIRS` names the test set instead: mean for exactly the
+images LFW's pairs.txt PAIRS needs, skip elsewhere. A fallback crop never trains: train.py and
+pack_dataset.py leave out the crops the report lists as fallback, and say how many. Broken, faceless and
+fallback files are listed in OUTPUT_DIR/preprocess_report.tsv, the landmarks used in
+OUTPUT_DIR/landmarks.txt; a rerun after a kill completes both exactly as an uninterrupted run would have
+written them. Identity folders reached through a symbolic link are aligned too (a link that loops is
+reported as not_followed). Images over --max_megapixels (default: Pillow's decompression-bomb limit,
+178.96 megapixels) are reported broken; raise it for genuine large photos. The exit status is 0 even when
+some files are broken or faceless (1 when every image of the run was broken or the detector failed on
+every image, 2 for a usage error, such as an OUTPUT_DIR inside DATASET or holding it); a rerun skips the
+outputs that exist (whatever their size: use a new folder for another --output_size). One run at a time
+writes into an OUTPUT_DIR: a second one is refused at once, naming the first (its lock is the hidden
+OUTPUT_DIR/.lock, which a killed run does not keep).
 """
 from __future__ import annotations
 
@@ -50,6 +53,9 @@ def build_parser():
                         help="missed faces: mean = align with the mean landmarks of same-size images (test sets), "
                              "skip (training sets), auto = mean when more than half of the image files are named "
                              "<dir>/<dir>_NNNN.<ext> (the choice is printed)")
+    parser.add_argument("--pairs", default=None,
+                        help="LFW-format pairs.txt of this test set: missed faces of the images it names are aligned "
+                             "with the mean landmarks, all others skipped (instead of --fallback; default: none)")
     parser.add_argument("--min_face_size", type=int, default=MIN_FACE_SIZE,
                         help=f"smallest face to find, in pixels (at least {SMALLEST_MIN_FACE_SIZE}, the P-net's "
                              "window; default %(default)s)")
@@ -77,6 +83,7 @@ def run(args, parser) -> int:
     from ..base.devices import resolve_device
     from ..align.preprocessing import (DETECTOR_FAILED, Options, check_folders, parse_output_size, preprocess,
                                        validate_options)
+    from ..eval.pairs import read_pairs, unique_images
 
     try:
         output_size = parse_output_size(args.output_size)
@@ -88,10 +95,17 @@ def run(args, parser) -> int:
         parser.error(str(exc))
     if args.landmarks is not None and not Path(args.landmarks).is_file():
         parser.error(f"--landmarks {args.landmarks}: no such file")
+    if args.pairs is not None and not Path(args.pairs).is_file():
+        parser.error(f"--pairs {args.pairs}: no such file")
+    if args.pairs is not None and args.fallback != "auto":
+        parser.error(f"--pairs decides the fallback (mean for the images the pairs need, skip elsewhere): "
+                     f"drop --fallback {args.fallback}")
     try:
         check_folders(Path(args.dataset), Path(args.output_dir))
     except ValueError as exc:  # one line, as the README's hostile-input table promises, and status 2
         raise UsageError(str(exc)) from None
+    # a malformed pairs file is an error naming its line, before any work
+    pair_images = frozenset(unique_images(read_pairs(args.pairs))) if args.pairs is not None else None
 
     if args.threads is not None:
         import torch
@@ -103,7 +117,8 @@ def run(args, parser) -> int:
                       min_face_size=args.min_face_size, thresholds=tuple(args.thresholds), factor=args.factor,
                       max_side=args.max_side, progress=not args.no_progress,
                       max_pixels=None if args.max_megapixels == PILLOW_MAX_PIXELS / 1e6 else args.max_megapixels * 1e6,
-                      overwrite=args.overwrite, announce=print)
+                      overwrite=args.overwrite, announce=print, pair_images=pair_images,
+                      pairs_file=Path(args.pairs) if args.pairs else None)
     try:
         validate_options(options)
     except ValueError as exc:

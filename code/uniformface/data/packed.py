@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .folder import FALLBACK_REASON
 from .trainset import TrainSet, select_classes
 
 SUFFIX = ".packed"
@@ -111,8 +112,15 @@ class PackedTrainSet(TrainSet):
     def check_notes(self) -> list[str]:
         if not self.skipped:
             return []
-        return [f"{len(self.skipped)} images of the source were left out when {self.root} was packed (unreadable or "
-                f"of another size; listed under 'skipped' in {self.root / META_FILE})"]
+        fallbacks = sum(1 for item in self.skipped if len(item) > 1 and item[1] == FALLBACK_REASON)
+        others = len(self.skipped) - fallbacks
+        if not fallbacks:
+            why = "unreadable or of another size"
+        else:
+            why = f"{fallbacks} fallback crops of preprocess.py, which never train"
+            why += f", {others} unreadable or of another size" if others else ""
+        return [f"{len(self.skipped)} images of the source were left out when {self.root} was packed ({why}; "
+                f"listed under 'skipped' in {self.root / META_FILE})"]
 
     def __getstate__(self):
         return {**self.__dict__, "_images": None, "_pid": None}
@@ -134,11 +142,14 @@ class PackedTrainSet(TrainSet):
 class PackSummary:
     output: Path
     shape: tuple[int, ...]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)    # met and not packed: unreadable, odd size
+    left_out: list[tuple[str, str]] = field(default_factory=list)   # never items of the source (fallback crops)
+    notes: list[str] = field(default_factory=list)                  # the source's own notes, for the console
 
     def line(self) -> str:
         n, _, h, w = self.shape
-        return f"packed {n} images of {h}x{w} into {self.output}; {len(self.skipped)} skipped"
+        return (f"packed {n} images of {h}x{w} into {self.output}; {len(self.skipped)} skipped"
+                + (f"; {len(self.left_out)} fallback crops left out" if self.left_out else ""))
 
 
 def _as_list(batch):
@@ -156,7 +167,8 @@ def packed_output(output: str | Path, overwrite: bool = False) -> Path:
 def write_packed(dataset: Dataset, output: str | Path, source: str | Path, workers: int = 0,
                  overwrite: bool = False, progress: bool = True) -> PackSummary:
     """Decode every item of `dataset` (a training set read from `source`, named in meta.json) into
-    `PREFIX.packed` (`datasets.pack` opens the source and calls this)."""
+    `PREFIX.packed` (`datasets.pack` opens the source and calls this). meta.json's `skipped` lists what the
+    source left out (`TrainSet.left_out`: fallback crops) and what could not be packed."""
     from tqdm import tqdm
 
     final = packed_output(output, overwrite)
@@ -190,8 +202,9 @@ def write_packed(dataset: Dataset, output: str | Path, source: str | Path, worke
             raise ValueError(f"{source}: no image could be packed ({len(skipped)} skipped)")
         shape = (len(labels), *image_shape)
         np.save(tmp / LABELS_FILE, np.asarray(labels, dtype=np.int64))
+        left_out = list(getattr(dataset, "left_out", []))
         meta = {"format": FORMAT, "version": VERSION, "shape": list(shape), "classes": list(dataset.classes),
-                "source": str(source), "skipped": [list(item) for item in skipped]}
+                "source": str(source), "skipped": [list(item) for item in left_out + skipped]}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         if final.exists():
@@ -201,4 +214,5 @@ def write_packed(dataset: Dataset, output: str | Path, source: str | Path, worke
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return PackSummary(final, shape, skipped)
+    notes = dataset.check_notes() if isinstance(dataset, TrainSet) else []
+    return PackSummary(final, shape, skipped, left_out, notes)

@@ -68,13 +68,15 @@ class TrainSet(Dataset):
     `collate_skip_broken` drops and counts. Unusable: undecodable, listed in `skip` (index -> reason,
     from `check_images`), or not of `expected_size` (height, width) when that is set.
     Subclasses give `label(index)`, `load(index)` and `describe(index)`, and `header_sizes()` where the
-    sizes can be had without decoding."""
+    sizes can be had without decoding. `left_out` names the source's images that are no items at all, with
+    why (an image folder's fallback crops); a packed copy records them."""
 
     classes: list[str]
     flip: bool = False
     seed: int = 0
     expected_size: tuple[int, int] | None = None
     skip: dict[int, str] = {}
+    left_out: list[tuple[str, str]] = []
 
     @property
     def num_classes(self) -> int:

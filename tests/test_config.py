@@ -128,7 +128,7 @@ def test_readme_ablation_rows_name_the_run_folders_train_py_makes():
     code/config.yaml give the run folder the row names (a '...' prefix abbreviates the common part)."""
     import re
 
-    rows = [line for line in (ROOT / "README.md").read_text().splitlines()
+    rows = [line for line in (ROOT / "docs" / "REPRODUCING.md").read_text().splitlines()
             if line.startswith("| ") and ("earlier port" in line or "ours" in line) and "seed0_" in line or
             (line.startswith("| ") and "`..._alpha" in line)]
     assert len(rows) == 5, rows
@@ -180,3 +180,84 @@ def test_config_file_not_utf8_names_file_and_line_and_a_byte_order_mark_is_fine(
         load_config(path)
     path.write_bytes(b"\xef\xbb\xbfseed: 3\n")
     assert load_config(path).seed == 3
+
+
+def billion_laughs(key="milestones", indent="", levels=9):
+    """YAML of one key whose list's last item stands for 10**levels numbers: each item holds ten aliases of
+    the one before ("billion laughs"; the first alias is on the text's third line). PyYAML shares the
+    aliased objects, so it reads at once; what walks the value (validation, a repr, json.dumps) goes
+    through all 10**levels numbers."""
+    lines = [f"{indent}{key}:", f"{indent}  - &l0 [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]"]
+    lines += [f"{indent}  - &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once_naming_the_file_and_line(tmp_path):
+    """A config whose milestones are a billion laughs made train.py hang in validation, growing to GBs:
+    every alias is refused as the file is read (an alias a config never needs, a billion laughs too)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(billion_laughs())
+    proc = subprocess.run([sys.executable, str(ROOT / "code/train.py"), "--config", str(path), "--logdir",
+                           str(tmp_path / "log")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    assert proc.stderr == f"train.py: error: {path}:3: YAML alias *l0 refused (aliases can expand without bound); " \
+                          "write the value out in full\n"
+    path.write_text("lr: &rate 0.05\nalpha: *rate\n")  # one harmless alias: refused all the same
+    with pytest.raises(ConfigError, match=rf"^{path}:2: YAML alias \*rate refused"):
+        load_config(path)
+    path.write_text("lr: &rate 0.05\n")  # an anchor alone expands nothing
+    assert load_config(path).lr == 0.05
+
+
+def test_set_values_and_every_yaml_read_refuse_aliases_and_deep_nesting(tmp_path):
+    """`--set` values (and `--grid`'s, which ablation.py reads with the same `yaml_load`) refuse aliases;
+    a nesting deeper than any setting (`[[[[...`, a RecursionError in PyYAML) is refused too."""
+    from uniformface.base.config import MAX_YAML_DEPTH, UnsafeYAML, read_history, yaml_load
+
+    with pytest.raises(ConfigError, match=r"^--set milestones: YAML alias \*a refused .* \(line 1, column 13\)$"):
+        load_config(None, ["milestones=[&a [1, 2], *a]"])
+    with pytest.raises(UnsafeYAML, match=r"YAML alias \*a refused"):
+        yaml_load("[&a 1, *a]")  # the text ablation.py makes of `--grid alpha=&a 1, *a`
+    deep = "[" * 5000 + "]" * 5000
+    with pytest.raises(ConfigError, match=rf"^--set milestones: nested more than {MAX_YAML_DEPTH} levels deep"):
+        load_config(None, [f"milestones={deep}"])
+    assert yaml_load("[" * MAX_YAML_DEPTH + "]" * MAX_YAML_DEPTH) is not None  # as deep as allowed: read
+    (tmp_path / "config_history.yaml").write_text("- iteration: 3\n  changed:\n    lr:\n" + billion_laughs("from", " " * 6))
+    with pytest.raises(ValueError, match=r"config_history.yaml:6: YAML alias \*l0 refused"):
+        read_history(tmp_path)
+
+
+def test_every_yaml_the_project_reads_goes_through_the_one_loader():
+    """`yaml_load` is the only reader: no other module calls PyYAML's loaders, which accept aliases."""
+    import re
+
+    readers = re.compile(r"yaml\.(safe_load|load|full_load|unsafe_load|load_all|safe_load_all|compose)\(|"
+                         r"yaml\.(Safe|Full|Unsafe|Base)?Loader\b|from yaml import")
+    offenders = [f"{path.relative_to(ROOT)}:{number}" for path in sorted((ROOT / "code").rglob("*.py"))
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if readers.search(line) and path.name != "config.py"]
+    assert offenders == []
+    assert "yaml.load(text, Loader=_Loader)" in (ROOT / "code/uniformface/base/config.py").read_text()
+
+
+def test_a_config_that_is_not_a_mapping_is_one_error_with_or_without_set(tmp_path):
+    """A config file holding a list, with `--set`, was a TypeError traceback from the merge."""
+    path = tmp_path / "c.yaml"
+    for text, kind in (("- 1\n- 2\n", "list"), ("just text\n", "string"), ("3\n", "number")):
+        path.write_text(text)
+        for overrides in (None, ["lr=0.1"]):
+            with pytest.raises(ConfigError, match=rf"^{path}: a config is a mapping of keys .* got a YAML {kind}$"):
+                load_config(path, overrides)
+    path.write_text("")  # an empty file is the defaults, as before
+    assert load_config(path, ["lr=0.05"]).lr == 0.05
+
+
+def test_a_huge_value_of_the_wrong_type_is_shown_cut(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("milestones: [" + ", ".join(["x"] * 2000) + "]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert len(str(err.value)) < 300 and "key 'milestones' expects list, got ['x', 'x'," in str(err.value)

@@ -62,3 +62,17 @@ def test_an_unreadable_model_or_folder_is_one_line(tmp_path, capsys):
     assert plot_sphere.main(["--model_path", str(model), *common, "--names", "x", "y"]) == 2
     assert "2 names for 1 models" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_a_yaml_alias_bomb_beside_the_weights_is_one_line(tmp_path, capsys):
+    """The panel names come from the config.yaml beside each model: a billion laughs there is refused at
+    once, naming the file and line, before any network is loaded (without --names)."""
+    from test_config import billion_laughs
+
+    model = tiny_run(tmp_path / "run", 3, 1.0)
+    (model.parent / "config.yaml").write_text(billion_laughs("alpha") + "beta: 0.5\n")
+    output = tmp_path / "sphere.png"
+    assert load_script("plot_sphere").main(["--model_path", str(model), "--dataset", str(tmp_path / "none"),
+                                            "--output", str(output), "--device", "cpu", "--no_progress"]) == 1
+    one_line_error(capsys.readouterr().err, f"plot_sphere.py: error: {model.parent / 'config.yaml'}:3: YAML alias *l0")
+    assert not output.exists()

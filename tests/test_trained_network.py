@@ -139,3 +139,15 @@ def test_center_figures_from_one_sweep_equal_the_two_separate_figures():
     assert stats["mean_min_center_distance"] == pytest.approx(float(mean_min_distance(centers)), rel=1e-6)
     assert stats["mean_min_center_angle"] == pytest.approx(mean_min_angle(centers), abs=1e-12)
     assert stats["n_centers"] == 40
+
+
+def test_run_config_refuses_a_yaml_alias_bomb_naming_the_file(tmp_path):
+    """test.py and embed.py read the config.yaml beside the weights through run_config: an alias there
+    (a billion laughs) is refused as the file is read, naming it and its line."""
+    from test_config import billion_laughs
+
+    _, path = saved_model(tmp_path)
+    config = path.parent / "config.yaml"
+    config.write_text("model_name: sphereface4\n" + billion_laughs("milestones"))
+    with pytest.raises(ValueError, match=rf"^{config}:4: YAML alias \*l0 refused .*; fix it, or pass --dataset"):
+        run_config(path)

@@ -24,8 +24,40 @@ from .paths import read_utf8_text
 from .registry import ASOFTMAX_GRADIENTS, CENTER_MODES, HEAD_NAMES, MODEL_NAMES, UNIFORM_REDUCTIONS
 
 
+MAX_YAML_DEPTH = 50  # a config is 3 levels deep, a run's config_history.yaml 5
+
+
+class UnsafeYAML(yaml.composer.ComposerError):
+    """YAML that the project refuses to build, whatever it holds: an alias (`*name`, `<<: *name`), which
+    no config needs and which nests into an unbounded expansion ("billion laughs": ten lines standing for
+    10^9 list items make validation hang and grow to gigabytes), or a nesting deeper than MAX_YAML_DEPTH
+    (PyYAML's composer recurses once per level: `[[[[...` ends in a RecursionError). Refused as the text
+    is read, before anything is built from it; the message is one line, the problem and where it is."""
+
+    def __str__(self) -> str:
+        mark = self.problem_mark
+        return f"{self.problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
 class _Loader(yaml.SafeLoader):
-    """PyYAML follows YAML 1.1, which reads `1e-3` as a string; accept it as a float (YAML 1.2)."""
+    """PyYAML's safe loader (no Python objects) with two changes: YAML 1.2's floats (YAML 1.1 reads
+    `1e-3` as a string), and no aliases nor deep nesting (`UnsafeYAML`)."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise UnsafeYAML(problem=f"YAML alias *{event.anchor} refused (aliases can expand without bound); "
+                                     "write the value out in full", problem_mark=event.start_mark)
+        if self.depth >= MAX_YAML_DEPTH:
+            raise UnsafeYAML(problem=f"nested more than {MAX_YAML_DEPTH} levels deep (no setting needs that)",
+                             problem_mark=event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 _Loader.add_implicit_resolver(
@@ -36,6 +68,9 @@ _Loader.add_implicit_resolver(
 
 
 def yaml_load(text: str):
+    """The one YAML reader of the project (config files, `--set` and `--grid` values, a run folder's
+    config.yaml and config_history.yaml): PyYAML's safe loader, YAML 1.2 floats, aliases and deep nesting
+    refused (`UnsafeYAML`, a yaml.YAMLError)."""
     return yaml.load(text, Loader=_Loader)
 
 
@@ -50,6 +85,8 @@ def read_yaml(path: str | Path) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        if isinstance(exc, UnsafeYAML):
+            raise ValueError(f"{where}: {exc.problem}") from None
         raise ValueError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
 
 
@@ -178,9 +215,16 @@ def _build(cls: type, data: dict, where: str, prefix: str = "") -> Any:
             kwargs[key] = _build(annotation, value, where, dotted + ".")
             continue
         if not _type_matches(value, annotation):
-            raise ConfigError(f"{where}: key '{dotted}' expects {_type_name(annotation)}, got {value!r}")
+            raise ConfigError(f"{where}: key '{dotted}' expects {_type_name(annotation)}, got {_shown(value)}")
         kwargs[key] = float(value) if annotation is float else value
     return cls(**kwargs)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value as a message shows it: its repr, cut at `limit` characters (a list of a million items
+    makes a one-line error, not megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def _type_name(annotation: Any) -> str:
@@ -272,6 +316,8 @@ def parse_overrides(pairs: list[str] | None) -> dict:
         key, raw = item.split("=", 1)
         try:
             value = yaml_load(raw) if raw.strip() else None
+        except UnsafeYAML as exc:
+            raise ConfigError(f"--set {key}: {exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML ({exc})") from exc
         node = nested
@@ -305,15 +351,25 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         where = str(path)
         try:
-            data = read_yaml(path) or {}
+            data = read_yaml(path)
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if data is None:  # an empty file: the defaults
+            data = {}
+        if not isinstance(data, dict):  # checked before --set merges into it (a list has no keys to set)
+            raise ConfigError(f"{path}: a config is a mapping of keys (`lr: 0.1`, one a line), got a YAML "
+                              f"{_yaml_kind(data)}")
     if overrides:
         data = _merge(data, parse_overrides(overrides))
         where += " (with --set)"
     return from_dict(data, where)
+
+
+def _yaml_kind(value: Any) -> str:
+    return {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value),
+                                                                                          type(value).__name__)
 
 
 def to_dict(cfg: Config) -> dict:

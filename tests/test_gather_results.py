@@ -74,3 +74,35 @@ def test_a_run_resumed_with_other_settings_is_reported_with_them_and_its_history
     out = capsys.readouterr().out
     assert list(table_rows(out, "- LFW accuracy")) == ["alpha=1.0/beta=0.25"]
     assert "  - alpha=1.0/beta=0.25: from iteration 2: lr 0.05 -> 0.01, max_iters 2 -> 3, beta 0.5 -> 0.25" in out
+
+
+def test_hostile_results_and_settings_files_are_one_line_naming_the_file(tmp_path, capsys):
+    """`accuracy_mean: 1e400` (printed as `inf`), folds written as strings (a format error naming nothing),
+    and a billion-laughs config.yaml or config_history.yaml beside the results (gather_results.py hung,
+    growing to GBs): exit 1 at once, one line naming the file, no --output written."""
+    from hostile import one_line_error
+    from test_config import billion_laughs
+
+    gather, output = load_script("gather_results"), tmp_path / "table.md"
+    folder, _ = make_run(tmp_path / "run", 1.0, 0.5, [590] * 10)
+    results = folder / "lfw_results.json"
+    good = results.read_text()
+    for text, words in ((good.replace('"accuracy_mean": ', '"accuracy_mean": 1e400, "was": '),
+                         ["'accuracy_mean' is inf, not an accuracy"]),
+                        (good.replace('"fold_accuracies": [', '"fold_accuracies": ["0.99", '),
+                         ["fold 1 of 'fold_accuracies' is \"0.99\", not an accuracy"])):
+        results.write_text(text)
+        assert gather.main([str(folder), "--output", str(output)]) == 1
+        one_line_error(capsys.readouterr().err, f"gather_results.py: error: {results}: ", *words)
+    results.write_text(good)
+    script = str(ROOT / "code" / "gather_results.py")
+    for name, text, line in (("config.yaml", billion_laughs("alpha"), 3),
+                             ("config_history.yaml", "- iteration: 3\n  changed:\n    lr:\n" + billion_laughs("from", " " * 6), 6)):
+        if name == "config_history.yaml":
+            (folder / "config.yaml").write_text("alpha: 1.0\nbeta: 0.5\n")
+        (folder / name).write_text(text)
+        proc = subprocess.run([sys.executable, script, str(folder), "--output", str(output)], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 1 and proc.stdout == "", proc.stderr
+        one_line_error(proc.stderr, f"gather_results.py: error: {folder / name}:{line}: YAML alias *l0 refused")
+    assert not output.exists()

@@ -157,3 +157,40 @@ def test_damaged_results_name_the_file(tmp_path):
     (folder / "lfw_results.json").write_text('{"protocol": "sphereface"}')
     with pytest.raises(ValueError, match=r"holds neither LFW results"):
         gather_markdown([load_run(folder)])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"accuracy_mean": float("inf")}, "'accuracy_mean' is inf, not an accuracy"),  # json.loads("1e400")
+    ({"accuracy_mean": 1.5}, "'accuracy_mean' is 1.5, not an accuracy"),
+    ({"fold_accuracies": ["0.99", "0.98"]}, "fold 1 of 'fold_accuracies' is \"0.99\", not an accuracy"),
+    ({"fold_accuracies": [0.99, None]}, "fold 2 of 'fold_accuracies' is null, not an accuracy"),
+    ({"fold_accuracies": "0.99"}, "'fold_accuracies' is \"0.99\", not a list of per-fold accuracies"),
+    ({"fold_accuracies": []}, "'fold_accuracies' is [], not a list of per-fold accuracies"),
+    ({"mean_min_center_distance": "far"}, "'mean_min_center_distance' is \"far\", not a distance"),
+    ({"bin": {"agedb_30": {"accuracy_mean": True}}}, "'accuracy_mean' of bin set 'agedb_30' is true, not an accuracy"),
+    ({"bin": {"agedb_30": 0.9}}, "bin set 'agedb_30' is 0.9, not a mapping holding 'accuracy_mean'"),
+])
+def test_result_numbers_that_are_not_what_test_py_writes_name_the_file_and_key(tmp_path, change, message):
+    """`accuracy_mean: 1e400` was printed as `inf` in the table; folds written as strings were a format
+    error naming no file."""
+    folder, _ = make_run(tmp_path / "r", 1.0, 0.5, [590] * 10)
+    results = json.loads((folder / "lfw_results.json").read_text())
+    (folder / "lfw_results.json").write_text(json.dumps({**results, **change}))
+    with pytest.raises(ValueError) as err:
+        gather_markdown([load_run(folder)])
+    assert str(err.value).startswith(f"{folder / 'lfw_results.json'}: {message}"), str(err.value)
+    assert "rerun test.py" in str(err.value)
+
+
+def test_a_results_file_of_another_name_is_named_as_it_is(tmp_path):
+    folder, _ = make_run(tmp_path / "r", 1.0, 0.5, [590] * 10)
+    (folder / "old.json").write_text('{"protocol": "sphereface"}')
+    with pytest.raises(ValueError, match=rf"^{folder / 'old.json'}: holds neither LFW results"):
+        gather_markdown([load_run(folder / "old.json")])
+
+
+def test_a_hand_edited_alpha_that_is_not_a_number_names_the_row_as_written(tmp_path):
+    """float() of `alpha: high` in a run's config.yaml was a ValueError naming neither file nor key."""
+    folder, _ = make_run(tmp_path / "r", 1.0, 0.5, [590] * 10)
+    (folder / "config.yaml").write_text("alpha: high\nbeta: [0.5]\n")
+    assert set(table_rows(gather_markdown([load_run(folder)]), "- LFW accuracy")) == {"alpha=high/beta=[0.5]"}

@@ -4,6 +4,7 @@ runs' `lfw_results.json` into them."""
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +103,11 @@ class Run:
     results: dict
     config: dict | None     # the run's config.yaml (the settings in force at its end), None when absent
     history: list[dict] = field(default_factory=list)  # settings changed on resume (config.HISTORY_FILE)
+    results_path: Path | None = None  # the results file read (None: the folder's RESULTS_FILE)
+
+    @property
+    def source(self) -> Path:
+        return self.results_path or self.folder / RESULTS_FILE
 
 
 def load_run(path: str | Path) -> Run:
@@ -118,11 +124,54 @@ def load_run(path: str | Path) -> Run:
         raise ValueError(f"{results_path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
     if not isinstance(results, dict):
         raise ValueError(f"{results_path}: expected a JSON object of results")
+    check_result_numbers(results, results_path)
     try:
         config, history = read_run_settings(results_path.parent)
     except ValueError as exc:
         raise ValueError(f"{exc}; fix it, or pass the results file itself") from None
-    return Run(results_path.parent, results, config, history)
+    return Run(results_path.parent, results, config, history, results_path)
+
+
+def check_result_numbers(results: dict, path: Path) -> None:
+    """The numbers the tables print, as test.py writes them, or a ValueError naming the file and the key:
+    accuracies finite fractions in [0, 1] (`accuracy_mean: 1e400`, which JSON reads as inf, printed `inf`;
+    folds written as strings were a format error naming nothing), the center distance a finite number."""
+    def refuse(key: str, value, wanted: str):
+        raise ValueError(f"{path}: {key} is {_shown(value)}, not {wanted}; rerun test.py --model_path on the "
+                         "run's weights")
+
+    def check_accuracy(key: str, value) -> None:
+        if not _is_number(value) or not 0 <= value <= 1:
+            refuse(key, value, "an accuracy (a fraction in [0, 1])")
+
+    if "accuracy_mean" in results:
+        check_accuracy("'accuracy_mean'", results["accuracy_mean"])
+    if "fold_accuracies" in results:
+        folds = results["fold_accuracies"]
+        if not isinstance(folds, list) or not folds:
+            refuse("'fold_accuracies'", folds, "a list of per-fold accuracies")
+        for number, value in enumerate(folds, 1):
+            check_accuracy(f"fold {number} of 'fold_accuracies'", value)
+    distance = results.get("mean_min_center_distance")
+    if distance is not None and (not _is_number(distance) or distance < 0):
+        refuse("'mean_min_center_distance'", distance, "a distance (a finite number >= 0)")
+    sets = results.get("bin")
+    if sets:
+        if not isinstance(sets, dict):
+            refuse("'bin'", sets, "a mapping of .bin set names to their results")
+        for name, result in sets.items():
+            if not isinstance(result, dict) or "accuracy_mean" not in result:
+                refuse(f"bin set {name!r}", result, "a mapping holding 'accuracy_mean'")
+            check_accuracy(f"'accuracy_mean' of bin set {name!r}", result["accuracy_mean"])
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _shown(value, limit: int = 60) -> str:
+    text = json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def read_run_settings(folder: Path) -> tuple[dict | None, list]:
@@ -139,7 +188,15 @@ def setting_name(config: dict | None) -> str | None:
     """`alpha=1.0/beta=0.001`, the earlier port's row names (alpha: uniform-loss weight, beta: center rate)."""
     if not config or "alpha" not in config or "beta" not in config:
         return None
-    return f"alpha={float(config['alpha'])}/beta={float(config['beta'])}"
+    return f"alpha={_setting(config['alpha'])}/beta={_setting(config['beta'])}"
+
+
+def _setting(value) -> str:
+    """A number as the earlier port's names write it (`1.0`); anything else (a config.yaml edited by
+    hand) as its text, not a float() traceback naming nothing."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(float(value))
+    return value[:60] if isinstance(value, str) else _shown(value)
 
 
 def setting_names(runs: Sequence[Run]) -> list[str]:
@@ -169,10 +226,9 @@ def gather_markdown(runs: Sequence[Run], names: Sequence[str] | None = None) -> 
     for run in runs:
         has_lfw = "fold_accuracies" in run.results or "accuracy_mean" in run.results
         if has_lfw and not ("fold_accuracies" in run.results and "accuracy_mean" in run.results):
-            raise ValueError(f"{run.folder / RESULTS_FILE}: needs both 'accuracy_mean' and 'fold_accuracies'")
+            raise ValueError(f"{run.source}: needs both 'accuracy_mean' and 'fold_accuracies'")
         if not has_lfw and not run.results.get("bin"):
-            raise ValueError(f"{run.folder / RESULTS_FILE}: holds neither LFW results ('fold_accuracies') "
-                             "nor .bin results ('bin')")
+            raise ValueError(f"{run.source}: holds neither LFW results ('fold_accuracies') nor .bin results ('bin')")
     lfw = [(name, run) for name, run in zip(names, runs) if "fold_accuracies" in run.results]
     if lfw:
         protocols = sorted({str(run.results.get("protocol", "sphereface")) for _, run in lfw})

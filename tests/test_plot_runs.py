@@ -104,3 +104,26 @@ def test_a_real_run_while_it_trains_and_when_resumed(tmp_path, capsys):
     assert "iterations 2..2" in capsys.readouterr().out  # the resumed 2; the abandoned 4 and the cut line are not drawn
     drawn = panels(curves_figure(load_runs([run])))
     assert drawn["training accuracy"]["alpha=1.0/beta=0.5"][1].tolist() == [0.5]
+
+
+def test_values_no_run_logs_and_a_yaml_bomb_are_one_line_naming_the_file(tmp_path, capsys):
+    """A value of 1e308 ended in matplotlib's "arange: cannot compute length" (naming nothing), an
+    iteration of 1e30 in an OverflowError traceback, and a billion-laughs config.yaml beside the metrics
+    made the labels hang: exit 1, one line naming the file (and line), no PNG."""
+    from test_config import billion_laughs
+
+    plot_runs, output = load_script("plot_runs"), tmp_path / "curves.png"
+    good = write_run(tmp_path / "good", 0.0)
+    cases = [('{"iteration": 10, "accuracy": 0.5, "cross_entropy": 1e308}\n', ":1: 'cross_entropy' is 1e+308"),
+             ('{"iteration": 10, "accuracy": 0.5}\n{"iteration": 1000000000000000000000000000000, "accuracy": 0.6}\n',
+              ":2: 'iteration' is 1000000000000000000000000000000, not an iteration number")]
+    for number, (text, words) in enumerate(cases):
+        run = write_run(tmp_path / f"run{number}", 1.0, text=text)
+        assert plot_runs.main([str(good), str(run), "--output", str(output), "--window", "2"]) == 1
+        one_line_error(capsys.readouterr().err, f"plot_runs.py: error: {run / 'metrics.jsonl'}{words}")
+    (good / "config.yaml").write_text(billion_laughs("alpha") + "beta: 0.5\n")
+    proc = subprocess.run([sys.executable, str(ROOT / "code/plot_runs.py"), str(good), "--output", str(output)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    one_line_error(proc.stderr, f"plot_runs.py: error: {good / 'config.yaml'}:3: YAML alias *l0 refused")
+    assert not output.exists()

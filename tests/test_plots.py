@@ -128,6 +128,25 @@ def test_the_moving_average_is_trailing_and_applies_to_the_batch_statistics_only
         curves_figure(load_runs([run]), window=0)
 
 
+def test_the_largest_loggable_values_draw_and_a_gap_stays_in_its_window(tmp_path):
+    """Values up to float32's largest and iterations up to int64's draw (a spike of 3.4e38 does not wipe
+    out the small values after it); a gap (null) is left out of the moving average's windows holding it,
+    not carried to the end of the curve as a running sum carried it."""
+    values = np.array([0.5, 3.4e38, 0.25, 0.25, 0.25, np.nan, 0.5, 0.25])
+    reference = []
+    for i in range(len(values)):
+        window = [v for v in values[max(0, i - 1):i + 1] if not np.isnan(v)]
+        reference.append(sum(window) / len(window) if window else np.nan)
+    np.testing.assert_allclose(moving_average(values, 2), reference, rtol=1e-15, atol=0)
+    assert np.isnan(moving_average(np.array([1.0, np.nan, np.nan, 2.0]), 2)[2])
+    records = [{"iteration": i, "accuracy": v if np.isfinite(v) else None} for i, v in zip((0, 10, 20, 30, 40, 50, 60,
+                                                                                            2 ** 63 - 1), values)]
+    run = write_run(tmp_path / "a", 1.0, text="".join(json.dumps(r) + "\n" for r in records))
+    drawn = panels(curves_figure(load_runs([run]), window=2))["training accuracy"]["alpha=1.0/beta=0.5"]
+    assert drawn[0].tolist() == [0, 10, 20, 30, 40, 50, 60, 2 ** 63 - 1]
+    np.testing.assert_allclose(drawn[1], reference, rtol=1e-15, atol=0)
+
+
 def test_a_resumed_run_draws_its_last_records_and_a_cut_last_line_is_left_out(tmp_path):
     """The log of a run resumed from its checkpoint at 20 after reaching 40 without the trainer's own clean-up
     (the branch 30, 40 abandoned), evaluated at 20, and killed while writing the line of iteration 40."""
@@ -159,6 +178,15 @@ def test_a_resumed_run_draws_its_last_records_and_a_cut_last_line_is_left_out(tm
     ('{"loss": 1}\n', r":1: 'iteration' is None, not an iteration number"),
     ('[1, 2]\n{"iteration": 1}\n', r":1: not a JSON object but a list"),
     ('\n\n{"iteration": 1, "accuracy": true}\n', r":3: 'accuracy' is True, not a number"),
+    # no run logs these; matplotlib's axis arithmetic overflowed on them ("arange: cannot compute length"),
+    # and an iteration past int64 was an OverflowError traceback
+    ('{"iteration": 1, "cross_entropy": 1e308}\n', r":1: 'cross_entropy' is 1e\+308, not a number a run logs "
+                                                   r"\(beyond float32's range, 3.4e\+38\)$"),
+    ('{"iteration": 1, "lr": -Infinity}\n', r":1: 'lr' is -inf, not a number a run logs"),
+    ('{"iteration": 1000000000000000000000000000000, "accuracy": 0.5}\n',
+     r":1: 'iteration' is 1000000000000000000000000000000, not an iteration number \(beyond int64\)$"),
+    ('{"iteration": 1, "loss": 1}\n{"iteration": 1%s}\n' % ("0" * 100),
+     r":2: 'iteration' is 1%s\.\.\. \(101 characters\), not an iteration number" % ("0" * 39)),  # shown cut
 ])
 def test_a_damaged_line_is_an_error_naming_the_file_and_line(tmp_path, text, message):
     path = tmp_path / "metrics.jsonl"

@@ -58,8 +58,20 @@ class Metrics:
         return self.evaluation if key == EVALUATION_KEY or key == "lfw_accuracy_std" else self.training
 
 
+# The trainer computes in float32: no value it logs lies beyond float32's range (a loss that reached it
+# would be inf, and the run stops at a non-finite loss before logging it); nor does an iteration pass
+# int64, the type the curves are drawn from. Beyond these, matplotlib's axis arithmetic overflows too.
+LARGEST_VALUE = float(np.finfo(np.float32).max)
+LARGEST_ITERATION = int(np.iinfo(np.int64).max)
+
+
 def _is_number(value) -> bool:
-    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    """A number that can be drawn, or a gap (null, NaN: a figure the log point did not have)."""
+    if value is None:
+        return True
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return math.isnan(value) or abs(value) <= LARGEST_VALUE
 
 
 def read_metrics(path: str | Path) -> Metrics:
@@ -114,12 +126,21 @@ def _parse_record(line: str) -> dict:
     if not isinstance(record, dict):
         raise ValueError(f"not a JSON object but a {type(record).__name__}")
     iteration = record.get("iteration")
-    if not isinstance(iteration, int) or isinstance(iteration, bool) or iteration < 0:
-        raise ValueError(f"'iteration' is {iteration!r}, not an iteration number")
+    if not isinstance(iteration, int) or isinstance(iteration, bool) or not 0 <= iteration <= LARGEST_ITERATION:
+        raise ValueError(f"'iteration' is {_shown(iteration)}, not an iteration number"
+                         + (" (beyond int64)" if isinstance(iteration, int) and iteration > 0 else ""))
     for panel in PANELS:  # the keys drawn; others are carried along unread (a later trainer may add some)
-        if panel.key in record and not _is_number(record[panel.key]):
-            raise ValueError(f"'{panel.key}' is {record[panel.key]!r}, not a number")
+        value = record.get(panel.key)
+        if not _is_number(value):
+            beyond = isinstance(value, (int, float)) and not isinstance(value, bool)
+            raise ValueError(f"'{panel.key}' is {_shown(value)}, not a number"
+                             + (f" a run logs (beyond float32's range, {LARGEST_VALUE:.3g})" if beyond else ""))
     return record
+
+
+def _shown(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 # ------------------------------------------------------------------------------------------------ curves
@@ -176,14 +197,19 @@ def load_runs(paths: Sequence[str | Path], names: Sequence[str] | None = None) -
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
-    """Trailing mean over the last `window` points (fewer at the start), one value per point."""
+    """Trailing mean over the last `window` points (fewer at the start), one value per point. Each window
+    is summed on its own (a convolution; a running sum's differences would lose every small value after a
+    spike of 1e38, and carry a gap to the end). A gap (NaN: a log point without the figure) is left out of
+    the windows holding it; a window holding nothing else is a gap."""
     values = np.asarray(values, dtype=np.float64)
     if window <= 1 or values.size == 0:
         return values.copy()
-    sums = np.concatenate([[0.0], np.cumsum(values)])
+    present = ~np.isnan(values)
+    sums = np.convolve(np.where(present, values, 0.0), np.ones(window))[:values.size]
+    counts = np.concatenate([[0], np.cumsum(present)])
     end = np.arange(1, values.size + 1)
-    start = np.maximum(0, end - window)
-    return (sums[end] - sums[start]) / (end - start)
+    held = counts[end] - counts[np.maximum(0, end - window)]
+    return np.where(held > 0, sums / np.maximum(held, 1), np.nan)
 
 
 def run_colour(index: int) -> str:

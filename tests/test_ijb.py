@@ -361,3 +361,47 @@ def test_the_meta_files_are_located_once_per_evaluation(ijb_set, tmp_path, monke
     direct = evaluate_ijb(raw_pixel_embedder, crops, meta, "ijbc", num_workers=0, progress=False)
     assert {k: v for k, v in direct.items() if k.startswith(("tar", "auc", "eer"))} == \
         {k: v for k, v in result.items() if k.startswith(("tar", "auc", "eer"))}
+
+
+# ------------------------------------------------------------------------------- template ids beyond int64
+
+BEYOND = [str(2 ** 63), "123456789012345678901234567890"]
+
+
+@pytest.mark.parametrize("value", BEYOND)
+@pytest.mark.parametrize("which, line, what", [
+    ("face_tid_mid", "1.jpg {} 10", "template id"),
+    ("face_tid_mid", "1.jpg 1 {}", "media id"),
+    ("template_pair_label", "1 {} 1", "template id"),      # a plain pair file: the fast parse
+    ("template_pair_label", "1\f{} 1", "template id"),     # a form feed: the line-by-line parse
+])
+def test_an_id_beyond_int64_is_named_as_written(ijb_set, which, line, what, value):
+    """Was an OverflowError traceback, or (the fast pair parse) the number clamped to 2**63 - 1 in the
+    message about a template with no image."""
+    crops, meta, _ = ijb_set
+    path = meta / f"ijbc_{which}.txt"
+    lines = path.read_text().splitlines()
+    lines.insert(2, line.format(value))
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}:3: {what} '{value}' is larger than "
+                                         f"9223372036854775807 \\(the largest 64-bit integer\\)"):
+        evaluate_ijb(TinyEmbedder(), crops, meta, "ijbc", num_workers=0, progress=False)
+
+
+def test_the_largest_int64_template_id_is_read(ijb_set, seen_scores):
+    """Template 7 renamed 2**63 - 1 (19 digits) in both files: the same scores, the same figures."""
+    crops, meta, _ = ijb_set
+    before = evaluate_ijb(TinyEmbedder(), crops, meta, "ijbc", num_workers=0, progress=False)
+    largest = str(2 ** 63 - 1)
+    for which, columns in (("face_tid_mid", (1,)), ("template_pair_label", (0, 1))):
+        path = meta / f"ijbc_{which}.txt"
+        rows = [line.split() for line in path.read_text().splitlines()]
+        for fields in rows:
+            for column in columns:
+                fields[column] = largest if fields[column] == "7" else fields[column]
+        path.write_text("".join(" ".join(fields) + "\n" for fields in rows))
+    assert int(read_template_pairs(meta / "ijbc_template_pair_label.txt")[1].max()) == 2 ** 63 - 1
+    after = evaluate_ijb(TinyEmbedder(), crops, meta, "ijbc", num_workers=0, progress=False)
+    np.testing.assert_array_equal(seen_scores[0][0], seen_scores[1][0])
+    assert {k: v for k, v in after.items() if k.startswith(("tar", "auc"))} == \
+        {k: v for k, v in before.items() if k.startswith(("tar", "auc"))}

@@ -43,6 +43,8 @@ CHUNK_IMAGES = 16384
 # pair is rejected at every threshold a FAR target can reach.
 NO_FEATURE_SCORE = -2.0
 DEFAULT_CROP = (112, 96)
+# The largest id the meta files may hold: ids are kept as numpy int64.
+LARGEST_ID = np.iinfo(np.int64).max
 
 
 def far_key(far: float) -> str:
@@ -67,7 +69,8 @@ def meta_files(meta_dir: str | Path, name: str) -> dict[str, Path]:
 
 def _lines(path: Path):
     """(line number, stripped text) of every non-blank line, UTF-8 with or without a byte-order mark."""
-    for number, line in enumerate(read_utf8_text(path).split("\n"), 1):   # numbered as editors do: only "\n" ends a line
+    # numbered as editors do: only "\n" ends a line
+    for number, line in enumerate(read_utf8_text(path).split("\n"), 1):
         if line.strip():
             yield number, line.strip()
 
@@ -103,7 +106,11 @@ def _image_name(value: str, where: str) -> str:
 def _integer(value: str, what: str, where: str, line: str) -> int:
     if not re.fullmatch(r"[0-9]+", value):
         raise ValueError(f"{where}: {what} {value!r} is not a non-negative integer: {line!r}")
-    return int(value)
+    number = int(value)
+    if number > LARGEST_ID:
+        raise ValueError(f"{where}: {what} {value!r} is larger than {LARGEST_ID} (the largest 64-bit integer): "
+                         f"{line!r}")
+    return number
 
 
 def read_template_media(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -125,11 +132,14 @@ def read_template_media(path: str | Path) -> tuple[list[str], np.ndarray, np.nda
 _PAIR_BYTES = np.zeros(256, bool)
 _PAIR_BYTES[list(b"0123456789 \t\r\n")] = True
 _FAST_BLOCK = 1 << 25   # bytes per vectorised step (bounded memory on IJB-C's 200 MB file)
+_FAST_LIMIT = 10 ** 18  # every number below has at most 18 digits, far from int64's end
 
 
 def _fast_pairs(data: bytes) -> np.ndarray | None:
     """(n, 3) int64 of `data` (ending in a newline) when every line is blank or three unsigned integers
-    with label 0 or 1, else None (the line-by-line reader then names the first bad line)."""
+    below 10**18 with label 0 or 1, else None (the line-by-line reader then names the first bad line).
+    numpy's parse (strtoll) saturates a number beyond int64 at its largest value: any number of 19 digits
+    or more goes to the line-by-line reader, which reads it exactly or names it as written."""
     parts = []
     start = 0
     while start < len(data):
@@ -148,7 +158,7 @@ def _fast_pairs(data: bytes) -> np.ndarray | None:
             return None
         if counts[-1]:
             values = np.fromstring(data[start:end], dtype=np.int64, sep=" ")
-            if len(values) != counts[-1] or not np.isin(values[2::3], (0, 1)).all():
+            if len(values) != counts[-1] or not np.isin(values[2::3], (0, 1)).all() or (values >= _FAST_LIMIT).any():
                 return None
             parts.append(values.reshape(-1, 3))
         start = end

@@ -132,3 +132,31 @@ def test_a_kill_between_the_array_and_its_key_never_pairs_new_rows_with_the_old_
                         progress=False)
     assert np.load(path)[0, 0] == -1.0                     # model b's rows are in place ...
     assert load_cached(path, {"model": "a"}) is None       # ... and nothing says they are model a's
+
+
+def test_a_cache_whose_array_disagrees_with_its_key_file_is_computed_again(tmp_path):
+    """The rows alone were compared with the key file: an array of the right length but another width or
+    type (another model's features copied over, a hand edit) was returned as this model's."""
+    path = tmp_path / "f.npy"
+    run(path, {"model": "a"}, Counter())
+    for impostor in (np.zeros((5, 4), np.float32), EXPECTED.astype(np.float64), np.zeros((5, 3, 1), np.float32)):
+        np.save(path, impostor)
+        assert load_cached(path, {"model": "a"}) is None
+        again = Counter()
+        features, note = run(path, {"model": "a"}, again)
+        assert len(again.computed) == 3 and note["features_reused"] == "none"
+        assert features.dtype == np.float32
+        np.testing.assert_array_equal(features, EXPECTED)
+        np.testing.assert_array_equal(np.load(path), EXPECTED)          # the file is repaired, not kept
+        assert json.loads(sidecar(path).read_text())["shape"] == [5, 3]
+
+
+def test_a_chunk_that_disagrees_with_the_others_is_computed_again(tmp_path):
+    path = tmp_path / "f.npy"
+    with pytest.raises(KeyboardInterrupt):
+        run(path, {"model": "a"}, Counter(kill_at=2))
+    np.save(chunk_folder(path) / "chunk_000001.npy", np.zeros((2, 5), np.float32))   # the right rows, wrong width
+    resumed = Counter()
+    features, note = run(path, {"model": "a"}, resumed)
+    np.testing.assert_array_equal(features, EXPECTED)
+    assert sorted(resumed.computed) == [(0, 1), (2, 3), (4,)] and note["features_reused"] == "none"

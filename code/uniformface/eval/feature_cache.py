@@ -7,7 +7,9 @@ into a hidden folder beside the cache, so that a killed run resumes at the first
 when all are done they are joined into `X.npy` with `X.json` beside it, and the folder is removed. Every
 file is tagged with a key: the model file's SHA-256 and size, the benchmark, the crop, the protocol, and a
 digest of the item list (names, landmarks, each file's size and modification time). A cache or chunk
-whose key differs from the run's is never read: it is recomputed and replaced.
+whose key differs from the run's is never read: it is recomputed and replaced. So is a cache whose array
+is not the one its key file describes (rows, shape and type), and a chunk whose width or type differs
+from the others'.
 
 Torch-free: the caller's `compute` does the network's work.
 """
@@ -98,16 +100,25 @@ def _load_rows(path: Path, rows: int | None) -> np.ndarray | None:
 
 
 def load_cached(path: str | Path, key: dict) -> np.ndarray | None:
-    """The complete cache at `path` when its key is `key`, else None."""
+    """The complete cache at `path` when its key is `key` and the array is the one the key file describes
+    (its rows, shape and type: another array copied over the file is not this model's), else None."""
     path = Path(path)
     meta = _read_json(sidecar(path))
     if not isinstance(meta, dict) or meta.get("key") != _full_key(key):
         return None
-    return _load_rows(path, meta.get("rows"))
+    array = _load_rows(path, meta.get("rows"))
+    if array is None or meta.get("shape") != list(array.shape) or meta.get("dtype") != str(array.dtype):
+        return None
+    return array
 
 
 def _save_array(path: Path, array: np.ndarray, durable: bool) -> None:
     atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False), "wb", durable)
+
+
+def _form(array: np.ndarray) -> tuple[int, str]:
+    """What every chunk of one cache shares: the width and the element type."""
+    return array.shape[1], str(array.dtype)
 
 
 def _open_chunks(folder: Path, key: dict) -> None:
@@ -144,24 +155,36 @@ def cached_features(path: str | Path | None, key: dict, chunks: Sequence[T], row
         remove_stale_partials(path.parent, [path.name, sidecar(path).name])
         folder = chunk_folder(path)
         _open_chunks(folder, {**_full_key(key), "chunk_rows": list(rows)})
+
+    def computed(index: int) -> np.ndarray:
+        part = np.asarray(compute(chunks[index]))
+        if part.ndim != 2 or len(part) != rows[index]:
+            raise RuntimeError(f"chunk {index}: {part.shape} computed, {rows[index]} rows expected")
+        if path is not None:
+            # Not fsynced: a rename after a kill is old-or-new already; a chunk lost to a power failure
+            # fails to load and is computed again.
+            _save_array(folder / f"chunk_{index:06d}.npy", part, durable=False)
+        return part
+
     parts: list[np.ndarray] = []
-    reused = 0
+    reused: list[int] = []
     with tqdm(total=sum(sizes), desc=desc, unit=unit, disable=not progress, dynamic_ncols=True) as bar:
-        for index, (chunk, expected) in enumerate(zip(chunks, rows)):
+        for index, expected in enumerate(rows):
             stored = folder / f"chunk_{index:06d}.npy" if path is not None else None
             part = _load_rows(stored, expected) if stored is not None and stored.exists() else None
             if part is None:
-                part = np.asarray(compute(chunk))
-                if part.ndim != 2 or len(part) != expected:
-                    raise RuntimeError(f"chunk {index}: {part.shape} computed, {expected} rows expected")
-                if stored is not None:
-                    # Not fsynced: a rename after a kill is old-or-new already; a chunk lost to a power
-                    # failure fails to load and is computed again.
-                    _save_array(stored, part, durable=False)
+                part = computed(index)
             else:
-                reused += 1
+                reused.append(index)
             parts.append(part)
             bar.update(sizes[index])
+    if len({_form(part) for part in parts}) > 1:
+        # Chunks of one key that disagree (a file replaced by hand): no stored chunk is trusted.
+        for index in reused:
+            parts[index] = computed(index)
+        reused = []
+        if len({_form(part) for part in parts}) > 1:
+            raise RuntimeError(f"the chunks computed differ in width or type: {sorted({_form(p) for p in parts})}")
     features = np.concatenate(parts) if parts else np.zeros((0, 0))
     if path is None:
         return features, {}
@@ -172,7 +195,7 @@ def cached_features(path: str | Path | None, key: dict, chunks: Sequence[T], row
                                                  "shape": list(features.shape), "dtype": str(features.dtype)},
                                                 indent=1))
     shutil.rmtree(folder, ignore_errors=True)
-    note = "none" if reused == 0 else f"{reused} of {len(chunks)} chunks (resumed)"
+    note = "none" if not reused else f"{len(reused)} of {len(chunks)} chunks (resumed)"
     return features, {"features": str(path), "features_reused": note}
 
 

@@ -158,3 +158,24 @@ def test_read_only_output_folder_and_a_worker_error(setup, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("embed.py: error: cannot decode image") and "zz_broken.jpg" in err, err
     assert err.count("\n") == 1 and "Traceback" not in err and "worker" not in err
+
+
+def test_a_file_name_that_is_not_utf8_is_named_before_anything_is_written(setup, tmp_path, capsys):
+    """Was: X.npy written, then the names list failed to encode (X.npy without X.names.txt), and the rerun
+    refused because X.npy existed. Now one line names the file before any feature is computed."""
+    import os
+    import shutil
+
+    model, model_path, folder = setup
+    bad = os.path.join(os.fsencode(folder / "0000001"), b"caf\xe9.jpg")      # Latin-1 bytes
+    shutil.copyfile(folder / "0000001" / "000.jpg", bad)
+    output = tmp_path / "out" / "e.npy"
+    args = ["--model_path", str(model_path), "--dataset", str(folder), "--output", str(output), "--workers", "0",
+            "--no_progress"]
+    assert embed_main(args) == 1
+    one_line_error(capsys.readouterr().err, f"{folder / '0000001'}/caf\\xe9.jpg", "not UTF-8", "rename it")
+    assert not output.exists() and not names_path(output).exists()
+    assert not output.parent.exists() or list(output.parent.iterdir()) == []    # no temporary either
+    os.rename(bad, folder / "0000001" / "cafe.jpg")
+    assert embed_main(args) == 0                                               # the rerun is not refused
+    assert "0000001/cafe.jpg" in names_path(output).read_text(encoding="utf-8").splitlines()

@@ -129,3 +129,14 @@ def test_the_mode_is_checked_once_per_public_call_not_per_batch(tmp_path, monkey
     features, names = embed_folder(embed, tmp_path, None, "insightface", batch_size=3, num_workers=0,
                                    progress=False)
     assert features.shape == (7, 5) and len(names) == 7 and checked == ["insightface"]
+
+
+def test_save_embeddings_writes_nothing_for_a_name_it_cannot_list(tmp_path):
+    """A name that cannot be a line of the UTF-8 names file (a non-UTF-8 file name as Python holds it, with
+    a surrogate escape; a line break) is refused before either file is written."""
+    output = tmp_path / "out" / "e.npy"
+    for name, problem in (("caf\udce9.jpg", r"caf\\xe9.jpg: the file name is not UTF-8"),
+                          ("two\nlines.jpg", "file names with line breaks")):
+        with pytest.raises(ValueError, match=problem):
+            embedding.save_embeddings(output, np.zeros((2, 3), np.float32), ["a.jpg", name])
+        assert not output.parent.exists() or list(output.parent.iterdir()) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,7 +22,7 @@ from ..align.crop import template
 from ..data import image_tensor
 from ..base.images import IMAGE_EXTENSIONS, walk_images
 from ..nn.models import normalize_pixels
-from ..base.paths import ensure_writable, refuse_overwrite
+from ..base.paths import ensure_writable, first_and_more, refuse_overwrite
 from ..base.registry import EMBEDDING_MODES
 from .protocols import combine_flip
 
@@ -174,15 +175,40 @@ def embed_folder(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path
     """(embeddings float32 (N, D), relative file names) of every image under `root`, sorted by name."""
     check_mode(mode)
     names = list_images(root)
-    bad = [n for n in names if "\n" in n or "\r" in n]
-    if bad:
-        raise ValueError(f"{root}: file names with line breaks cannot be listed one per line: {bad[:3]}")
+    check_listable(names, root)   # before the work: save_embeddings would refuse them after it
     features = _extract_features(embed, ImageFiles(root, names, input_size), mode, batch_size, num_workers, device,
                                  progress)
     return features.astype(np.float32), names
 
 
 NAMES_SUFFIX = ".names.txt"
+
+
+def _printable(path: str) -> str:
+    """A path as one can print it: the bytes of a name that is not UTF-8 as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:   # a name that is not UTF-8 on disk, held by Python as surrogate escapes
+        return False
+    return True
+
+
+def check_listable(names: Sequence[str], root: str | Path | None = None) -> None:
+    """ValueError unless every name (relative to `root`) can be a line of the UTF-8 names file: no line
+    break, and UTF-8 on disk. The first name that is not is shown with its foreign bytes as \\xNN."""
+    broken = [n for n in names if "\n" in n or "\r" in n]
+    if broken:
+        raise ValueError(f"{root or '.'}: file names with line breaks cannot be listed one per line: {broken[:3]}")
+    foreign = [n for n in names if not _is_utf8(n)]
+    if foreign:
+        shown = [_printable(str(Path(root) / n) if root is not None else n) for n in foreign]
+        more = f" (all {len(shown)}: {first_and_more(shown, 3)})" if len(shown) > 1 else ""
+        raise ValueError(f"{shown[0]}: the file name is not UTF-8 (its bytes shown as \\xNN) and cannot be listed "
+                         f"in the UTF-8 names file{more}: rename it")
 
 
 def names_path(output: str | Path) -> Path:
@@ -208,11 +234,13 @@ def check_outputs(output: str | Path, overwrite: bool = False) -> Path:
 def save_embeddings(output: str | Path, embeddings: np.ndarray, names: Sequence[str], overwrite: bool = False) -> Path:
     """`output` (.npy, float32 (N, D), row i = names[i]) and the names one per line (UTF-8) in
     `names_path(output)`, both written atomically; an existing file of either name is refused unless
-    `overwrite`. Returns the names file."""
+    `overwrite`. Returns the names file. Every check comes before the first write: a name the list cannot
+    hold must not leave `output` without its names file."""
     output = Path(output)
     listing = check_outputs(output, overwrite)
     if len(embeddings) != len(names):
         raise ValueError(f"{len(embeddings)} embeddings for {len(names)} names")
+    check_listable(names)
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(embeddings, np.float32), allow_pickle=False)
     atomic_write_bytes(output, buffer.getvalue())

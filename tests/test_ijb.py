@@ -363,6 +363,89 @@ def test_the_meta_files_are_located_once_per_evaluation(ijb_set, tmp_path, monke
         {k: v for k, v in result.items() if k.startswith(("tar", "auc", "eer"))}
 
 
+# --------------------------------------------------------------------------- TAR at FAR as insightface reports it
+
+def insightface_tar_at_far(scores, genuine, targets=FAR_TARGETS):
+    """insightface's `recognition/_evaluation_/ijb/ijb_11.py` table, transcribed in float64: sklearn's
+    `roc_curve` with its default (drop_intermediate=True), both arrays reversed, and per target the point
+    minimising (|fpr - target|, position in the reversed arrays) as Python's `min` over tuples orders them."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(genuine.astype(int), scores)
+    fpr, tpr = fpr[::-1], tpr[::-1]
+    out = {}
+    for far in targets:
+        _, nearest = min(zip(np.abs(fpr - far), range(len(fpr))))
+        out[far] = float(tpr[nearest])
+    return out
+
+
+def rule_tars(scores, genuine, rule, targets=FAR_TARGETS):
+    """{target: TAR} by `ijb.tar_at_far`, one target a call (the result's keys are rounded: 0.0126 -> 1e-2)."""
+    fpr, tpr = ijb.roc_points(scores, genuine)
+    counts = dict(n_impostor=int((~genuine).sum()), n_genuine=int(genuine.sum()))
+    return {far: ijb.tar_at_far(fpr, tpr, (far,), rule=rule, **counts)[ijb.far_key(far)] for far in targets}
+
+
+def test_the_nearest_kept_point_rule_by_hand():
+    """Ten impostors at distinct scores, two genuine pairs: sklearn keeps (0, 0), (0, .5), (.5, .5), (.5, 1),
+    (1, 1), the impostor-only runs between them being straight and evenly spaced. At FAR .3 the nearest kept
+    point is (.5, 1), above the target; ours is the best TAR at FAR <= .3, 0.5. At FAR .1, of the two points
+    at FAR 0 the later (higher TAR) one."""
+    genuine = np.array([True, True] + [False] * 10)
+    scores = np.array([0.9, 0.3, 0.8, 0.7, 0.6, 0.5, 0.4, 0.2, 0.1, 0.05, 0.02, 0.01])
+    assert rule_tars(scores, genuine, "insightface", (0.1, 0.3, 0.8)) == {0.1: 0.5, 0.3: 1.0, 0.8: 1.0}
+    assert rule_tars(scores, genuine, "at_most", (0.1, 0.3, 0.8)) == {0.1: 0.5, 0.3: 0.5, 0.8: 1.0}
+
+
+def test_a_dropped_point_is_never_the_nearest():
+    """Four scores each shared by one genuine and one impostor pair: the full ROC is the diagonal (0, 0),
+    (.25, .25), ..., (1, 1); sklearn keeps only (0, 0), (.25, .25) and (1, 1). At FAR .5 the point (.5, .5)
+    is dropped, so the nearest kept one is (.25, .25); at FAR .7 it is (1, 1)."""
+    genuine = np.array([True, False] * 4)
+    scores = np.repeat([0.9, 0.8, 0.7, 0.6], 2)
+    assert rule_tars(scores, genuine, "insightface", (0.5, 0.7)) == {0.5: 0.25, 0.7: 1.0}
+    assert rule_tars(scores, genuine, "at_most", (0.5, 0.7)) == {0.5: 0.5, 0.7: 0.5}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_insightface_rule_equals_a_transcription_of_ijb_11_on_scores_with_ties(seed):
+    """Scores on a coarse grid (many tied scores, genuine and impostor alike, and evenly spaced runs that
+    sklearn drops), FAR targets down to 1e-5 of 200k impostor pairs."""
+    rng = np.random.default_rng(seed)
+    n_genuine, n_impostor = 3000, 200_000
+    genuine = np.r_[np.ones(n_genuine, bool), np.zeros(n_impostor, bool)]
+    scores = np.r_[rng.normal(0.55, 0.15, n_genuine), rng.normal(0.0, 0.12, n_impostor)]
+    scores = np.round(scores, 3)                                           # ties
+    scores[rng.choice(len(scores), 50, replace=False)] = 0.5               # one heavily tied value
+    targets = (*FAR_TARGETS[1:], *np.logspace(-5.3, -0.3, 31))
+    expected = insightface_tar_at_far(scores, genuine, targets)
+    assert rule_tars(scores, genuine, "insightface", targets) == expected
+    ours = rule_tars(scores, genuine, "at_most", targets)
+    assert any(ours[far] != expected[far] for far in targets)              # the two rules differ here
+
+
+def test_an_unknown_tar_rule_is_refused_before_any_work(ijb_set):
+    crops, meta, _ = ijb_set
+    embed = TinyEmbedder()
+    with pytest.raises(ValueError, match="unknown TAR rule 'nearest'; expected one of at_most, insightface"):
+        evaluate_ijb(embed, crops, meta, "ijbc", tar_rule="nearest", num_workers=0, progress=False)
+    assert embed.images == 0
+
+
+def test_evaluate_ijb_reports_the_rule_it_used(ijb_set, seen_scores):
+    crops, meta, known = ijb_set
+    ours = evaluate_ijb(TinyEmbedder(), crops, meta, "ijbc", num_workers=0, progress=False)
+    theirs = evaluate_ijb(TinyEmbedder(), crops, meta, "ijbc", tar_rule="insightface", detector_score=True,
+                          num_workers=0, progress=False)
+    assert ours["tar_rule"] == "at_most" and theirs["tar_rule"] == "insightface"
+    assert theirs["detector_score_weighting"] is True and ours["detector_score_weighting"] is False
+    check_against_reference(ours, *seen_scores[0])
+    scores, genuine = seen_scores[1]
+    expected = insightface_tar_at_far(scores, genuine)
+    assert {far: theirs[ijb.far_key(far)] for far in FAR_TARGETS} == expected
+
+
 # ------------------------------------------------------------------------------- template ids beyond int64
 
 BEYOND = [str(2 ** 63), "123456789012345678901234567890"]

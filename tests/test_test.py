@@ -228,7 +228,8 @@ def test_ytf_video_without_frames_is_a_one_line_error_unless_allowed(tmp_path, c
 
 
 def test_ijbc_end_to_end_with_and_without_detector_scores(tmp_path, capsys):
-    from test_ijb import check_against_reference, reference, write_ijb
+    from test_ijb import check_against_reference, insightface_tar_at_far, reference, write_ijb
+    from uniformface.eval.ijb import FAR_TARGETS, far_key
 
     model, model_path = saved_model(tmp_path)
     crops, meta, known = write_ijb(tmp_path / "IJBC")
@@ -249,6 +250,7 @@ def test_ijbc_end_to_end_with_and_without_detector_scores(tmp_path, capsys):
 
     check_against_reference(section, *reference(known, None, feature=feature))
     assert section["detector_score_weighting"] is False and section["meta"] == str(meta)
+    assert section["tar_rule"] == "at_most" and "TAR rule: at_most (the best TAR with FAR <= target)" in out
     with Image.open(model_path.parent / "ijbc_roc.png") as image:
         assert image.format == "PNG" and len(np.unique(np.asarray(image.convert("L")))) > 10
     assert script.main(args + ["--detector_score"]) == 0
@@ -256,6 +258,15 @@ def test_ijbc_end_to_end_with_and_without_detector_scores(tmp_path, capsys):
     assert "detector-score weighted" in out and "reused: all" in out
     section = json.loads((model_path.parent / "lfw_results.json").read_text())["ijbc"]
     check_against_reference(section, *reference(known, None, weighted=True, feature=feature))
+    # insightface's table: its rule and its detector-score weighting (D1), both named in the results
+    assert script.main(args + ["--detector_score", "--tar_rule", "insightface"]) == 0
+    out = capsys.readouterr().out
+    assert "TAR rule: insightface (insightface's rule: the kept ROC point nearest the target)" in out
+    assert "reused: all" in out
+    section = json.loads((model_path.parent / "lfw_results.json").read_text())["ijbc"]
+    assert section["tar_rule"] == "insightface" and section["detector_score_weighting"] is True
+    expected = insightface_tar_at_far(*reference(known, None, weighted=True, feature=feature))
+    assert {far: section[far_key(far)] for far in FAR_TARGETS} == expected
     (meta / "ijbc_template_pair_label.txt").write_text("1 2 1\n1 3 x\n")
     assert script.main(args) == 1
     hostile.one_line_error(capsys.readouterr().err, "ijbc_template_pair_label.txt:2:", "label 'x'")
@@ -272,6 +283,9 @@ def test_ijbc_end_to_end_with_and_without_detector_scores(tmp_path, capsys):
     (["--benchmark", "ytf", "--dataset", "d", "--pairs_path", "p", "--frames_per_video", "0"],
      "--frames_per_video must be a positive number"),
     (["--frames_per_video", "3"], "--frames_per_video does not apply to --benchmark lfw"),
+    (["--tar_rule", "insightface"], "--tar_rule does not apply to --benchmark lfw"),
+    (["--benchmark", "ijbc", "--meta", "m", "--dataset", "d", "--tar_rule", "nearest"],
+     "argument --tar_rule: invalid choice: 'nearest'"),
 ])
 def test_benchmark_options_are_checked_before_anything_runs(tmp_path, capsys, extra, message):
     _, model_path = saved_model(tmp_path)

@@ -7,7 +7,7 @@ insightface `.bin` sets, YouTube Faces, IJB-B / IJB-C 1:1.
     python code/test.py --model_path M --benchmark ytf --dataset data/processed/ytf --pairs_path splits.txt
                         [--frames_per_video N]
     python code/test.py --model_path M --benchmark ijbc --dataset IJBC/loose_crop --meta IJBC/meta
-                        [--detector_score]
+                        [--detector_score] [--tar_rule insightface]
 
 LFW: prints the per-fold table and the mean; writes `lfw_results.json` beside the model (accuracies,
 thresholds, TAR at FAR 1e-3 / 1e-2, ROC AUC, EER, the mean minimum class-center distance, and the
@@ -17,9 +17,11 @@ thresholds, TAR at FAR 1e-3 / 1e-2, ROC AUC, EER, the mean minimum class-center 
 `--benchmark ytf`: the frames of `aligned_images_DB` aligned by preprocess.py, one feature per video (the
 mean of its frames' features), the splits of `splits.txt` as the folds; per-split table and mean, stored
 under "ytf" with `ytf_roc.png`. `--benchmark ijbb|ijbc`: insightface's loose crops aligned from the meta
-files' landmarks, template features, TAR at FAR 1e-6 ... 1e-1, stored under "ijbb"/"ijbc" with
-`ijbc_roc.png`. Their features are kept beside the results (`ytf_features.npy`, `ijbc_features.npy`) and
-reused while the weights file is unchanged; a killed run resumes where it stopped.
+files' landmarks, template features, TAR at FAR 1e-6 ... 1e-1 (by default the best TAR whose FAR does
+not exceed the target; `--tar_rule insightface`: the ROC point insightface's ijb_11.py table reports),
+stored under "ijbb"/"ijbc" with `ijbc_roc.png`. Their features are kept beside the results
+(`ytf_features.npy`, `ijbc_features.npy`) and reused while the weights file is unchanged; a killed run
+resumes where it stopped.
 `--baseline raw` scores raw pixels, `--baseline untrained` the same network at its initialisation:
 the floors a trained model must clear. A results file (or ROC figure) at the output path that test.py
 did not write is never replaced without `--overwrite`.
@@ -31,6 +33,7 @@ from pathlib import Path
 from ..base.cli import new_parser, run_command
 from ..base.devices import AUTO
 from ..base.registry import BASELINES, BENCHMARKS, PROTOCOLS
+from ..eval.results import TAR_RULES
 from ..tools.report import RESULTS_FILE, accuracy_lines, bin_table, lfw_summary
 
 NAME = "test"
@@ -54,11 +57,16 @@ def build_parser():
                         help="insightface .bin sets to evaluate instead of LFW (default: none, LFW)")
     parser.add_argument("--meta", metavar="DIR",
                         help="ijbb/ijbc: the folder of insightface's meta files (<set>_face_tid_mid.txt, "
-                             "<set>_template_pair_label.txt, <set>_name_5pts_score.txt); required there (default: none)")
+                             "<set>_template_pair_label.txt, <set>_name_5pts_score.txt); required there "
+                             "(default: none)")
     parser.add_argument("--frames_per_video", type=int, metavar="N",
                         help="ytf: use N frames of each video, evenly spaced (default: all)")
     parser.add_argument("--detector_score", action="store_true",
                         help="ijbb/ijbc: weight each image's feature by its detector score before pooling")
+    parser.add_argument("--tar_rule", choices=TAR_RULES, default=TAR_RULES[0],
+                        help="ijbb/ijbc: TAR at each FAR target: at_most, the best TAR whose FAR does not exceed "
+                             "the target; insightface, the ROC point nearest the target that insightface's "
+                             "ijb_11.py reports (its FAR may exceed the target)")
     parser.add_argument("--json", help=f"result file (default: {RESULTS_FILE} beside the model)")
     parser.add_argument("--allow_missing", action="store_true",
                         help="count pairs with a missing image (ytf: a video without frames) as wrong; ijbb/ijbc: "
@@ -80,9 +88,10 @@ def check_benchmark_options(args, parser) -> None:
     benchmark = args.benchmark
     given = {"--bin": args.bin, "--meta": args.meta, "--frames_per_video": args.frames_per_video is not None,
              "--detector_score": args.detector_score, "--protocol": args.protocol != PROTOCOLS[0],
-             "--pairs_path": args.pairs_path is not None}
-    allowed = {"lfw": {"--bin", "--protocol", "--pairs_path"}, "ytf": {"--frames_per_video", "--protocol", "--pairs_path"},
-               "ijbb": {"--meta", "--detector_score"}, "ijbc": {"--meta", "--detector_score"}}[benchmark]
+             "--pairs_path": args.pairs_path is not None, "--tar_rule": args.tar_rule != TAR_RULES[0]}
+    ijb = {"--meta", "--detector_score", "--tar_rule"}
+    allowed = {"lfw": {"--bin", "--protocol", "--pairs_path"}, "ijbb": ijb, "ijbc": ijb,
+               "ytf": {"--frames_per_video", "--protocol", "--pairs_path"}}[benchmark]
     foreign = [flag for flag, value in given.items() if value and flag not in allowed]
     if foreign:
         parser.error(f"{', '.join(foreign)} does not apply to --benchmark {benchmark}")
@@ -125,7 +134,7 @@ def run(args, parser) -> int:
 
         label, result = evaluate_model_on_ijb(model_path, args.benchmark, args.dataset, args.meta, out,
                                               detector_score=args.detector_score, allow_missing=args.allow_missing,
-                                              **common)
+                                              tar_rule=args.tar_rule, **common)
         summary = ijb_summary(label, result)
     elif args.bin:
         label, results = evaluate_model_on_bins(model_path, args.bin, out, **common)
@@ -159,7 +168,8 @@ def ytf_summary(label: str, ytf: dict) -> str:
 
 
 def ijb_summary(label: str, ijb: dict) -> str:
-    """TAR at each FAR as a table row, AUC and EER, the feature cache, and what --allow_missing left out."""
+    """TAR at each FAR as a table row (and the rule that read it off the ROC), AUC and EER, the feature
+    cache, and what --allow_missing left out."""
     from ..eval.ijb import FAR_TARGETS, far_key
 
     width = max(18, len(label))
@@ -167,8 +177,11 @@ def ijb_summary(label: str, ijb: dict) -> str:
     rule = f"| {'-' * width} | " + " | ".join("------" for _ in FAR_TARGETS) + " |"
     row = f"| {label:<{width}} | " + " | ".join(f"{100 * ijb[far_key(far)]:6.2f}" for far in FAR_TARGETS) + " |"
     weighting = "detector-score weighted" if ijb["detector_score_weighting"] else "unweighted"
+    tar_rule = {"at_most": "the best TAR with FAR <= target",
+                "insightface": "insightface's rule: the kept ROC point nearest the target"}[ijb["tar_rule"]]
     lines = [f"{ijb['set']} 1:1 verification: TAR (%) at FAR, {ijb['n_pairs']} template pairs, {ijb['n_templates']} "
-             f"templates, {ijb['n_images']} images ({weighting}, {ijb['crop']} crops)", header, rule, row,
+             f"templates, {ijb['n_images']} images ({weighting}, {ijb['crop']} crops)",
+             f"TAR rule: {ijb['tar_rule']} ({tar_rule})", header, rule, row,
              f"AUC {ijb['auc']:.6f}, EER {ijb['eer']:.6f}"]
     if "features" in ijb:
         lines.append(f"image features: {ijb['features']} (reused: {ijb['features_reused']})")

@@ -9,9 +9,10 @@ crops and meta files insightface publishes (docs/DESIGN.md §7.8, §8.13):
 with `<name>` `ijbb` or `ijbc`. Each crop is aligned from its landmarks with the project's crop (`align/face.py`,
 SphereFace's template and cp2tform); image feature f(img) + f(flip(img)); per template, the images of one
 media are averaged and the media summed, then normalised; score = cosine of the two templates; TAR at
-FAR 1e-6 ... 1e-1 over all pairs (the best TAR whose FAR does not exceed the target). This is the
-aggregation of insightface's IJB evaluation with its flip option F2 and without feature normalisation
-before pooling (N1); its detector-score weighting (D1) is `detector_score`, off by default.
+FAR 1e-6 ... 1e-1 over all pairs (by default the best TAR whose FAR does not exceed the target; with
+`tar_rule="insightface"` the ROC point insightface's `ijb_11.py` reports, see `insightface_tar_at_far`).
+This is the aggregation of insightface's IJB evaluation with its flip option F2 and without feature
+normalisation before pooling (N1); its detector-score weighting (D1) is `detector_score`, off by default.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from .embedding import extract_features
 from .feature_cache import cached_features, chunked, file_stamp, listing_digest, model_identity
 from ..base.images import decode_rgb
 from ..base.paths import first_and_more, read_utf8_text
-from .results import beside_results, prepare_results, roc_path, update_results
+from .results import TAR_RULES, beside_results, prepare_results, roc_path, update_results
 from .trained_network import load_embedder
 from .protocols import curve_metrics, figure_png_bytes, l2_normalize, new_figure, roc_points
 
@@ -306,9 +307,58 @@ def pair_cosines(template_ids: np.ndarray, template_feats: np.ndarray, first: np
     return scores
 
 
-def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, targets: Sequence[float] = FAR_TARGETS) -> dict:
-    """The best TAR whose FAR does not exceed each target, no interpolation (docs/DESIGN.md §7.5)."""
+def check_tar_rule(rule: str) -> None:
+    """ValueError naming the rules unless `rule` is one of TAR_RULES."""
+    if rule not in TAR_RULES:
+        raise ValueError(f"unknown TAR rule {rule!r}; expected one of {', '.join(TAR_RULES)}")
+
+
+def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, targets: Sequence[float] = FAR_TARGETS, rule: str = TAR_RULES[0],
+               n_impostor: int | None = None, n_genuine: int | None = None) -> dict:
+    """TAR at each FAR target (keys `far_key(far)`) from the full ROC of `protocols.roc_points` (every
+    threshold). Rule "at_most" (the default): the best TAR whose FAR does not exceed the target, no
+    interpolation (docs/DESIGN.md §7.5). Rule "insightface": the ROC point insightface's IJB table reports
+    (`insightface_tar_at_far`), which needs the numbers of impostor and genuine pairs."""
+    check_tar_rule(rule)
+    if rule == "insightface":
+        return insightface_tar_at_far(fpr, tpr, n_impostor, n_genuine, targets)
     return {far_key(far): float(tpr[fpr <= far].max()) for far in targets}
+
+
+def kept_roc_points(fpr: np.ndarray, tpr: np.ndarray, n_impostor: int, n_genuine: int) -> np.ndarray:
+    """Which points of the full ROC (`roc_points`: (0, 0), then one point per distinct score, highest first)
+    sklearn's `roc_curve` keeps with its default drop_intermediate=True: (0, 0), the first and the last
+    score's points, and every point where the count of false or of true accepts changes its step (a nonzero
+    second difference of either count). A point inside a straight, evenly spaced run is dropped. Worked on
+    the counts, as sklearn does: the rates' float steps may differ where the counts' do not."""
+    false_accepts = np.rint(np.asarray(fpr, np.float64) * n_impostor).astype(np.int64)   # rate = count / total
+    true_accepts = np.rint(np.asarray(tpr, np.float64) * n_genuine).astype(np.int64)
+    if false_accepts[-1] != n_impostor or true_accepts[-1] != n_genuine or false_accepts[0] or true_accepts[0]:
+        raise ValueError(f"not a full ROC of {n_impostor} impostor and {n_genuine} genuine pairs: it runs from "
+                         f"({fpr[0]}, {tpr[0]}) to ({fpr[-1]}, {tpr[-1]})")
+    keep = np.ones(len(false_accepts), bool)
+    if len(keep) > 3:   # more than two score points: sklearn drops only between the first and the last
+        keep[2:-1] = (np.diff(false_accepts[1:], 2) != 0) | (np.diff(true_accepts[1:], 2) != 0)
+    return keep
+
+
+def insightface_tar_at_far(fpr: np.ndarray, tpr: np.ndarray, n_impostor: int, n_genuine: int,
+                           targets: Sequence[float] = FAR_TARGETS) -> dict:
+    """TAR at each FAR target as insightface's IJB table reports it (`recognition/_evaluation_/ijb/
+    ijb_11.py`): among the points sklearn's `roc_curve` keeps by default (`kept_roc_points`), the one whose
+    FAR is nearest the target, above or below it; of equally near points the last along the curve, the
+    highest TAR (ijb_11.py reverses the curve and takes the first minimum of |FAR - target|). Its FAR may
+    exceed the target, and a dropped point is never chosen: docs/DESIGN.md §7.8 compares it with ours."""
+    if n_impostor is None or n_genuine is None:
+        raise ValueError("the insightface TAR rule needs the numbers of impostor and genuine pairs")
+    keep = kept_roc_points(fpr, tpr, n_impostor, n_genuine)
+    kept_fpr, kept_tpr = np.asarray(fpr, np.float64)[keep], np.asarray(tpr, np.float64)[keep]
+    out = {}
+    for far in targets:
+        distance = np.abs(kept_fpr - far)
+        last_nearest = len(distance) - 1 - int(np.argmin(distance[::-1]))   # argmin: the first of equals
+        out[far_key(far)] = float(kept_tpr[last_nearest])
+    return out
 
 
 def save_log_roc_png(fpr: np.ndarray, tpr: np.ndarray, path: str | Path, label: str, title: str) -> None:
@@ -339,13 +389,15 @@ def evaluate_ijb(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path
                  input_size: Sequence[int] | None = None, detector_score: bool = False, allow_missing: bool = False,
                  batch_size: int = 128, num_workers: int = 2, device: str = "cpu", progress: bool = True,
                  roc_png: str | Path | None = None, label: str | None = None, cache_path: str | Path | None = None,
-                 cache_key: dict | None = None) -> dict:
+                 cache_key: dict | None = None, tar_rule: str = TAR_RULES[0]) -> dict:
     """IJB-B / IJB-C 1:1 verification of the loose crops under `root` with the meta files of `name` in
     `meta_dir` (or those files themselves, as `meta_files` located them). Crops are aligned at the network's
     `input_size` (112x96 when None). An image file that is missing is an error listing every one; with
     `allow_missing` it is left out of its templates (a template left empty scores NO_FEATURE_SCORE). With
     `cache_path` the image features are kept there (resumable) under `cache_key` (the model's identity) and
-    reused by a later run of the same key."""
+    reused by a later run of the same key. TAR at FAR follows `tar_rule` (`tar_at_far`); the rule and the
+    detector-score weighting are named in the results (`tar_rule`, `detector_score_weighting`)."""
+    check_tar_rule(tar_rule)
     crop = tuple(int(v) for v in input_size) if input_size is not None else DEFAULT_CROP
     try:
         template(crop)
@@ -405,7 +457,8 @@ def evaluate_ijb(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path
 
     fpr, tpr = roc_points(scores, labels)
     metrics = curve_metrics(fpr, tpr)
-    result = {"set": NAMES[name], **tar_at_far(fpr, tpr), "auc": metrics["auc"], "eer": metrics["eer"]}
+    tars = tar_at_far(fpr, tpr, rule=tar_rule, n_impostor=int((~labels).sum()), n_genuine=int(labels.sum()))
+    result = {"set": NAMES[name], "tar_rule": tar_rule, **tars, "auc": metrics["auc"], "eer": metrics["eer"]}
     if roc_png is not None:
         save_log_roc_png(fpr, tpr, roc_png, label=f"{label or 'model'} (AUC {metrics['auc']:.4f})",
                          title=f"{NAMES[name]} 1:1 verification, {len(scores):,} template pairs")
@@ -420,12 +473,13 @@ def evaluate_ijb(embed: Callable[[torch.Tensor], torch.Tensor], root: str | Path
 def evaluate_model_on_ijb(model_path: str | Path | None, name: str, dataset: str | Path, meta_dir: str | Path,
                           results_path: str | Path | None, detector_score: bool = False, allow_missing: bool = False,
                           baseline: str | None = None, seed: int = 0, overwrite: bool = False,
-                          **common) -> tuple[str, dict]:
+                          tar_rule: str = TAR_RULES[0], **common) -> tuple[str, dict]:
     """What `test.py --benchmark ijbb|ijbc` does: evaluate the model (or a baseline), keep the image features
     beside `results_path` (`ijbc_features.npy`), save the ROC figure (`ijbc_roc.png`) and merge the results
     into the file's section of that name (everything else kept). Returns (label, the results)."""
     # The cheap checks come before the weights are read: a wrong --meta, or a results file or figure that
     # is not test.py's to replace, is reported at once. The meta files are located once, here.
+    check_tar_rule(tar_rule)
     files = meta_files(meta_dir, name)
     prepare_results(results_path, overwrite, benchmark=name)
     cache_key = model_identity(model_path, baseline, seed)  # before loading: a file replaced later cannot mix in
@@ -434,7 +488,7 @@ def evaluate_model_on_ijb(model_path: str | Path | None, name: str, dataset: str
                           allow_missing=allow_missing, roc_png=roc_path(results_path, name) if results_path else None,
                           label=label,
                           cache_path=beside_results(results_path, name, "_features.npy") if results_path else None,
-                          cache_key=cache_key, **common)
+                          cache_key=cache_key, tar_rule=tar_rule, **common)
     result.update(model_path=str(model_path) if model_path else None, dataset=str(dataset), meta=str(meta_dir),
                   evaluated=label)
     if results_path is not None:

@@ -84,3 +84,43 @@ def test_pair_cosine_of_a_zero_feature_is_an_error_not_nan():
         pair_cosine(a, b, a.copy())
     with pytest.raises(ValueError, match="stored feature mean has 1 values but the model's features have 3"):
         pair_cosine(a, b, np.array(0.5))
+
+
+def test_rule_numbers_whose_results_are_not_finite_are_refused(tmp_path):
+    """Each number finite is not enough: a feature mean of 1e308 (finite) made the cosine's norms inf
+    and the cosine NaN, answering "different people" for a photo against itself. What the rule computes
+    must be finite and mean what it says: the mean's squared norm, a threshold that is a cosine, a mean
+    of fold thresholds that is a squared distance of unit vectors (1e308s average to inf)."""
+    path = tmp_path / "r.json"
+    rule = {"protocol": "sphereface", "feature_mean": [0.0, 1.0], "cosine_threshold": 0.3, "fitted_on_pairs": 6}
+    for bad, words in (({"feature_mean": [1e308, 1e308]}, "feature_mean is too large for a cosine"),
+                       ({"feature_mean": [1e160, 0.0]}, "feature_mean is too large for a cosine"),
+                       ({"cosine_threshold": 1e308}, "cosine_threshold 1e+308 is not a cosine (in [-1, 1])"),
+                       ({"cosine_threshold": -1.5}, "cosine_threshold -1.5 is not a cosine"),
+                       ({"protocol": "plain"}, "protocol 'plain' is not one of sphereface, insightface")):
+        path.write_text(json.dumps({"verify_rule": {**rule, **bad}}))
+        with pytest.raises(ValueError) as err:
+            load_rule(path)
+        assert str(err.value).startswith(f"{path}: verify_rule's {words}") and "rerun test.py" in str(err.value)
+    path.write_text(json.dumps({"verify_rule": {**rule, "feature_mean": [1e150, 0.0], "cosine_threshold": -1}}))
+    assert load_rule(path).threshold == -1.0  # the largest: a squared norm of 1e300 is finite
+    for thresholds, shown in (([1e308, 1e308], "inf"), ([4.5, 4.5], "4.5")):
+        path.write_text(json.dumps({"protocol": "insightface", "thresholds": thresholds}))
+        with pytest.raises(ValueError, match=rf"r\.json: the mean of its fold thresholds, {shown}, is not a squared "
+                                             r"distance of unit vectors \(in \[0, 4\]\)"):
+            load_rule(path)
+
+
+def test_pair_cosine_is_exact_for_any_finite_features_and_never_nan():
+    """Against the cosine of the same directions at unit scale (8/9, and 4/5 after the mean): features of
+    1e200 and a mean of 1e150 gave inf / inf = NaN; non-finite features are an error, not a NaN."""
+    a, b, mean = np.array([1.0, 2.0, 2.0]), np.array([2.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    assert pair_cosine(a * 1e200, b * 1e200, None) == pytest.approx(8 / 9, abs=1e-15)
+    assert pair_cosine(a * 1e150, b * 1e150, mean * 1e150) == pytest.approx(4 / 5, abs=1e-15)
+    assert pair_cosine(a * 1e-200, b * 1e-200, None) == pytest.approx(8 / 9, abs=1e-15)  # no underflow to 0 / 0
+    assert pair_cosine(a, a, None) == 1.0 and pair_cosine(a, -a, None) == -1.0  # within [-1, 1] exactly
+    for bad in (np.array([1.0, np.nan, 2.0]), np.array([np.inf, 1.0, 2.0])):
+        with pytest.raises(ValueError, match="a face's feature holds NaN or inf"):
+            pair_cosine(bad, b, None)
+    with pytest.raises(ValueError, match="subtracting the stored feature mean overflows"):
+        pair_cosine(np.array([1.7e308, 1.0, 1.0]), b, np.array([-1.7e308, 0.0, 0.0]))

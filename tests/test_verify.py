@@ -191,3 +191,26 @@ def test_cheap_checks_come_before_the_weights_are_read(photos, tmp_path, monkeyp
     assert verify_main(pair + ["--model_path", absent_model, "--threshold", "0.3"]) == 1
     one_line_error(capsys.readouterr().err, "model file not found", "absent.pt")
     assert len(reads) == 1
+
+
+def test_no_verdict_from_a_rule_or_weights_that_give_no_finite_cosine(photos, model_path, tmp_path, capsys):
+    """A finite but huge feature_mean (1e308) in lfw_results.json made the cosine NaN, and a photo against
+    itself was answered "different people" with exit 0; weights holding one NaN give NaN features, an
+    error that named no file. Now: exit 1, one line naming the file to blame, nothing on stdout."""
+    photo = str(photos / "astronaut.jpg")
+    results = tmp_path / "huge.json"
+    write_rule(results, [1e308] * 64, 0.3)
+    assert verify_main([photo, photo, "--model_path", str(model_path), "--results", str(results)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    one_line_error(captured.err, f"verify.py: error: {results}: verify_rule's feature_mean is too large for a cosine")
+
+    payload = torch.load(model_path, weights_only=True)
+    payload["model"]["fc5.weight"][0, 0] = float("nan")
+    broken = tmp_path / "run" / "sphereface4_32.pt"
+    broken.parent.mkdir()
+    torch.save(payload, broken)
+    assert verify_main([photo, photo, "--model_path", str(broken), "--threshold", "0.3"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    one_line_error(captured.err, f"verify.py: error: {broken}: the network gave non-finite features")

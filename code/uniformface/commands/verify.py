@@ -6,7 +6,9 @@ Both photos are aligned like the training data (MTCNN, most central face, Sphere
 with the flip of the model's evaluation protocol, and compared by cosine. The decision uses the rule
 test.py stored in lfw_results.json beside the model (`verify_rule`: for the sphereface protocol the LFW
 feature mean, subtracted before the cosine, and the evaluation.m threshold fitted on all LFW pairs), or
-`--threshold T` (same person iff cosine > T). A photo without a face is an error naming it.
+`--threshold T` (same person iff cosine > T). A photo without a face is an error naming it, as is a rule
+whose numbers give no finite cosine or features that are not finite (weights holding NaN): no verdict
+is printed from a NaN.
 """
 from __future__ import annotations
 
@@ -58,10 +60,20 @@ def run(args, parser) -> int:
         rule = Rule("sphereface", None, None, "no results file: plain [f, f_flip], no mean subtracted")
     model, spec, _ = load_backbone(model_path, device)
     faces = align_photos(args.photos, spec["input_size"], FaceDetector(device=device))
-    features = face_features(model, faces, rule.protocol, device)
-    score = pair_cosine(features[0], features[1], rule.feature_mean)
-
+    try:
+        features = face_features(model, faces, rule.protocol, device)  # NaN or inf features: a ValueError
+    except ValueError as exc:  # the rule's protocol is checked when it is read: this is the weights' doing
+        raise ValueError(f"{model_path}: {exc}") from None
+    # the features are finite: what still stands between them and a cosine is the stored mean, if any
+    source = results if rule.feature_mean is not None else model_path
+    try:
+        score = pair_cosine(features[0], features[1], rule.feature_mean)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
     threshold = args.threshold if args.threshold is not None else rule.threshold
+    if not (math.isfinite(score) and math.isfinite(threshold)):  # no verdict from a NaN, whatever made it
+        raise ValueError(f"{source}: the cosine {score} or the threshold {threshold} is not a finite number: "
+                         "no verdict")
     origin = "--threshold" if args.threshold is not None else rule.source
     features_kind = ("[f, f_flip] minus the LFW feature mean" if rule.feature_mean is not None else
                      "[f, f_flip]" if rule.protocol == "sphereface" else "normalise(f + f_flip)")

@@ -22,7 +22,7 @@ from ..align.face import DETECTION_MAX_SIDE, FaceDetector, align_face
 from .embedding import flip_embed
 from ..base.images import read_rgb
 from ..nn.models import normalize_pixels
-from .protocols import check_protocol
+from .protocols import PROTOCOLS, check_protocol
 
 
 class FaceNotFoundError(ValueError):
@@ -56,12 +56,26 @@ def load_rule(results_path: str | Path) -> Rule:
         for key in ("protocol", "cosine_threshold"):
             if key not in rule:
                 raise ValueError(f"{path}: verify_rule lacks {key!r}")
+        if rule["protocol"] not in PROTOCOLS:
+            _refuse(path, f"verify_rule's protocol {_shown(rule['protocol'])} is not one of {', '.join(PROTOCOLS)}")
         mean = None if rule.get("feature_mean") is None else _finite(rule["feature_mean"], path, "verify_rule")
+        if mean is not None:
+            with np.errstate(over="ignore"):
+                squared_norm = float(np.sum(mean * mean))
+            if not np.isfinite(squared_norm):  # the cosine's norms after subtracting it would be inf, the cosine NaN
+                _refuse(path, f"verify_rule's feature_mean is too large for a cosine (its squared norm is "
+                              f"{squared_norm}), not an LFW feature mean")
         threshold = float(_finite(rule["cosine_threshold"], path, "verify_rule", scalar=True))
+        if not -1 <= threshold <= 1:  # beyond, every pair gets the same answer
+            _refuse(path, f"verify_rule's cosine_threshold {threshold:g} is not a cosine (in [-1, 1])")
         return Rule(rule["protocol"], mean, threshold,
                     f"{path} (threshold fitted on its {rule.get('fitted_on_pairs', '?')} pairs)")
     if results.get("protocol") == "insightface" and results.get("thresholds"):
-        distance = float(np.mean(_finite(results["thresholds"], path, "thresholds")))
+        with np.errstate(over="ignore"):
+            distance = float(np.mean(_finite(results["thresholds"], path, "thresholds")))
+        if not 0 <= distance <= 4:  # squared distances of unit vectors; 1e308s average to inf
+            _refuse(path, f"the mean of its fold thresholds, {distance:g}, is not a squared distance of unit "
+                          "vectors (in [0, 4])")
         return Rule("insightface", None, 1.0 - distance / 2.0, f"{path} (mean of its fold thresholds)")
     raise ValueError(f"{path} has no 'verify_rule' (written by test.py from this version on): rerun "
                      "test.py --model_path on the model, or pass --threshold")
@@ -78,9 +92,17 @@ def _finite(value, path: Path, key: str, scalar: bool = False) -> np.ndarray:
         problem = ("a list where one number belongs" if scalar and numbers.ndim else
                    None if np.isfinite(numbers).all() else "a value that is not a finite number")
     if problem is not None:
-        raise ValueError(f"{path}: {key} holds {problem}: rerun test.py --model_path on the model, or pass "
-                         "--threshold")
+        _refuse(path, f"{key} holds {problem}")
     return numbers
+
+
+def _shown(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _refuse(path: Path, problem: str):
+    raise ValueError(f"{path}: {problem}: rerun test.py --model_path on the model, or pass --threshold")
 
 
 def align_photos(paths: Sequence[str | Path], output_size: Sequence[int], detector: FaceDetector
@@ -104,14 +126,25 @@ def face_features(embed: Callable[[torch.Tensor], torch.Tensor], faces: Sequence
 
 
 def pair_cosine(feature_a: np.ndarray, feature_b: np.ndarray, feature_mean: np.ndarray | None) -> float:
+    """The cosine of the two features after `feature_mean` is subtracted, for any finite numbers: each
+    vector is divided by its largest |component| first, so that no dot product overflows (finite features
+    of 1e200 gave inf / inf = NaN, which decided "different people"). A ValueError instead of a NaN: for
+    features that are not finite, or zero."""
     a, b = np.asarray(feature_a, np.float64), np.asarray(feature_b, np.float64)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("a face's feature holds NaN or inf (the network's weights are not finite numbers?): "
+                         "no cosine to compare")
     if feature_mean is not None:
         if feature_mean.shape != a.shape:
             raise ValueError(f"the stored feature mean has {feature_mean.size} values but the model's features "
                              f"have {a.size}: the results file belongs to another model")
-        a, b = a - feature_mean, b - feature_mean
-    norms = (a @ a) * (b @ b)
-    if not norms > 0:  # a zero feature has no direction: no cosine, and NaN would decide "different people"
+        with np.errstate(over="ignore"):
+            a, b = a - feature_mean, b - feature_mean
+        if not (np.isfinite(a).all() and np.isfinite(b).all()):
+            raise ValueError("subtracting the stored feature mean overflows: it is not an LFW feature mean")
+    scale_a, scale_b = np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0)
+    if not (scale_a > 0 and scale_b > 0):  # a zero feature has no direction: no cosine
         raise ValueError("a face's feature is zero (after the stored feature mean is subtracted): no cosine "
                          "to compare")
-    return float(a @ b / np.sqrt(norms))
+    a, b = a / scale_a, b / scale_b
+    return float(np.clip(a @ b / np.sqrt((a @ a) * (b @ b)), -1.0, 1.0))

@@ -102,3 +102,37 @@ def test_hostile_inputs_end_in_one_line(weights, tmp_path, capsys):
             err = captured.err
             one_line_error(err, *words)
             assert "weights_only=False" not in err
+
+
+def test_nan_outputs_on_either_side_are_a_failure(tmp_path, weights, capsys):
+    """Weights holding one NaN: export.py printed "max |diff| 0 ... ok" and exited 0 (Python's
+    max(0.0, nan) is 0.0). Now the script refuses them before writing anything (an existing --output
+    stays), --no_check too, and the comparison fails when either side holds NaN or inf."""
+    path, model = weights
+    broken = build_model("sphereface4", 16, (112, 96))
+    broken.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        broken.fc5.weight[3, 0] = float("nan")  # embedding component 3 is NaN for every image
+    broken_path = tmp_path / "broken" / "sphereface4_16.pt"
+    export_weights(broken_path, broken, {"model_name": "sphereface4", "emb_dim": 16, "input_size": [112, 96]})
+    target = tmp_path / "deploy.onnx"
+    target.write_bytes(b"the graph in use")
+    for extra in ([], ["--no_check"]):
+        assert export.main(["--model_path", str(broken_path), "--output", str(target), "--overwrite", *extra]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        one_line_error(captured.err, f"export.py: error: {broken_path}: the network's embeddings of random images "
+                                     "hold NaN or inf (2 of 32 values)", "nothing exported")
+        assert target.read_bytes() == b"the graph in use"
+
+    export_onnx(broken, (112, 96), tmp_path / "broken.onnx")
+    both = compare_with_onnxruntime(broken, tmp_path / "broken.onnx", (112, 96))  # the same NaN on both sides
+    assert not both["passed"] and both["nonfinite"] == {"pytorch": 4, "onnxruntime": 4} and both["values"] == 64
+    assert both["max_rel_diff"] < 1e-4  # the finite components still agree, and are what the diffs measure
+    onnx_only = compare_with_onnxruntime(model, tmp_path / "broken.onnx", (112, 96))
+    assert not onnx_only["passed"] and onnx_only["nonfinite"] == {"pytorch": 0, "onnxruntime": 4}
+    export_onnx(model, (112, 96), tmp_path / "good.onnx")
+    torch_only = compare_with_onnxruntime(broken, tmp_path / "good.onnx", (112, 96))
+    assert not torch_only["passed"] and torch_only["nonfinite"] == {"pytorch": 4, "onnxruntime": 0}
+    assert compare_with_onnxruntime(model, tmp_path / "good.onnx", (112, 96))["nonfinite"] == {"pytorch": 0,
+                                                                                                "onnxruntime": 0}

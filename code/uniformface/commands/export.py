@@ -5,7 +5,8 @@
 
 The ONNX graph maps float32 (batch, 3, 112, 96) RGB pixels normalised as (x - 127.5) / 128 to the
 embedding (batch axis dynamic); its metadata records the model spec and that normalisation. Exit 1 when
-onnxruntime's outputs differ from PyTorch's by more than the tolerance (relative to the largest |value|).
+onnxruntime's outputs differ from PyTorch's by more than the tolerance (relative to the largest |value|)
+or hold NaN or inf; weights whose PyTorch embeddings are not finite are refused before anything is written.
 An existing --output is not replaced without --overwrite. Needs the `onnx` and `onnxruntime` packages
 (`pip install .[export]`).
 """
@@ -39,11 +40,15 @@ def run(args, parser) -> int:
         parser.error(f"--output {output} is the model file itself")
     refuse_overwrite(output, args.overwrite)
     # torch: only after the arguments
-    from ..tools.export import compare_with_onnxruntime, export_onnx
+    from ..tools.export import compare_with_onnxruntime, export_onnx, nonfinite_outputs
     from ..eval.trained_network import load_backbone
 
     try:
         model, spec, _ = load_backbone(model_path)
+        bad, total = nonfinite_outputs(model, spec["input_size"])
+        if bad:  # before anything is written: an existing --output stays as it is
+            raise ScriptError(f"{model_path}: the network's embeddings of random images hold NaN or inf ({bad} of "
+                              f"{total} values): its weights are not usable; nothing exported")
         ensure_writable(output)
         metadata = {"model_name": spec["model_name"], "emb_dim": spec["emb_dim"],
                     "input_size": "x".join(str(v) for v in spec["input_size"]),
@@ -61,9 +66,11 @@ def run(args, parser) -> int:
     except ImportError as exc:
         raise ScriptError(f"{exc.name or exc} is not installed; pass --no_check to skip the comparison") from exc
     verdict = "ok" if check["passed"] else "FAILED"
+    nonfinite = "".join(f", {count} of {check['values']} {side} values NaN or inf"
+                        for side, count in check["nonfinite"].items() if count)
     print(f"onnxruntime vs PyTorch (batches {check['batch_sizes']}): max |diff| {check['max_abs_diff']:.3g}, "
           f"relative {check['max_rel_diff']:.3g} (tolerance {check['tolerance']:g}), "
-          f"min cosine {check['min_cosine']:.9f}: {verdict}")
+          f"min cosine {check['min_cosine']:.9f}{nonfinite}: {verdict}")
     return 0 if check["passed"] else 1
 
 

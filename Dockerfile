@@ -13,7 +13,9 @@ RUN pip install -r requirements.txt
 COPY code/ code/
 COPY tests/ tests/
 COPY bench/ bench/
-COPY pytest.ini Makefile README.md ./
+COPY docs/ docs/
+# The files the test suite reads about the repository itself (pyproject, the container files, the docs).
+COPY pytest.ini Makefile README.md pyproject.toml Dockerfile .dockerignore docker_build.sh docker_run.sh ./
 # data/ and log/ are mounted by docker_run.sh; created here so that the image also runs without them.
 RUN mkdir -p data log && chmod 1777 data log
 ENV PYTHONPATH=/workspace/code

@@ -38,6 +38,21 @@ def test_every_copy_source_exists_and_is_not_dockerignored():
     assert {"data", "log", ".venv"} <= set(ignored)  # datasets and runs never go to the build context
 
 
+def test_the_image_holds_every_file_the_tests_and_benchmarks_read():
+    """The suite runs inside the image too (bench/gpu_check.sh): every top-level path a test or benchmark
+    names as `ROOT / "..."` is copied in, or is one of the folders docker_run.sh mounts."""
+    copied = set()
+    for word, rest in instructions(ROOT / "Dockerfile"):
+        if word == "COPY":
+            copied |= {Path(source).parts[0] for source in shlex.split(rest)[:-1]}
+    named = set()
+    for path in [*(ROOT / "tests").glob("*.py"), *(ROOT / "bench").glob("*.py")]:
+        named |= {Path(m).parts[0] for m in re.findall(r'ROOT / "(\w[\w./-]*)"', path.read_text())}
+    named |= {Path(s).parts[0] for s in ("docker_build.sh", "docker_run.sh", "bench/gpu_check.sh")}
+    assert {"code", "docs", "README.md", "pyproject.toml"} <= named  # the scan finds what it should
+    assert not named - copied - {"data", "log"}, sorted(named - copied - {"data", "log"})
+
+
 def test_image_installs_exactly_the_pinned_requirements():
     steps = instructions(ROOT / "Dockerfile")
     assert steps[0][0] == "FROM" and re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+", steps[0][1])  # a pinned tag

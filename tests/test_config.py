@@ -225,7 +225,8 @@ def test_set_values_and_every_yaml_read_refuse_aliases_and_deep_nesting(tmp_path
     with pytest.raises(ConfigError, match=rf"^--set milestones: nested more than {MAX_YAML_DEPTH} levels deep"):
         load_config(None, [f"milestones={deep}"])
     assert yaml_load("[" * MAX_YAML_DEPTH + "]" * MAX_YAML_DEPTH) is not None  # as deep as allowed: read
-    (tmp_path / "config_history.yaml").write_text("- iteration: 3\n  changed:\n    lr:\n" + billion_laughs("from", " " * 6))
+    history = "- iteration: 3\n  changed:\n    lr:\n" + billion_laughs("from", " " * 6)
+    (tmp_path / "config_history.yaml").write_text(history)
     with pytest.raises(ValueError, match=r"config_history.yaml:6: YAML alias \*l0 refused"):
         read_history(tmp_path)
 

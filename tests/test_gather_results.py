@@ -96,8 +96,8 @@ def test_hostile_results_and_settings_files_are_one_line_naming_the_file(tmp_pat
         one_line_error(capsys.readouterr().err, f"gather_results.py: error: {results}: ", *words)
     results.write_text(good)
     script = str(ROOT / "code" / "gather_results.py")
-    for name, text, line in (("config.yaml", billion_laughs("alpha"), 3),
-                             ("config_history.yaml", "- iteration: 3\n  changed:\n    lr:\n" + billion_laughs("from", " " * 6), 6)):
+    history = "- iteration: 3\n  changed:\n    lr:\n" + billion_laughs("from", " " * 6)
+    for name, text, line in (("config.yaml", billion_laughs("alpha"), 3), ("config_history.yaml", history, 6)):
         if name == "config_history.yaml":
             (folder / "config.yaml").write_text("alpha: 1.0\nbeta: 0.5\n")
         (folder / name).write_text(text)

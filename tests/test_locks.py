@@ -161,4 +161,4 @@ def test_preprocess_and_train_refuse_a_planted_lock_link_and_overwrite_nothing(t
     assert load_script("train").main(args) == 1
     one_line_error(capsys.readouterr().err, "train.py: error: ", f"{run_dir / LOCK_FILE} is a symbolic link")
     assert victim.read_text() == "the user's own text\n"
-    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE] and sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
+    assert [p.name for p in out.iterdir()] == [LOCK_FILE] and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]

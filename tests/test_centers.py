@@ -345,12 +345,12 @@ def _one_process_step(model, centers, head, weight_centers, x, labels):
 
 
 @contextlib.contextmanager
-def gloo_rank(rank, init_file, barrier=False):
-    """Rank `rank` of a WORLD-process gloo group on the loopback, one thread; `barrier`: wait for every
+def gloo_rank(rank, init_file, barrier=False, world=WORLD):
+    """Rank `rank` of a `world`-process gloo group on the loopback, one thread; `barrier`: wait for every
     rank before tearing down, so that none closes gloo's connections while another still reads."""
     if sys.platform.startswith("linux"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback: no dependence on hostname lookup
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
         yield
@@ -370,7 +370,16 @@ def _ddp_worker(rank, init_file, out_dir):
         start = sum(SPLIT[:rank])
         rows = slice(start, start + SPLIT[rank])
         result = _one_process_step(model, centers, head, WeightCenters(head, scope="batch"), x[rows], labels[rows])
+        ddp_mean(result[-1])  # the trainer's head sits inside DDP (trainer.Recognizer) with the backbone
         torch.save(result, f"{out_dir}/rank{rank}.pt")
+
+
+def ddp_mean(grad):
+    """What DDP does to a parameter's gradient: the mean over the ranks, in place. Each rank's uniform-loss
+    gradient covers its share of the rows only (times WORLD, `losses._UniformLoss`); only the mean is the
+    single process's gradient."""
+    dist.all_reduce(grad)
+    grad /= dist.get_world_size()
 
 
 def test_distributed_equals_one_process_with_the_global_batch(tmp_path):
@@ -440,9 +449,9 @@ def test_distributed_uniform_loss_alone_equals_one_process(tmp_path):
 @contextlib.contextmanager
 def counted_gathers():
     """Records (kind, shape) of the tensor each all_gather sends while inside: "integer" for the labels and
-    their count, "float" for the features (the autograd-aware gather calls dist.all_gather too)."""
+    their count, "float" for the features (the autograd-aware gather calls dist.all_gather_single too)."""
     calls = []
-    originals = {name: getattr(dist, name) for name in ("all_gather", "all_gather_into_tensor")}
+    originals = {name: getattr(dist, name) for name in ("all_gather", "all_gather_single")}
 
     def counting(original):
         def gather(output, tensor, *args, **kwargs):
@@ -484,6 +493,8 @@ def _shared_weight_centers(features, labels):
     weight_centers, batch = WeightCenters(head, scope="batch"), GlobalBatch(features, labels)
     uniform_loss(weight_centers.loss_centers_of(batch)).backward()
     weight_centers.update_from(batch, 0.1)
+    if dist.is_initialized():
+        ddp_mean(head.weight.grad)
     return head.weight.detach().clone(), head.weight.grad.clone()
 
 
@@ -528,3 +539,160 @@ def test_one_global_batch_is_gathered_once_for_the_loss_and_the_update(tmp_path)
             assert torch.equal(rank_centers, centers), reading
         torch.testing.assert_close(r_weight_grad, weight_grad, rtol=1e-10, atol=1e-14)
         torch.testing.assert_close(r_weight, weight, rtol=1e-12, atol=1e-14)
+
+
+# Eq. 6 sharded over the ranks (each sweeps its share of the rows), for M not divisible by the world size.
+SHARDED_C, SHARDED_D = 40, 6
+SHARDED_LABELS = torch.tensor([1, 1, 3, 0, 5, 7, 7, 2, 9, 11, 4, 13, 15, 17])  # 12 classes, 9 of them new
+SHARDED_SPLITS = {2: [8, 6], 3: [5, 5, 4]}  # unequal on purpose
+
+
+def _sharded_inputs():
+    """(shared centers for the bare loss, the global batch's float32 features, a seeded ClassCenters factory,
+    a seeded WeightCenters factory). 20 initialised classes + the batch's 9 new ones: M = 29 centers."""
+    g = torch.Generator().manual_seed(11)
+    shared = torch.randn(25, SHARDED_D, generator=g) * 2
+    features = torch.randn(len(SHARDED_LABELS), SHARDED_D, generator=g) * 3
+    stored = torch.randn(SHARDED_C, SHARDED_D, generator=g)
+    head_weight = torch.randn(SHARDED_C + 1, SHARDED_D, generator=g)  # 41 rows: M = 41 for WeightCenters "all"
+
+    def class_centers(normalize):
+        centers = ClassCenters(SHARDED_C, SHARDED_D, scope="all", normalize=normalize)
+        with torch.no_grad():
+            centers.centers[0::2] = stored[0::2]
+            centers.initialized[0::2] = True
+        return centers
+
+    def weight_centers():
+        head = CosFace(SHARDED_D, SHARDED_C + 1)
+        with torch.no_grad():
+            head.weight.copy_(head_weight)
+        return head, WeightCenters(head, scope="all", normalize=True)
+
+    return shared, features, class_centers, weight_centers
+
+
+def _sharded_step(shared, features, labels, class_centers, weight_centers):
+    """Every sharded case of one step: {case: (loss, gradient)}; the bare-loss gradients as each rank has
+    them, the feature gradients as the gather's backward leaves them, the head's after DDP's mean."""
+    results = {}
+    centers = shared[:13].clone().requires_grad_()  # + 12 constant rows: M = 25
+    loss = uniform_loss(centers, chunk_size=4, reduction="center", batch_size=4, others=shared[13:])
+    results["bare, others"] = (loss.detach(), torch.autograd.grad(loss, centers)[0])
+    centers = shared.clone().requires_grad_()
+    loss = uniform_loss(centers, chunk_size=3)
+    results["bare, all rows"] = (loss.detach(), torch.autograd.grad(loss, centers)[0])
+    for normalize in (True, False):
+        x = features.clone().requires_grad_()
+        loss = class_centers(normalize).uniform_loss_of(GlobalBatch(x, labels), "center", len(SHARDED_LABELS))
+        results[f"ClassCenters normalize={normalize}"] = (loss.detach(), torch.autograd.grad(loss, x)[0])
+    head, weights = weight_centers()
+    loss = weights.uniform_loss_of(GlobalBatch(features, labels))
+    loss.backward()
+    if dist.is_initialized():
+        ddp_mean(head.weight.grad)
+    results["WeightCenters"] = (loss.detach(), head.weight.grad.clone())
+    return results
+
+
+@contextlib.contextmanager
+def counted_collectives():
+    """Counts the calls of each collective the uniform loss's step may make while inside."""
+    counts = {}
+    names = ("all_reduce", "all_gather", "all_gather_single", "reduce_scatter_single")
+    originals = {name: getattr(dist, name) for name in names}
+
+    def counting(name, original):
+        def collective(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return original(*args, **kwargs)
+        return collective
+
+    for name, original in originals.items():
+        setattr(dist, name, counting(name, original))
+    try:
+        yield counts
+    finally:
+        for name, original in originals.items():
+            setattr(dist, name, original)
+
+
+def _sharded_worker(rank, world, init_file, out_dir):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gloo_rank(rank, init_file, barrier=True, world=world):
+            shared, features, class_centers, weight_centers = _sharded_inputs()
+            split = SHARDED_SPLITS[world]
+            rows = slice(sum(split[:rank]), sum(split[:rank + 1]))
+            results = _sharded_step(shared, features[rows], SHARDED_LABELS[rows], class_centers, weight_centers)
+            x = features[rows].clone().requires_grad_()
+            with counted_collectives() as counts:  # one training step's uniform loss, forward and backward
+                loss = class_centers(True).uniform_loss_of(GlobalBatch(x, SHARDED_LABELS[rows]), "center", 14)
+                loss.backward()
+    messages = [f"{w.category.__name__}: {w.message}" for w in caught]
+    torch.save((results, counts, messages), f"{out_dir}/sharded_rank{rank}.pt")
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_uniform_loss_equals_one_process(tmp_path, world):
+    """Under torch.distributed each rank sweeps its own share of Eq. 6's rows (M = 25, 29, 41: not divisible
+    by 2 or 3) and every rank still returns the single process's loss (one all_reduce a step); the
+    gradients summed over the ranks (the gather's backward, DDP's mean) are the single process's, to 1e-6.
+    No collective warns (torch.distributed.nn.functional.all_gather is deprecated)."""
+    mp.spawn(_sharded_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world, join=True)
+    shared, features, class_centers, weight_centers = _sharded_inputs()
+    single = _sharded_step(shared, features, SHARDED_LABELS, class_centers, weight_centers)
+    split = SHARDED_SPLITS[world]
+    ranks = [torch.load(tmp_path / f"sharded_rank{rank}.pt") for rank in range(world)]
+    for case, (loss, grad) in single.items():
+        assert grad.abs().max() > 1e-4, case  # the loss does reach what it should
+        tolerance = dict(rtol=1e-6, atol=1e-6 * float(grad.abs().max()), msg=case)
+        for results, _, _ in ranks:
+            torch.testing.assert_close(results[case][0], loss, rtol=1e-6, atol=0, msg=case)
+        if case.startswith("bare"):
+            # each rank holds world x the gradient of its own rows and nothing else: the work was split
+            grad_rows = 13 if case == "bare, others" else 25
+            owned = [torch.nonzero(results[case][1].abs().sum(1)).squeeze(1).tolist() for results, _, _ in ranks]
+            assert owned == [list(range(grad_rows * r // world, grad_rows * (r + 1) // world))
+                             for r in range(world)], case
+            total = sum(results[case][1] for results, _, _ in ranks)
+            torch.testing.assert_close(total / world, grad, **tolerance)
+        elif case.startswith("ClassCenters"):
+            for rank, (results, _, _) in enumerate(ranks):
+                rows = slice(sum(split[:rank]), sum(split[:rank + 1]))
+                torch.testing.assert_close(results[case][1] / world, grad[rows], **tolerance)
+        else:
+            for results, _, _ in ranks:
+                torch.testing.assert_close(results[case][1], grad, **tolerance)
+    for _, counts, messages in ranks:
+        assert counts == {"all_gather": 2, "all_gather_single": 1, "all_reduce": 1, "reduce_scatter_single": 1}
+        assert not [m for m in messages if "deprecated" in m], messages
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_uniform_loss_of_is_eq6_over_loss_centers_to_the_bit(normalize):
+    """One process: `uniform_loss_of` (constant rows without a gradient) gives what `uniform_loss` over
+    `loss_centers_of` gives, value and feature gradient to the bit; the head's gradient too."""
+    shared, features, class_centers, weight_centers = _sharded_inputs()
+    for scope in ("all", "batch"):
+        centers = class_centers(normalize)
+        centers.scope = scope
+        got, want = [], []
+        for out, compute in ((got, lambda b: centers.uniform_loss_of(b, "center", 14)),
+                             (want, lambda b: uniform_loss(centers.loss_centers_of(b), reduction="center",
+                                                           batch_size=14))):
+            x = features.clone().requires_grad_()
+            loss = compute(GlobalBatch(x, SHARDED_LABELS))
+            out += [loss, torch.autograd.grad(loss, x)[0]]
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), scope
+    grads = []
+    for through_loss_of in (True, False):
+        head, weights = weight_centers()
+        weights.normalize = normalize
+        batch = GlobalBatch(features, SHARDED_LABELS)
+        loss = weights.uniform_loss_of(batch) if through_loss_of else uniform_loss(weights.loss_centers_of(batch))
+        loss.backward()
+        grads.append((loss.detach(), head.weight.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])

@@ -71,6 +71,45 @@ def host_group():
     return _HOST_GROUP
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(this process's rank, the number of ranks): (0, 1) when torch.distributed is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class _GatherRows(torch.autograd.Function):
+    """Every rank's (n, ...) rows stacked in rank order, (world x n, ...), with PyTorch's current collectives
+    (`all_gather_single`; torch.distributed.nn.functional.all_gather is deprecated). Backward: each rank
+    receives the sum over ranks of the gradients on its own rows (`reduce_scatter_single`), as it would if
+    every rank's loss had been computed in one process."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.contiguous()
+        gathered = rows.new_empty((dist.get_world_size() * len(rows), *rows.shape[1:]))
+        dist.all_gather_single(gathered, rows)
+        return gathered
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        own = grad.new_empty((len(grad) // dist.get_world_size(), *grad.shape[1:]))
+        dist.reduce_scatter_single(own, grad.contiguous())
+        return own
+
+
+def gather_equal_rows(rows: torch.Tensor, differentiable: bool) -> torch.Tensor:
+    """All ranks' rows, each rank sending the same number, stacked in rank order (one collective). With
+    `differentiable`, the gradient flows back to every rank's own rows (summed over the ranks' losses)."""
+    if differentiable:
+        return _GatherRows.apply(rows)
+    rows = rows.detach().contiguous()
+    gathered = rows.new_empty((dist.get_world_size() * len(rows), *rows.shape[1:]))
+    dist.all_gather_single(gathered, rows)
+    return gathered
+
+
 def sum_over_ranks(values: Sequence[float]) -> list[float]:
     """Sum each of a few host numbers over the ranks, in one all-reduce on the host group (the values
     themselves when not distributed). For the loop's per-batch counts: one exchange a step, not one per

@@ -1,7 +1,7 @@
 """Class centers for the uniform loss (UniformFace, Duan et al., CVPR 2019, Eq. 6-7).
 
-`ClassCenters` is the paper as this project reads it (docs/DESIGN.md §4.2-§4.5): centers live in feature space (like center loss)
-and move by Eq. 7 after each optimizer step,
+`ClassCenters` is the paper as this project reads it (docs/DESIGN.md §4.2-§4.5): centers live in feature
+space (like center loss) and move by Eq. 7 after each optimizer step,
     delta_j = sum_i [y_i = j] (c_j - x_i) / (1 + n_j),   c_j <- c_j - rate * delta_j.
 The loss sees, for the classes in the batch, c~_j = c_j - delta_j(x) = (c_j + sum_{i in j} x_i) / (1 + n_j),
 differentiable in the features x; the other initialised centers are constants.
@@ -18,9 +18,10 @@ Two readings of "feature space" (config key `normalize_centers`):
 centers (the gradient of the uniform loss flows into them) and Eq. 7 drags them toward the features.
 
 Under torch.distributed (initialised, world size > 1) "the batch" is the global batch: every rank
-gathers all ranks' features and labels, so all ranks compute the same loss and the same update. The
-training step gathers them once (`GlobalBatch`) and hands the same gathered batch to the loss
-(`loss_centers_of`) and to Eq. 7 (`update_from`).
+gathers all ranks' features and labels, so all ranks build the same centers, get the same loss and make
+the same update; each rank sweeps only its share of Eq. 6's rows (`losses.uniform_loss`). The training
+step gathers the batch once (`GlobalBatch`) and hands the same gathered batch to the loss
+(`loss_centers_of` or `uniform_loss_of`) and to Eq. 7 (`update_from`).
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..base.distributed import host_group
-from .losses import block_distances, centered_and_scaled, default_chunk_size, exact_matmul
+from ..base.distributed import gather_equal_rows, host_group
+from .losses import block_distances, centered_and_scaled, default_chunk_size, exact_matmul, uniform_loss
 
 SCOPES = ("all", "batch")
 
@@ -70,22 +71,15 @@ def gather_rows(features: torch.Tensor, sizes: list[int], differentiable: bool) 
     """All ranks' feature rows concatenated in rank order, given each rank's count (`gather_labels`); the
     local rows themselves when there is one rank.
 
-    Rows are padded to the largest rank's size for the collective and cut back after. With
-    `differentiable`, the features go through the autograd-aware
-    `torch.distributed.nn.functional.all_gather`, whose backward sends each rank the SUM over ranks of
-    the gradients w.r.t. its rows; without, they are detached and gathered by `dist.all_gather`."""
+    Rows are padded to the largest rank's size for the collective (`distributed.gather_equal_rows`, one
+    `all_gather_single`) and cut back after. With `differentiable`, the gather's backward sends each rank
+    the SUM over ranks of the gradients w.r.t. its rows; without, the features are detached."""
     if not differentiable:
         features = features.detach()
     if len(sizes) == 1:
         return features
     padded = F.pad(features, (0, 0, 0, max(sizes) - len(features)))
-    if differentiable:
-        from torch.distributed.nn.functional import all_gather as autograd_all_gather
-
-        parts = list(autograd_all_gather(padded))
-    else:
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded)
+    parts = gather_equal_rows(padded, differentiable).split(max(sizes))
     return torch.cat([part[:n] for part, n in zip(parts, sizes)])
 
 
@@ -177,10 +171,29 @@ class _Centers(nn.Module):
                check_finite: bool = True) -> None:
         self.update_from(GlobalBatch(features, labels), rate, check_labels, check_finite)
 
+    def loss_centers_of(self, batch: GlobalBatch, check_labels: bool = True) -> torch.Tensor:
+        """The (M, d) centers that enter Eq. 6 for this global batch."""
+        return self._loss_rows_of(batch, check_labels)[0]
+
+    def uniform_loss_of(self, batch: GlobalBatch, reduction: str = "pairs", batch_size: int = 1,
+                        check_labels: bool = True) -> torch.Tensor:
+        """Eq. 6 (`losses.uniform_loss`) over `loss_centers_of(batch)`, the same value and the same gradient
+        to the bit on one process, computed as cheaply as this reading allows (docs/DESIGN.md §4.6):
+        - rows that are constants (the other classes' stored centers) get no gradient computed: the
+          gradient's half of the work shrinks from M x M to (batch classes) x M;
+        - the sphere reading on CUDA takes its Gram products in split bf16 (`losses.GRAM_PRECISIONS`),
+          within 1e-4 of float64 up to 100,000 centers; raw centers, and any CPU, stay exact float32;
+        - under torch.distributed each rank sweeps its share of the rows (`losses.shard_rows`)."""
+        centers, differentiable = self._loss_rows_of(batch, check_labels)
+        precision = "split-bf16" if self.normalize and centers.device.type == "cuda" else "exact"
+        others = centers[differentiable:] if differentiable < len(centers) else None
+        return uniform_loss(centers[:differentiable], reduction=reduction, batch_size=batch_size, others=others,
+                            precision=precision)
+
 
 class ClassCenters(_Centers):
-    """Feature-space class centers (UniformFace Eq. 6-7, read as in the module docstring). Buffers: `centers` (C, d) float32 and `initialized`
-    (C,) bool, both in the state_dict.
+    """Feature-space class centers (UniformFace Eq. 6-7, read as in the module docstring). Buffers: `centers`
+    (C, d) float32 and `initialized` (C,) bool, both in the state_dict.
 
     scope "all": every initialised center enters Eq. 6 (the paper's "all class centers"); "batch":
     only the batch's classes (the earlier port's default). normalize=True: centers of L2-normalised
@@ -215,16 +228,20 @@ class ClassCenters(_Centers):
         return (self._host_copy is not None and self._host_copy_of is self.initialized and version is not None
                 and version == self._host_copy_version)
 
-    def loss_centers_of(self, batch: GlobalBatch, check_labels: bool = True) -> torch.Tensor:
-        """The (M, d) centers that enter Eq. 6 for this global batch: c~_j = (c_j + sum_{i in j} x_i)
+    def _loss_rows_of(self, batch: GlobalBatch, check_labels: bool = True) -> tuple[torch.Tensor, int]:
+        """(`loss_centers_of(batch)`, how many of its leading rows depend on the features).
+
+        The (M, d) centers that enter Eq. 6 for this global batch: c~_j = (c_j + sum_{i in j} x_i)
         / (1 + n_j) for the batch's initialised classes, the mean of the batch's features for a class
         seen for the first time (both differentiable in x), then (scope "all") the other initialised
         centers as constants.
 
-        Distributed: every rank builds the same set from the global batch. Each rank computes the same
-        L_u, so all_gather's backward hands each rank world_size x dL_u/dx for its own rows; DDP then
-        averages the parameter gradients over the ranks, which cancels that factor and leaves exactly
-        the gradient of a single process that ran the whole global batch.
+        Distributed: every rank builds the same set from the global batch, and the gradient that
+        `uniform_loss` gives each rank sums over the ranks to world_size x dL_u/dc (every rank computing
+        the whole L_u, or each its share of the rows: `losses._UniformLoss`); the gather's backward hands
+        each rank that sum for its own rows, world_size x dL_u/dx, and DDP's mean of the parameter
+        gradients over the ranks cancels the factor, leaving exactly the gradient of a single process that
+        ran the whole global batch.
 
         Give the labels as the host holds them (the data loader's CPU tensor): the batch's classes and
         the set of other centers are then worked out on the host, and nothing is read back from the
@@ -245,7 +262,7 @@ class ClassCenters(_Centers):
             others[host_classes] = False
             parts.append(self._rows(others).to(dtype))
         centers = torch.cat(parts)
-        return F.normalize(centers, dim=1) if self.normalize else centers
+        return (F.normalize(centers, dim=1) if self.normalize else centers), len(batch_centers)
 
     def initialized_centers(self) -> torch.Tensor:
         """The initialised centers (C_init, d), detached (for the log's figures), read as `loss_centers_of`
@@ -333,9 +350,10 @@ class WeightCenters(_Centers):
     def weight(self) -> torch.Tensor:
         return self.head.weight
 
-    def loss_centers_of(self, batch: GlobalBatch, check_labels: bool = True) -> torch.Tensor:
-        """The class weights (scope "batch": those of the global batch's classes, worked out on the host as in
-        `ClassCenters.loss_centers_of`). The features are not needed, and not gathered."""
+    def _loss_rows_of(self, batch: GlobalBatch, check_labels: bool = True) -> tuple[torch.Tensor, int]:
+        """(the class weights (scope "batch": those of the global batch's classes, worked out on the host as
+        in `ClassCenters.loss_centers_of`), all of whose rows are differentiable). The features are not
+        needed, and not gathered."""
         weight = self.weight
         if weight.dtype not in (torch.float32, torch.float64):
             weight = weight.float()
@@ -344,7 +362,7 @@ class WeightCenters(_Centers):
             if check_labels:
                 _check_labels(classes, len(weight), "WeightCenters.loss_centers")
             weight = weight[classes.to(weight.device, non_blocking=True)]
-        return F.normalize(weight, dim=1) if self.normalize else weight
+        return (F.normalize(weight, dim=1) if self.normalize else weight), len(weight)
 
     @torch.no_grad()
     def update_from(self, batch: GlobalBatch, rate: float, check_labels: bool = True,

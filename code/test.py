@@ -1,4 +1,4 @@
-"""Verification accuracy of a trained model (SphereFace's evaluation.m; README, "Real workflow"): LFW 10-fold, or insightface `.bin` sets.
+"""Verification accuracy of a trained model (SphereFace's evaluation.m; docs/CLI.md): LFW 10-fold, or insightface `.bin` sets.
 
 The script's body is uniformface/commands/test.py; `python code/test.py --help` describes it.
 """

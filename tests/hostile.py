@@ -1,4 +1,4 @@
-"""Hostile conditions the suite can make for real (README, "Security and reliability"), and the check
+"""Hostile conditions the suite can make for real (docs/RELIABILITY.md), and the check
 that a script ended in one clear line."""
 import contextlib
 import os

@@ -1,5 +1,5 @@
-"""The preprocessing command (README, "Preprocessing details") on small trees of real image files: broken files, odd modes,
-faceless images, fallback, reruns and landmark-file mode."""
+"""The preprocessing command (docs/REPRODUCING.md, "Preprocessing details") on small trees of real image
+files: broken files, odd modes, faceless images, fallback, reruns and landmark-file mode."""
 import io
 import re
 from pathlib import Path
@@ -399,7 +399,7 @@ def test_a_written_landmarks_file_replays_the_same_crops(tmp_path, capsys):
     assert (second / LANDMARKS_NAME).read_text() == (first / LANDMARKS_NAME).read_text()
 
 
-# ------------------------------------------------------------------ hostile inputs (README, "Security and reliability")
+# ------------------------------------------------------------------ hostile inputs (docs/RELIABILITY.md)
 
 def test_symlinked_identity_folders_are_aligned_and_a_loop_is_reported(tmp_path, capsys):
     """Case 6: an identity folder reached through a symlink was skipped silently (train.py follows it)."""

@@ -1,6 +1,6 @@
 """test.py end to end: the results file beside the model (accuracy per fold, ROC metrics and figure, the
 rule verify.py applies, the class-center spread), missing images, insightface .bin sets printed a row each
-beside the kept LFW results, and hostile inputs (README, "Security and reliability") ending in one line.
+beside the kept LFW results, and hostile inputs (docs/RELIABILITY.md) ending in one line.
 The evaluation itself is tested against direct computations in test_evaluate.py."""
 import json
 
@@ -81,7 +81,7 @@ def test_cli_bin_prints_a_row_per_set_and_keeps_the_lfw_results(tmp_path, lfw_tr
         assert float(row.split("|")[3]) == pytest.approx(100 * saved["bin"][name]["accuracy_mean"], abs=5e-4)
 
 
-# ------------------------------------------------------------------ hostile inputs (README, "Security and reliability")
+# ------------------------------------------------------------------ hostile inputs (docs/RELIABILITY.md)
 
 def one_line_error(capsys, *words):
     return hostile.one_line_error(capsys.readouterr().err, *words)

@@ -13,8 +13,8 @@ A rerun skips outputs that exist; each output is written to a temporary file and
 One run at a time writes into an output folder: it holds the folder's lock (`locks.FolderLock`, a
 `flock` on the hidden `OUT/.lock`) from before it sweeps a killed run's temporaries to its end, so that a
 second run, which would take the first one's live temporaries for a killed run's and delete them, is
-refused at once, naming the holder (README, "Reliability: hostile inputs and faults in
-preprocessing and evaluation").
+refused at once, naming the holder (docs/RELIABILITY.md, "Reliability: hostile inputs and faults
+in preprocessing and evaluation").
 
 After a kill, the rerun's report and landmarks.txt are those of an uninterrupted run: an image's
 landmarks line (or its fallback row, in `OUT/.preprocess_journal.tsv`) is written before its output is

@@ -1,5 +1,5 @@
 """How every script in code/ (and its installed `uniformface-...` command) behaves on the command line
-(README, "Security and reliability").
+(docs/RELIABILITY.md).
 
 - Exit status: 0 success; 2 a usage error, before any work (argparse's own, or a `UsageError` such as a
   config key out of range); 1 a runtime failure; 130 Ctrl-C.

@@ -1,5 +1,5 @@
 """The one check of a device name against this machine: `resolve_device("cuda:1")` is a torch.device that
-exists here, or a ValueError naming the device and the fix (README, "Security and reliability")."""
+exists here, or a ValueError naming the device and the fix (docs/RELIABILITY.md)."""
 from __future__ import annotations
 
 AUTO = "auto"  # CUDA when this PyTorch sees a GPU, else the CPU (the config key `device` has it too)

@@ -2,7 +2,7 @@
 one table of what to do about a system error (torch-free).
 
 `refuse_overwrite(path, overwrite)`: a file that exists and that this run did not write is kept unless the
-user asked for it to be replaced (README, "Security and reliability"). `ensure_writable(path)`: can the file
+user asked for it to be replaced (docs/RELIABILITY.md). `ensure_writable(path)`: can the file
 be created now? (a read-only folder or a full disk found before an hour of work, not after it).
 `os_fix(errno)`: the fix to name for a permission, read-only, full-disk or missing-path error.
 `first_and_more(items, limit)`: the first few of a long list of missing files, for a one-line error.

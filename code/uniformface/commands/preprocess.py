@@ -102,7 +102,7 @@ def run(args, parser) -> int:
                      f"drop --fallback {args.fallback}")
     try:
         check_folders(Path(args.dataset), Path(args.output_dir))
-    except ValueError as exc:  # one line, as the README's hostile-input table promises, and status 2
+    except ValueError as exc:  # one line, as docs/RELIABILITY.md's hostile-input table promises, and status 2
         raise UsageError(str(exc)) from None
     # a malformed pairs file is an error naming its line, before any work
     pair_images = frozenset(unique_images(read_pairs(args.pairs))) if args.pairs is not None else None

@@ -1,4 +1,4 @@
-"""Verification accuracy of a trained model (SphereFace's evaluation.m; README, "Real workflow"): LFW 10-fold,
+"""Verification accuracy of a trained model (SphereFace's evaluation.m; docs/CLI.md): LFW 10-fold,
 insightface `.bin` sets, YouTube Faces, IJB-B / IJB-C 1:1.
 
     python code/test.py --model_path log/<run>/sphereface20_512.pt [--dataset DIR --pairs_path FILE

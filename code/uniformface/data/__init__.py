@@ -25,8 +25,8 @@ __all__ = ["GlobalBatchSampler", "ImageCheck", "ImageFolderTrainSet", "PackSumma
 
 
 def open_train_set(path: str | Path, **kwargs) -> TrainSet:
-    """The public entry point (README, "Training data formats"): a training set whose item is (uint8 (3,H,W)
-    RGB tensor, label), over
+    """The public entry point (docs/REPRODUCING.md, "Training data formats"): a training set whose item is
+    (uint8 (3,H,W) RGB tensor, label), over
     - `X.rec` (insightface RecordIO, `X.idx` beside it), or a folder holding `train.rec` and no identity
       folders (insightface's download layout): `RecordTrainSet`;
     - `X.packed/` (or a folder with `meta.json` + `images.u8`), from `code/pack_dataset.py`:

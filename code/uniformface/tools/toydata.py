@@ -60,7 +60,7 @@ class ToySettings:
     """The generator's knobs. Defaults give a set that `make demo` generates, aligns, trains on and
     verifies in a few minutes on two CPU cores, on which MTCNN finds nearly every face and raw pixels stay
     a weak baseline. The demo's measured figures (detection rate, accuracies, time) are kept in one place,
-    the README's "Measured on the 2-core development CPU" table, so that they are updated together."""
+    docs/BENCHMARKS.md's "Measured on the 2-core development CPU" table, so that they are updated together."""
     # Sizes. ~100 classes x 15 images is ~1,500 training images: enough classes for a margin loss to
     # learn a general embedding, few enough for several epochs in the demo's CPU run (configs/toy.yaml:
     # 200 iterations of 64 images, about 8 epochs).

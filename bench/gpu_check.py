@@ -17,6 +17,11 @@ Measures, in this order:
 - LFW-size feature extraction: 13,233 images of 112x96 and their mirrors through SphereFace-20 (fp32, as
   test.py runs it), from JPEG files through the DataLoader and the network alone; on CUDA the agreement of the
   features with the CPU's;
+- the uniform loss (Eq. 6) at the paper's 85,742 classes (MS1M-refined), forward + backward: the step before
+  issue 23 (exact float32, every center's gradient) against `ClassCenters.uniform_loss_of`'s (split-bf16
+  Gram products on CUDA, the batch's classes' gradient only), the split products' error against float64 on
+  8,192 unit centers, and beside them the bf16 step (forward, backward, SGD) of the network alone for
+  SphereFace-20 and IResNet-50 at batch 256 (a model name this version does not know gives a "skipped" row);
 - with --tests, the test suite (pytest -q) in the time left of --budget seconds; on a CUDA machine the
   tests taking the `device` fixture run on the GPU as well, and those taking `cuda` compare it with the CPU.
 
@@ -57,6 +62,8 @@ LFW_IMAGES = 13_233
 PAPER_ITERATIONS = 28_000  # code/config.yaml max_iters
 PAPER_BATCH = 512  # code/config.yaml batch_size: the official 2 GPUs x 256
 STEP_BATCH = 256  # the batch the throughput is measured at: one official GPU's share
+MS1M_CLASSES = 85_742  # MS1M-refined's identities: the paper's own training data
+ACCURACY_CENTERS = 8_192  # unit centers for the split-bf16 products' error against float64
 
 
 class Row(dict):
@@ -245,6 +252,107 @@ def extraction_time(device: torch.device, model: str, count: int, workers: int, 
     return result
 
 
+def network_step_seconds(device: torch.device, name: str, batch: int, warmup: int, steps: int) -> float | None:
+    """Seconds of one bf16-autocast (CUDA) training step of the network alone: forward, a stand-in loss on
+    its features, backward, SGD. None when this version's build_model does not know `name` (IResNet-50
+    comes with another change), so that the check still runs."""
+    size = (112, 112) if name.startswith("iresnet") else (112, 96)
+    try:
+        net = build_model(name, input_size=size)
+    except ValueError:
+        return None
+    net = net.to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            features = net(x)
+        loss = features.float().square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def split_gram_errors(device: torch.device, rows: int) -> dict:
+    """Relative errors against float64, on `rows` unit centers, of Eq. 6 and of its gradient through the
+    projection onto the sphere (what reaches the features), for exact float32 and for split-bf16 Gram
+    products (docs/DESIGN.md §4.6: both must stay within 1e-4)."""
+    from bench_uniform_loss import unit_centers
+    from uniformface.nn.losses import uniform_loss
+
+    centers = unit_centers(rows, 512, device)
+    results = {}
+    for name, dtype, precision in (("float64", torch.float64, "exact"), ("float32", torch.float32, "exact"),
+                                   ("split", torch.float32, "split-bf16")):
+        x = centers.to(dtype).clone().requires_grad_()
+        loss = uniform_loss(torch.nn.functional.normalize(x, dim=1), reduction="center", precision=precision)
+        loss.backward()
+        results[name] = (loss.detach().double(), x.grad.double())
+    loss, grad = results.pop("float64")
+    return {name: {"loss": float(abs(value - loss) / loss), "gradient": float((g - grad).norm() / grad.norm())}
+            for name, (value, g) in results.items()}
+
+
+def uniform_loss_rates(device: torch.device, classes: int, accuracy_rows: int, networks: list[str], batch: int,
+                       warmup: int, steps: int) -> dict:
+    """The uniform loss's step before and after issue 23 at `classes` unit centers, the split products'
+    errors, and the networks' bf16 steps to compare them with."""
+    from bench_uniform_loss import batch_classes, best_seconds, current_step, new_step, step_flops, unit_centers
+    from uniformface.nn.losses import split_products_run
+
+    centers = unit_centers(classes, 512, device)
+    u = batch_classes(classes)
+    current_step(centers)  # warm-up: cuBLAS handles, the split products' probe
+    new_step(centers, u)
+    repeats = 3 if device.type == "cuda" else 1
+    current_s, current_loss = best_seconds(lambda: current_step(centers), repeats, device)
+    new_s, new_loss = best_seconds(lambda: new_step(centers, u), repeats, device)
+    flops_current, flops_new = step_flops(classes, u)
+    native = device.type == "cuda" and split_products_run(device)
+    return {"classes": classes, "batch_classes": u, "current_s": current_s, "new_s": new_s,
+            "current_loss": current_loss, "new_loss": new_loss, "flops_current": flops_current,
+            "flops_new": flops_new, "split_on_tensor_cores": native,
+            "errors": split_gram_errors(device, accuracy_rows),
+            "networks": {name: network_step_seconds(device, name, batch, warmup, steps) for name in networks}}
+
+
+def uniform_loss_rows(u: dict, batch: int, amp_label: str) -> list[Row]:
+    """The summary's rows for `uniform_loss_rates`' result."""
+    m = f"{u['classes']} x 512"
+    new_what = "split-bf16 Gram" if u["split_on_tensor_cores"] else "exact Gram"
+    rows = [Row(what=f"uniform loss fwd+bwd {m}, before (exact, all rows' gradient)", value=u["current_s"],
+                unit="s", note=f"{u['flops_current'] / 1e12:.3g} TFLOP"),
+            Row(what=f"uniform loss fwd+bwd {m}, uniform_loss_of ({new_what})", value=u["new_s"], unit="s",
+                note=f"speed-up {u['current_s'] / u['new_s']:.2f}x; {u['flops_new'] / 1e12:.3g} TFLOP (gradient for "
+                     f"{u['batch_classes']} batch classes); loss differs by "
+                     f"{abs(u['new_loss'] - u['current_loss']) / u['current_loss']:.1e}")]
+    errors = u["errors"]
+    rows.append(Row(what="uniform loss split-bf16 gradient vs float64", value=errors["split"]["gradient"],
+                    unit="relative", note=f"loss {errors['split']['loss']:.1e}; exact float32: gradient "
+                                          f"{errors['float32']['gradient']:.1e}, loss {errors['float32']['loss']:.1e} "
+                                          "(must stay below 1e-4)"))
+    for name, seconds in u["networks"].items():
+        what = f"network step {name}, batch {batch}, {amp_label}"
+        if seconds is None:
+            rows.append(Row(what=what, value="skipped", unit="", note=f"build_model does not know {name!r}"))
+        else:
+            rows.append(Row(what=what, value=seconds, unit="s",
+                            note=f"the uniform loss's new step is {u['new_s'] / seconds:.2f}x this"))
+    return rows
+
+
 def run_tests(seconds: float) -> dict:
     """pytest -q over the suite, stopped after `seconds`; its closing counts."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "code"))
@@ -274,8 +382,9 @@ def hours_for(images_per_s: float, iterations: int = PAPER_ITERATIONS, batch: in
     return iterations * batch / images_per_s / 3600.0
 
 
+# seconds; compiling is last and longest: the other rows do not wait on it
 STAGE_CAPS = {"train": 90.0, "train_fp32": 60.0, "loader": 45.0, "mtcnn": 60.0, "extraction": 90.0,
-              "compile": 150.0}  # seconds; compiling is last and longest: the other rows do not wait on it
+              "uniform": 90.0, "compile": 150.0}
 
 
 def main(argv=None) -> dict:
@@ -298,6 +407,7 @@ def main(argv=None) -> dict:
     batch, classes = (8, 100) if q else (STEP_BATCH, CASIA_CLASSES)
     warmup, steps = (1, 2) if q else (5, 30)
     photos, lfw, loader_batches = (2, 32, 3) if q else (512, LFW_IMAGES, 30)
+    uniform_classes, accuracy_rows, network_batch = (600, 300, 2) if q else (MS1M_CLASSES, ACCURACY_CENTERS, STEP_BATCH)
     compile_ = not args.no_compile and not q
     amp_label = "bf16 autocast" if device.type == "cuda" else "fp32 (autocast is CUDA-only)"
     rows: list[dict] = []
@@ -323,7 +433,7 @@ def main(argv=None) -> dict:
         return f"{rate / bf16['images_per_s']:.2f}x {text}" if bf16 else f"(no {amp_label} row to compare)"
 
     train_what = f"train {name}, batch {batch}, {classes} classes, {amp_label}"
-    fp32 = compiled = rate = m = e = None
+    fp32 = compiled = rate = m = e = u = None
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         bf16 = stage("train", train_what, lambda: train_rate(device, args.model, batch, classes, warmup, steps, True,
@@ -366,6 +476,12 @@ def main(argv=None) -> dict:
             rows.append(Row(what=f"{what}, network alone", value=e["memory_s"], unit="s",
                             note=f"{2 * lfw / e['memory_s']:.0f} images/s (mirrors included), batches already on the device"))
 
+        what = f"uniform loss fwd+bwd {uniform_classes} x 512"
+        u = stage("uniform", what, lambda: uniform_loss_rates(device, uniform_classes, accuracy_rows,
+                                                              [args.model, "iresnet50"], network_batch, warmup, steps))
+        if u:
+            rows.extend(uniform_loss_rows(u, network_batch, amp_label))
+
         if compile_:
             what = f"train {name}, batch {batch}, {amp_label} + torch.compile"
 
@@ -394,7 +510,7 @@ def main(argv=None) -> dict:
     rows.append(Row(what="gpu_check total", value=time.perf_counter() - began, unit="s", note=f"budget {args.budget:.0f} s"))
     print(summary_table(rows))
     result = {"device": str(device), "quick": q, "rows": rows, "train": {"bf16": bf16, "fp32": fp32},
-              "loader_images_per_s": rate, "mtcnn": m, "extraction": e}
+              "loader_images_per_s": rate, "mtcnn": m, "extraction": e, "uniform_loss": u}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
     return result

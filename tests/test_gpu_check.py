@@ -27,6 +27,16 @@ def test_quick_run_on_cpu_fills_the_summary(tmp_path, capsys):
     ratio = result["mtcnn"]["images_per_s"] / result["mtcnn"]["facenet_images_per_s"]
     assert f"{ratio:.2f}x facenet's detect_face" in printed
     assert result["extraction"]["count"] == 32
+    # the uniform loss at the quick size: the step before issue 23, uniform_loss_of's, the split products' error,
+    # and the networks' steps beside them (IResNet-50 included when build_model knows it)
+    uniform = result["uniform_loss"]
+    assert uniform["classes"] == 600
+    assert abs(uniform["new_loss"] - uniform["current_loss"]) <= 1e-6 * uniform["current_loss"]
+    for start in ("uniform loss fwd+bwd 600 x 512, before", "uniform loss fwd+bwd 600 x 512, uniform_loss_of",
+                  "uniform loss split-bf16 gradient vs float64", "network step sphereface4, batch 2"):
+        assert any(w.startswith(start) for w in whats), start
+    assert 0 < uniform["errors"]["split"]["gradient"] < 1e-4 and uniform["errors"]["split"]["loss"] < 1e-6
+    assert set(uniform["networks"]) == {"sphereface4", "iresnet50"}
 
 
 def test_full_sizes_end_within_the_budget_with_stopped_rows(capsys):
@@ -51,3 +61,19 @@ def test_full_sizes_end_within_the_budget_with_stopped_rows(capsys):
     total = result["rows"][-1]
     assert total["what"] == "gpu_check total" and total["value"] < limit
     assert "stopped" in capsys.readouterr().out
+
+
+def test_a_network_this_version_does_not_know_gives_a_skipped_row():
+    """IResNet-50 comes with another change: without it the uniform-loss stage still reports, with a
+    "skipped" row that does not fail the check."""
+    import torch
+
+    assert gpu_check.network_step_seconds(torch.device("cpu"), "no_such_network", 2, 0, 1) is None
+    measured = {"classes": 600, "batch_classes": 345, "current_s": 2.0, "new_s": 1.0, "current_loss": 1.0,
+                "new_loss": 1.0, "flops_current": 1e9, "flops_new": 5e8, "split_on_tensor_cores": False,
+                "errors": {"split": {"loss": 1e-8, "gradient": 2e-6}, "float32": {"loss": 1e-8, "gradient": 2e-6}},
+                "networks": {"sphereface20": 0.5, "no_such_network": None}}
+    rows = gpu_check.uniform_loss_rows(measured, 256, "bf16 autocast")
+    assert rows[-1]["value"] == "skipped" and "no_such_network" in rows[-1]["note"]
+    assert rows[-2]["value"] == 0.5 and "2.00x this" in rows[-2]["note"]
+    assert rows[1]["note"].startswith("speed-up 2.00x")

@@ -31,6 +31,9 @@ def run_train(tree, logdir, nproc):
                    f"--master_port={free_port()}", str(ROOT / "code/train.py"), *args]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the collectives are PyTorch's current ones (torch.distributed.nn.functional.all_gather warned on every rank)
+    deprecated = [line for line in proc.stderr.splitlines() if "deprecated" in line and "torch.distributed" in line]
+    assert not deprecated, deprecated
     return torch.load(logdir / "r" / "checkpoint.pt", weights_only=True)
 
 

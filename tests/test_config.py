@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -262,3 +263,52 @@ def test_a_huge_value_of_the_wrong_type_is_shown_cut(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert len(str(err.value)) < 300 and "key 'milestones' expects list, got ['x', 'x'," in str(err.value)
+
+
+def write_tiny_bin(path, n_pairs=10, size=(112, 112), seed=0):
+    """An insightface `.bin` of `n_pairs` pairs of noise JPEGs (the layout is what matters here)."""
+    from conftest import write_bin
+
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(2 * n_pairs)]
+    write_bin(path, images, [k % 2 == 0 for k in range(n_pairs)])
+    return path
+
+
+def test_val_targets_are_bin_sets_of_distinct_names_named_when_missing(tmp_path):
+    """val_targets: none by default; each a `.bin` name whose stem (its val/<stem>) no other shares, checked
+    with the config; a file that is not there is named with its key by `check_evaluation_files`, before any
+    work, and so are the LFW folder and its pairs when eval_every evaluates them."""
+    from uniformface.base.config import check_evaluation_files
+
+    assert Config().val_targets == [] and load_config(ROOT / "code" / "config.yaml").val_targets == []
+    lfw = write_tiny_bin(tmp_path / "lfw.bin")
+    cfg = load_config(None, [f"val_targets=[{lfw}]", "eval_every=10", "dataset.test=null", "dataset.pairs=null"])
+    assert cfg.val_targets == [str(lfw)]
+    check_evaluation_files(cfg)
+    for listed, message in (([f"{tmp_path / 'cfp_fp.rec'}"], r"'.*cfp_fp\.rec' is not an insightface \.bin set"),
+                            ([str(lfw), f"{tmp_path / 'other' / 'lfw.bin'}"], r"share the set name 'lfw'")):
+        with pytest.raises(ConfigError, match=rf"key 'val_targets': .*{message}"):
+            load_config(None, [f"val_targets=[{', '.join(listed)}]"])
+    with pytest.raises(ConfigError, match="key 'val_targets' expects list"):
+        load_config(None, [f"val_targets={lfw}"])
+    for missing, why in ((tmp_path / "agedb_30.bin", f"no such file {tmp_path / 'agedb_30.bin'}"),
+                         (tmp_path / "folder.bin", f"{tmp_path / 'folder.bin'} is a folder, not a .bin file")):
+        if missing.name == "folder.bin":
+            missing.mkdir()
+        cfg = load_config(None, [f"val_targets=[{lfw}, {missing}]"])  # the config itself reads: no file opened
+        with pytest.raises(ConfigError, match=rf"^config: key 'val_targets': {why} "):
+            check_evaluation_files(cfg)
+    with pytest.raises(ConfigError, match=rf"key 'dataset.test': {tmp_path / 'lfw'} is not the aligned LFW folder"):
+        check_evaluation_files(load_config(None, ["eval_every=10", f"dataset.test={tmp_path / 'lfw'}"]))
+    check_evaluation_files(load_config(None, [f"dataset.test={tmp_path / 'lfw'}"]))  # eval_every 0: not read
+
+
+def test_the_lfw_folder_and_its_pairs_are_null_together_or_not_at_all():
+    cfg = load_config(None, ["dataset.test=null", "dataset.pairs=null"])
+    assert cfg.dataset.test is None and cfg.dataset.pairs is None
+    for given in ("test", "pairs"):
+        with pytest.raises(ConfigError, match=r"key 'dataset\.(test|pairs)' is null but 'dataset\.(test|pairs)' is "
+                                              "not: give the LFW folder and its pairs.txt together, or neither"):
+            load_config(None, [f"dataset.{given}=null"])
+

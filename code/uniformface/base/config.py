@@ -100,9 +100,11 @@ CASIA_IDENTITIES_IN_LFW = ["0166921", "1056413", "1193098"]
 
 @dataclass
 class DatasetConfig:
+    """`test` / `pairs`: the aligned LFW folder and its pairs.txt, evaluated every `eval_every` iterations
+    and by test.py; both null: no LFW folder (a run that validates on `val_targets`' lfw.bin instead)."""
     train: str = "data/processed/CASIA-WebFace"
-    test: str = "data/processed/lfw"
-    pairs: str = "data/pairs.txt"
+    test: str | None = "data/processed/lfw"
+    pairs: str | None = "data/pairs.txt"
     exclude_identities: list[str] = field(default_factory=lambda: list(CASIA_IDENTITIES_IN_LFW))
 
 
@@ -143,6 +145,9 @@ class Config:
     checkpoint_every: int = 1000
     log_every: int = 20
     eval_every: int = 0  # >0: LFW-protocol evaluation on dataset.test / dataset.pairs every N iterations
+    # insightface .bin sets (lfw.bin, cfp_fp.bin, agedb_30.bin, ...) evaluated every eval_every iterations with
+    # test.py --bin's protocol, each logged as val/<file stem> (arcface_torch's val_targets)
+    val_targets: list[str] = field(default_factory=list)
     min_images_per_class: int = 0
     flip: bool = True
     loss: LossConfig = field(default_factory=LossConfig)
@@ -255,7 +260,54 @@ def validate(cfg: Config, where: str = "config") -> Config:
     if cfg.beta > 1:
         raise ConfigError(f"{where}: key 'beta' (center update rate) must be in [0, 1], got {cfg.beta}")
     _validate_ranges(cfg, where)
+    _validate_evaluation_sets(cfg, where)
     return cfg
+
+
+def _validate_evaluation_sets(cfg: Config, where: str) -> None:
+    """`val_targets`: `.bin` names whose stems (the `val/<stem>` they are logged as) differ; the LFW folder
+    and its pairs named together or not at all. Whether the files exist is `check_evaluation_files`'s."""
+    for path in cfg.val_targets:
+        if Path(path).suffix != ".bin":
+            raise ConfigError(f"{where}: key 'val_targets': {path!r} is not an insightface .bin set (the name "
+                              "must end in .bin: lfw.bin, cfp_fp.bin, agedb_30.bin, ...)")
+    stems: dict[str, str] = {}
+    for path in cfg.val_targets:
+        stem = Path(path).stem
+        if stem in stems:
+            raise ConfigError(f"{where}: key 'val_targets': {stems[stem]} and {path} share the set name "
+                              f"{stem!r} (each is logged as val/<file name without .bin>); list each set once")
+        stems[stem] = path
+    if (cfg.dataset.test is None) != (cfg.dataset.pairs is None):
+        given, empty = ("test", "pairs") if cfg.dataset.pairs is None else ("pairs", "test")
+        raise ConfigError(f"{where}: key 'dataset.{empty}' is null but 'dataset.{given}' is not: give the LFW "
+                          "folder and its pairs.txt together, or neither")
+
+
+def evaluates_lfw_folder(cfg: Config) -> bool:
+    """Whether a run evaluates dataset.test / dataset.pairs while it trains."""
+    return cfg.eval_every > 0 and cfg.dataset.pairs is not None
+
+
+def check_evaluation_files(cfg: Config, where: str = "config") -> None:
+    """ConfigError naming the key and the path of the first file that the evaluations during training will
+    read and that is not there: each of `val_targets`, and with `eval_every` the LFW folder and its
+    pairs.txt. Checked before any work (a missing set would otherwise stop the run at its first evaluation,
+    eval_every iterations in); kept out of `validate` so that a run folder's config.yaml can be read where
+    its sets are not (a resume passes new paths with --set)."""
+    for path in cfg.val_targets:
+        if not Path(path).is_file():
+            what = f"{path} is a folder, not a .bin file" if Path(path).is_dir() else f"no such file {path}"
+            raise ConfigError(f"{where}: key 'val_targets': {what} (insightface's verification sets: lfw.bin, "
+                              "cfp_fp.bin, agedb_30.bin, ... of its dataset zoo)")
+    if evaluates_lfw_folder(cfg):
+        for key, path, kind in (("dataset.test", cfg.dataset.test, "the aligned LFW folder"),
+                                ("dataset.pairs", cfg.dataset.pairs, "LFW's pairs.txt")):
+            exists = Path(path).is_dir() if key == "dataset.test" else Path(path).is_file()
+            if not exists:
+                raise ConfigError(f"{where}: key '{key}': {path} is not {kind}, which eval_every={cfg.eval_every} "
+                                  "evaluates while training (set both dataset.test and dataset.pairs to null to "
+                                  "evaluate val_targets only, or eval_every=0)")
 
 
 def _float_keys(node: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -106,3 +106,17 @@ def test_hostile_results_and_settings_files_are_one_line_naming_the_file(tmp_pat
         assert proc.returncode == 1 and proc.stdout == "", proc.stderr
         one_line_error(proc.stderr, f"gather_results.py: error: {folder / name}:{line}: YAML alias *l0 refused")
     assert not output.exists()
+
+
+def test_a_run_still_training_is_listed_by_its_val_targets_figures(tmp_path, capsys):
+    """A run folder whose metrics.jsonl holds val/<set> figures and that test.py has not scored yet: listed
+    with its last figures beside a tested run (it was 'no results file', exit 1)."""
+    from test_report import write_validation
+
+    tested, _ = make_run(tmp_path / "a", 0.0, 0.0, [594] * 10, 0.15)
+    training = tmp_path / "b"
+    write_validation(training, {2000: {"lfw": 0.9, "cfp_fp": 0.8}, 4000: {"lfw": 0.9925, "cfp_fp": 0.875}})
+    assert load_script("gather_results").main([str(tested), str(training), "--names", "tested", "training"]) == 0
+    out = capsys.readouterr().out
+    assert table_rows(out, "- val_targets during training") == {"training": [4000, 99.25, 87.5]}
+    assert list(table_rows(out, "- LFW accuracy")) == ["tested"]

@@ -96,6 +96,46 @@ def test_the_curves_of_two_runs_read_back(tmp_path):
     assert [p.name for p in png.parent.iterdir()] == ["curves.png"]  # no temporary file left beside it
 
 
+def write_validated_run(folder, alpha, figures):
+    """A run whose evaluation lines hold val_targets accuracies: `figures` {iteration: {set: accuracy}}."""
+    lines = []
+    for i in (20, 40, 60, 80):
+        lines.append(json.dumps(training_record(i, alpha)))
+        if i in figures:
+            lines.append(json.dumps({"iteration": i, **{f"val/{name}": value for name, value in figures[i].items()}}))
+    return write_run(folder, alpha, text="".join(line + "\n" for line in lines))
+
+
+def test_each_val_targets_set_gets_a_panel_in_insightfaces_order(tmp_path):
+    """A run that logs val/<set> figures (and no LFW folder) draws one panel per set, after the fixed ones,
+    lfw, cfp_fp, agedb_30 first and other sets after them by name; a run that does not log a set has no
+    line in its panel; the evaluation lines are not mistaken for training lines."""
+    a = write_validated_run(tmp_path / "a", 0.0, {40: {"agedb_30": 0.6, "lfw": 0.7, "zz": 0.1},
+                                                  80: {"agedb_30": 0.8, "lfw": 0.9, "zz": 0.2}})
+    b = write_validated_run(tmp_path / "b", 1.0, {80: {"cfp_fp": 0.75}})
+    runs = load_runs([a, b])
+    assert runs[0].metrics.validation_sets() == ["lfw", "agedb_30", "zz"]
+    assert sorted(runs[0].metrics.training) == [20, 40, 60, 80] and sorted(runs[0].metrics.evaluation) == [40, 80]
+    drawn = panels(curves_figure(runs))
+    sets = ["lfw", "cfp_fp", "agedb_30", "zz"]
+    assert list(drawn) == TITLES + [f"{name}.bin accuracy during training (val/{name})" for name in sets]
+    x, y = drawn["lfw.bin accuracy during training (val/lfw)"]["alpha=0.0/beta=0.5"]
+    assert x.tolist() == [40, 80] and y.tolist() == [0.7, 0.9]
+    assert list(drawn["cfp_fp.bin accuracy during training (val/cfp_fp)"]) == ["alpha=1.0/beta=0.5"]
+    assert drawn["cfp_fp.bin accuracy during training (val/cfp_fp)"]["alpha=1.0/beta=0.5"][1].tolist() == [0.75]
+    # a val/ figure that is not a number is named like any other drawn key
+    bad = write_run(tmp_path / "bad", 1.0, text='{"iteration": 2, "val/lfw": "high"}\n')
+    with pytest.raises(ValueError, match=rf"^{bad / 'metrics.jsonl'}:1: 'val/lfw' is 'high', not a number$"):
+        load_runs([bad])
+
+
+def test_the_val_prefix_is_the_evaluators():
+    """plots.py stays torch-free, so it names the prefix itself; it must be the one the evaluators log."""
+    from uniformface.eval.during_training import VAL_PREFIX
+
+    assert plots.VAL_PREFIX == VAL_PREFIX == "val/"
+
+
 def test_six_panels_without_evaluation_and_a_missing_key_is_no_line(tmp_path):
     plain = write_run(tmp_path / "plain", 0.0)
     text = "".join(json.dumps({k: v for k, v in training_record(i, 1.0).items() if k != "lambda"}) + "\n"

@@ -9,6 +9,16 @@ from uniformface.tools.report import (bin_table, center_distance_table, fold_tab
                                       setting_names)
 
 
+def write_validation(folder, figures, training=(20, 40)):
+    """A metrics.jsonl as the trainer writes it: training lines, and at each iteration of `figures` an
+    evaluation line {"iteration": i, "val/<set>": accuracy, ...}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [{"iteration": i, "loss": 1.0, "accuracy": 0.5} for i in training]
+    lines += [{"iteration": i, **{f"val/{name}": value for name, value in sets.items()}} for i, sets in figures.items()]
+    lines.sort(key=lambda line: line["iteration"])
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
 def cells(line):
     return [c.strip() for c in line.strip("|").split("|")]
 
@@ -194,3 +204,42 @@ def test_a_hand_edited_alpha_that_is_not_a_number_names_the_row_as_written(tmp_p
     folder, _ = make_run(tmp_path / "r", 1.0, 0.5, [590] * 10)
     (folder / "config.yaml").write_text("alpha: high\nbeta: [0.5]\n")
     assert set(table_rows(gather_markdown([load_run(folder)]), "- LFW accuracy")) == {"alpha=high/beta=[0.5]"}
+
+
+def test_the_last_val_targets_figures_of_each_run_are_listed(tmp_path):
+    """gather_markdown lists the last val/<set> of each run (in insightface's order of sets) with its last
+    evaluation's iteration; a set last logged earlier says when; a run folder with such figures and no
+    results file yet is listed in that table alone; a resumed run's abandoned figures are not listed."""
+    tested, _ = make_run(tmp_path / "a", 1.0, 0.5, [590] * 10)
+    write_validation(tested, {2000: {"lfw": 0.9, "agedb_30": 0.7, "cfp_fp": 0.8},
+                              4000: {"lfw": 0.95, "agedb_30": 0.75}})
+    untested = tmp_path / "b"
+    write_validation(untested, {2000: {"lfw": 0.5}, 4000: {"lfw": 0.6125}})
+    (untested / "config.yaml").write_text(yaml.safe_dump({"alpha": 0.0, "beta": 0.5}))
+    with open(untested / "metrics.jsonl", "a") as log:  # resumed from 2000: the 4000 above was abandoned
+        log.write(json.dumps({"iteration": 2000, "val/lfw": 0.55}) + "\n")
+    runs = [load_run(tested), load_run(untested)]
+    assert runs[1].results == {} and runs[1].validation.sets == {"lfw": (0.55, 2000)}
+    markdown = gather_markdown(runs)
+    section = markdown[markdown.index("- val_targets during training"):].split("\n\n")[1].splitlines()
+    assert [cells(line) for line in section] == [
+        ["", "iteration", "lfw", "cfp_fp", "agedb_30"], ["-" * 18, "-" * 9, "-" * 8, "-" * 12, "-" * 8],
+        ["alpha=1.0/beta=0.5", "4000", "95.000", "80.000 @2000", "75.000"],
+        ["alpha=0.0/beta=0.5", "2000", "55.000", "-", "-"]]
+    assert list(table_rows(markdown, "- LFW accuracy")) == ["alpha=1.0/beta=0.5"]  # the untested run: no LFW row
+    assert "val_targets" not in gather_markdown([load_run(make_run(tmp_path / "c", 1.0, 0.1, [590] * 10)[0])])
+
+
+def test_a_damaged_metrics_file_beside_the_results_names_its_line(tmp_path):
+    folder, _ = make_run(tmp_path / "a", 1.0, 0.5, [590] * 10)
+    (folder / "metrics.jsonl").write_text('{"iteration": 20, "loss": 1}\n{"iteration": 40, "val/lfw": [0.9]}\n')
+    with pytest.raises(ValueError, match=rf"^{folder / 'metrics.jsonl'}:2: 'val/lfw' is \[0.9\], not a number$"):
+        load_run(folder)
+    (folder / "metrics.jsonl").write_text('{"iteration": 20, "loss": 1}\n{"iteration": 40, "val/lfw": 99.5}\n')
+    with pytest.raises(ValueError, match=rf"^{folder / 'metrics.jsonl'}: 'val/lfw' at iteration 40 is 99.5, not an "
+                                         r"accuracy \(a fraction in \[0, 1\]\)"):
+        load_run(folder)
+    empty = tmp_path / "empty"
+    write_validation(empty, {})  # training lines only: no val figures, no results: nothing to list
+    with pytest.raises(FileNotFoundError, match=f"{empty / 'lfw_results.json'}: no results file"):
+        load_run(empty)

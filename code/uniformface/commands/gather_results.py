@@ -5,8 +5,10 @@
 Each argument is a run folder (holding lfw_results.json and train.py's config.yaml) or a results file.
 Rows are named `alpha=<alpha>/beta=<beta>` from each run's config.yaml (runs sharing those get the
 settings they differ in appended), or by --names. Prints (and with --output writes) the per-fold LFW
-accuracy table, the mean minimum class-center distance table, and the .bin set accuracies if any. An
-existing --output file is not replaced without --overwrite.
+accuracy table, the mean minimum class-center distance table, the .bin set accuracies if any, and the
+last accuracy each run logged on its val_targets sets while it trained (metrics.jsonl's val/<set>; a run
+folder with those and no results file yet is listed in that table alone). An existing --output file is
+not replaced without --overwrite.
 """
 from __future__ import annotations
 

@@ -4,12 +4,13 @@
 
 Each argument is a run folder (or its metrics.jsonl). One panel each for the training accuracy, the
 cross-entropy, the uniform loss, A-Softmax's lambda, the learning rate, the mean nearest-center angle and,
-when a run logs it (eval_every), the LFW accuracy during training; one line per run, named as the result
-tables name its row (`alpha=1.0/beta=0.5`, from the run's config.yaml) unless --names. --window averages
-the batch statistics (accuracy, cross-entropy, uniform loss) over that many logged points. A run still
-training, or resumed, draws as it stands: an incomplete last line is left out, and the records a resume
-went back over are replaced by the resumed ones. The PNG is written atomically; an existing file is not
-replaced without --overwrite. A metrics file that cannot be read is an error naming it (and its line).
+when a run logs them (eval_every), the LFW accuracy during training and that of each val_targets `.bin` set
+(`val/<set>`, one panel a set); one line per run, named as the result tables name its row
+(`alpha=1.0/beta=0.5`, from the run's config.yaml) unless --names. --window averages the batch statistics
+(accuracy, cross-entropy, uniform loss) over that many logged points. A run still training, or resumed,
+draws as it stands: an incomplete last line is left out, and the records a resume went back over are
+replaced by the resumed ones. The PNG is written atomically; an existing file is not replaced without
+--overwrite. A metrics file that cannot be read is an error naming it (and its line).
 """
 from __future__ import annotations
 

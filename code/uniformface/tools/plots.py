@@ -20,21 +20,28 @@ import numpy as np
 
 from ..base.atomic import atomic_write_bytes
 from ..base.config import history_lines
-from .report import Run, read_run_settings, setting_names
+from .report import Run, read_run_settings, set_order, setting_names
 from ..eval.protocols import figure_png_bytes, l2_normalize, new_figure
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"  # the trainer's log of a run folder (trainer.METRICS_FILE)
 EVALUATION_KEY = "lfw_accuracy"  # the key that marks an evaluation line (eval_every) of metrics.jsonl
+# so does any key of this prefix: a `.bin` set of val_targets (eval.during_training.VAL_PREFIX; no torch here)
+VAL_PREFIX = "val/"
+
+
+def is_evaluation_key(key: str) -> bool:
+    """A key of an evaluation line: the LFW folder's accuracy (and its std), or a val_targets set's."""
+    return key in (EVALUATION_KEY, "lfw_accuracy_std") or key.startswith(VAL_PREFIX)
 
 
 # ----------------------------------------------------------------------------------------- metrics.jsonl
 
 @dataclass
 class Metrics:
-    """One run's metrics.jsonl: training lines and evaluation lines (those holding `lfw_accuracy`), each
-    kind by iteration, in iteration order."""
+    """One run's metrics.jsonl: training lines and evaluation lines (those holding `lfw_accuracy` or a
+    `val/<set>` accuracy), each kind by iteration, in iteration order."""
     path: Path
     training: dict[int, dict] = field(default_factory=dict)
     evaluation: dict[int, dict] = field(default_factory=dict)
@@ -54,8 +61,13 @@ class Metrics:
         values = np.array([math.nan if v is None else v for _, v in points], dtype=np.float64)
         return iterations, values
 
+    def validation_sets(self) -> list[str]:
+        """The names of the `.bin` sets (val_targets) the run logs, in insightface's order of its sets."""
+        return set_order({key[len(VAL_PREFIX):] for record in self.evaluation.values() for key in record
+                          if key.startswith(VAL_PREFIX)})
+
     def _records(self, key: str) -> dict[int, dict]:
-        return self.evaluation if key == EVALUATION_KEY or key == "lfw_accuracy_std" else self.training
+        return self.evaluation if is_evaluation_key(key) else self.training
 
 
 # The trainer computes in float32: no value it logs lies beyond float32's range (a loss that reached it
@@ -107,7 +119,7 @@ def read_metrics(path: str | Path) -> Metrics:
                          "while it did); drawn without it", path, number)
                 break
             raise ValueError(f"{path}:{number}: {exc}") from None
-        name = "evaluation" if EVALUATION_KEY in record else "training"
+        name = "evaluation" if any(is_evaluation_key(key) for key in record) else "training"
         kind, iteration = getattr(metrics, name), record["iteration"]
         if iteration <= latest[name]:
             for stale in [i for i in kind if i >= iteration]:
@@ -129,11 +141,12 @@ def _parse_record(line: str) -> dict:
     if not isinstance(iteration, int) or isinstance(iteration, bool) or not 0 <= iteration <= LARGEST_ITERATION:
         raise ValueError(f"'iteration' is {_shown(iteration)}, not an iteration number"
                          + (" (beyond int64)" if isinstance(iteration, int) and iteration > 0 else ""))
-    for panel in PANELS:  # the keys drawn; others are carried along unread (a later trainer may add some)
-        value = record.get(panel.key)
+    # the keys drawn; others are carried along unread (a later trainer may add some)
+    for key in [panel.key for panel in PANELS] + [key for key in record if key.startswith(VAL_PREFIX)]:
+        value = record.get(key)
         if not _is_number(value):
             beyond = isinstance(value, (int, float)) and not isinstance(value, bool)
-            raise ValueError(f"'{panel.key}' is {_shown(value)}, not a number"
+            raise ValueError(f"'{key}' is {_shown(value)}, not a number"
                              + (f" a run logs (beyond float32's range, {LARGEST_VALUE:.3g})" if beyond else ""))
     return record
 
@@ -156,7 +169,8 @@ class Panel:
 
 # What a researcher reads a run by: how well it fits, the two terms of its loss, the A-Softmax lambda and
 # learning-rate schedules it ran, and the spread of its class centers (the quantity the uniform loss acts
-# on, docs/DESIGN.md §4.8); the LFW accuracy during training when eval_every logs it.
+# on, docs/DESIGN.md §4.8); the LFW accuracy during training when eval_every logs it, and after it one
+# panel per val_targets set that a run logs (`validation_panel`).
 PANELS = (
     Panel("accuracy", "training accuracy", smoothed=True),
     Panel("cross_entropy", "cross-entropy", smoothed=True),
@@ -166,6 +180,11 @@ PANELS = (
     Panel("mean_min_center_angle", "mean nearest-center angle (°)"),
     Panel(EVALUATION_KEY, "LFW accuracy during training", optional=True),
 )
+
+
+def validation_panel(name: str) -> Panel:
+    """The panel of a `.bin` set of val_targets: its accuracy during training, key val/<name>."""
+    return Panel(VAL_PREFIX + name, f"{name}.bin accuracy during training ({VAL_PREFIX}{name})", optional=True)
 
 
 @dataclass
@@ -232,8 +251,8 @@ def wrap_label(label: str, width: int = 110) -> str:
 
 
 def curves_figure(runs: Sequence[RunCurves], window: int = 1, title: str | None = None):
-    """One panel per PANELS entry (the optional ones when some run logs them), one line per run that logs
-    the panel's key, labelled with the run's label; the batch statistics averaged over `window` logged
+    """One panel per PANELS entry (the optional ones when some run logs them) and per val_targets set some
+    run logs, one line per run that logs the panel's key, labelled with the run's label; the batch statistics averaged over `window` logged
     points. Returns the matplotlib Figure; its axes are the panels drawn, in PANELS order."""
     from matplotlib.lines import Line2D
 
@@ -245,6 +264,8 @@ def curves_figure(runs: Sequence[RunCurves], window: int = 1, title: str | None 
     if window < 1:
         raise ValueError(f"moving-average window must be at least 1, got {window}")
     panels = [p for p in PANELS if not p.optional or any(r.metrics.has(p.key) for r in runs)]
+    logged_sets = set_order(name for run in runs for name in run.metrics.validation_sets())
+    panels += [validation_panel(name) for name in logged_sets]
     columns = 3 if len(panels) <= 6 else 4
     rows = math.ceil(len(panels) / columns)
     figure = new_figure(4.2 * columns, 3.1 * rows + 0.5 + 0.25 * math.ceil(len(runs) / 3))

@@ -1,6 +1,7 @@
 """Result tables in the earlier port's README format (ka-tsu-mo/pytorch-uniformface: per-fold LFW accuracy
 in percent with 3 decimals; mean minimum class-center distance with 4), and the gathering of several
-runs' `lfw_results.json` into them."""
+runs' `lfw_results.json` into them, with the last accuracies each run logged on its val_targets `.bin`
+sets while it trained (`metrics.jsonl`)."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,12 @@ from ..eval.results import RESULTS_FILE
 
 # insightface's usual order of its verification sets; others follow alphabetically.
 BIN_SET_ORDER = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
+
+
+def set_order(names) -> list[str]:
+    """`.bin` set names in BIN_SET_ORDER, the others after them alphabetically."""
+    names = set(names)
+    return [n for n in BIN_SET_ORDER if n in names] + sorted(names - set(BIN_SET_ORDER))
 
 
 def fold_table(rows: Sequence[tuple[str, dict]]) -> str:
@@ -80,10 +87,32 @@ def bin_table(rows: Sequence[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def validation_table(rows: Sequence[tuple[str, Validation]]) -> str:
+    """Runs x val_targets sets: the last accuracy (%) each run logged while it trained, and the iteration of
+    its last evaluation; a set whose last figure is older than that says from which iteration (`@N`), '-'
+    where a run never logged the set."""
+    columns = set_order(s for _, v in rows for s in v.sets)
+    width = max([18] + [len(name) for name, _ in rows])
+    cells = [[_validation_cell(v, c) for c in columns] for _, v in rows]
+    widths = [max([8, len(c)] + [len(row[k]) for row in cells]) for k, c in enumerate(columns)]
+    lines = [f"| {'':<{width}} | iteration | " + " | ".join(f"{c:^{w}}" for c, w in zip(columns, widths)) + " |",
+             f"| {'-' * width} | --------- | " + " | ".join("-" * w for w in widths) + " |"]
+    for (name, v), row in zip(rows, cells):
+        lines.append(f"| {name:<{width}} | {v.iteration:>9} | " + " | ".join(f"{c:^{w}}" for c, w in zip(row, widths))
+                     + " |")
+    return "\n".join(lines)
+
+
+def _validation_cell(validation: Validation, name: str) -> str:
+    if name not in validation.sets:
+        return "-"
+    value, iteration = validation.sets[name]
+    return f"{100 * value:.3f}" + ("" if iteration == validation.iteration else f" @{iteration}")
+
+
 def bin_accuracy_table(rows: Sequence[tuple[str, dict]]) -> str:
     """Runs x `.bin` sets: mean 10-fold accuracy (%), '-' where a run has no result for a set."""
-    names = {s for _, sets in rows for s in sets}
-    columns = [s for s in BIN_SET_ORDER if s in names] + sorted(names - set(BIN_SET_ORDER))
+    columns = set_order(s for _, sets in rows for s in sets)
     width = max([18] + [len(name) for name, _ in rows])
     widths = [max(8, len(c)) for c in columns]
     lines = [f"| {'':<{width}} | " + " | ".join(f"{c:^{w}}" for c, w in zip(columns, widths)) + " |",
@@ -98,12 +127,21 @@ def bin_accuracy_table(rows: Sequence[tuple[str, dict]]) -> str:
 # --------------------------------------------------------------------------------------------- gathering
 
 @dataclass
+class Validation:
+    """What a run logged on its val_targets sets while it trained: by set name, the last accuracy (a
+    fraction) and the iteration it was logged at; `iteration`: the run's last evaluation of any set."""
+    iteration: int
+    sets: dict[str, tuple[float, int]]
+
+
+@dataclass
 class Run:
     folder: Path            # the run's folder (where lfw_results.json and config.yaml are)
     results: dict
     config: dict | None     # the run's config.yaml (the settings in force at its end), None when absent
     history: list[dict] = field(default_factory=list)  # settings changed on resume (config.HISTORY_FILE)
     results_path: Path | None = None  # the results file read (None: the folder's RESULTS_FILE)
+    validation: Validation | None = None  # from the folder's metrics.jsonl, when the run logged val_targets
 
     @property
     def source(self) -> Path:
@@ -111,11 +149,19 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """A run folder (holding lfw_results.json, and config.yaml as train.py writes it) or a results file.
-    A run resumed with changed settings is read with those in force at its end (train.py rewrites
-    config.yaml) and the history of the changes."""
+    """A run folder (holding lfw_results.json, and config.yaml as train.py writes it) or a results file,
+    with the val_targets accuracies logged in the folder's metrics.jsonl (a run folder that has those and
+    no results file yet is read for them alone). A run resumed with changed settings is read with those in
+    force at its end (train.py rewrites config.yaml) and the history of the changes."""
     path = Path(path)
     results_path = path if path.suffix == ".json" else path / RESULTS_FILE
+    validation = last_validation(results_path.parent)
+    if not results_path.is_file() and validation is not None and path.suffix != ".json":
+        try:
+            config, history = read_run_settings(path)
+        except ValueError as exc:
+            raise ValueError(f"{exc}; fix it, or pass the results file itself") from None
+        return Run(path, {}, config, history, results_path, validation)
     if not results_path.is_file():
         raise FileNotFoundError(f"{results_path}: no results file (run test.py --model_path on the run's weights)")
     try:
@@ -129,7 +175,31 @@ def load_run(path: str | Path) -> Run:
         config, history = read_run_settings(results_path.parent)
     except ValueError as exc:
         raise ValueError(f"{exc}; fix it, or pass the results file itself") from None
-    return Run(results_path.parent, results, config, history, results_path)
+    return Run(results_path.parent, results, config, history, results_path, validation)
+
+
+def last_validation(folder: Path) -> Validation | None:
+    """The last figure of each val_targets set in `folder`'s metrics.jsonl (read as plot_runs reads it: a
+    resumed run's abandoned records and a last line being written are left out), or None when the folder
+    has no such figure. A damaged line, or a figure that is not an accuracy, is a ValueError naming the file
+    (and the line, or the key and iteration)."""
+    from .plots import METRICS_FILE, VAL_PREFIX, read_metrics  # plots draws with this module's names
+
+    path = folder / METRICS_FILE
+    if not path.is_file():
+        return None
+    sets: dict[str, tuple[float, int]] = {}
+    for iteration, record in sorted(read_metrics(path).evaluation.items()):
+        for key, value in record.items():
+            if not key.startswith(VAL_PREFIX) or value is None or math.isnan(value):
+                continue  # a gap: no figure at this evaluation
+            if not 0 <= value <= 1:
+                raise ValueError(f"{path}: '{key}' at iteration {iteration} is {_shown(value)}, not an accuracy "
+                                 "(a fraction in [0, 1]) as train.py logs it")
+            sets[key[len(VAL_PREFIX):]] = (float(value), iteration)
+    if not sets:
+        return None
+    return Validation(max(iteration for _, iteration in sets.values()), sets)
 
 
 def check_result_numbers(results: dict, path: Path) -> None:
@@ -218,7 +288,8 @@ def setting_names(runs: Sequence[Run]) -> list[str]:
 
 def gather_markdown(runs: Sequence[Run], names: Sequence[str] | None = None) -> str:
     """The earlier port's README result section for these runs: the per-fold LFW table, the mean minimum
-    center distance table (runs that report one), and `.bin` set accuracies when any run has them."""
+    center distance table (runs that report one), `.bin` set accuracies when any run has them (test.py's),
+    and the last val_targets accuracies logged during training when any run has those."""
     names = list(names) if names is not None else setting_names(runs)
     if len(names) != len(runs):
         raise ValueError(f"{len(names)} names for {len(runs)} runs")
@@ -227,7 +298,7 @@ def gather_markdown(runs: Sequence[Run], names: Sequence[str] | None = None) -> 
         has_lfw = "fold_accuracies" in run.results or "accuracy_mean" in run.results
         if has_lfw and not ("fold_accuracies" in run.results and "accuracy_mean" in run.results):
             raise ValueError(f"{run.source}: needs both 'accuracy_mean' and 'fold_accuracies'")
-        if not has_lfw and not run.results.get("bin"):
+        if not has_lfw and not run.results.get("bin") and run.validation is None:
             raise ValueError(f"{run.source}: holds neither LFW results ('fold_accuracies') nor .bin results ('bin')")
     lfw = [(name, run) for name, run in zip(names, runs) if "fold_accuracies" in run.results]
     if lfw:
@@ -245,6 +316,10 @@ def gather_markdown(runs: Sequence[Run], names: Sequence[str] | None = None) -> 
     if bins:
         sections.append("- insightface .bin sets, accuracy (10-fold, insightface protocol)\n\n"
                         + bin_accuracy_table(bins))
+    validated = [(name, run.validation) for name, run in zip(names, runs) if run.validation is not None]
+    if validated:
+        sections.append("- val_targets during training, last accuracy logged (%, 10-fold, insightface protocol; "
+                        "metrics.jsonl's val/<set>)\n\n" + validation_table(validated))
     changed = [(name, run.history) for name, run in zip(names, runs) if run.history]
     if changed:
         sections.append("- settings changed when resumed (the rows show those in force at the end)\n\n"

@@ -312,3 +312,64 @@ def test_the_lfw_folder_and_its_pairs_are_null_together_or_not_at_all():
                                               "not: give the LFW folder and its pairs.txt together, or neither"):
             load_config(None, [f"dataset.{given}=null"])
 
+
+PAPER = ROOT / "code" / "configs" / "paper.yaml"
+
+
+def test_the_papers_own_setting_holds_its_numbers():
+    """code/configs/paper.yaml: faces_emore at 112x112, the paper's network and schedule, the batch the
+    paper's 4 GPUs x 128 make, LFW / CFP-FP / AgeDB-30 checked every 2,000 iterations, the rest as
+    code/config.yaml."""
+    cfg, default = load_config(PAPER), load_config(ROOT / "code" / "config.yaml")
+    assert cfg.dataset.train == "data/faces_emore/train.rec" and cfg.dataset.exclude_identities == []
+    assert (cfg.model_name, cfg.emb_dim, cfg.input_size) == ("uniformface", 512, [112, 112])
+    assert (cfg.lr, cfg.lr_gamma, cfg.milestones, cfg.max_iters) == (0.1, 0.1, [16000, 24000], 28000)
+    assert cfg.batch_size == 4 * 128
+    assert [Path(p).stem for p in cfg.val_targets] == ["lfw", "cfp_fp", "agedb_30"]
+    assert {Path(p).parent for p in cfg.val_targets} == {Path("data/faces_emore")}
+    assert cfg.eval_every == 2000 and cfg.dataset.test is None and cfg.dataset.pairs is None
+    for key in ("momentum", "weight_decay", "loss", "alpha", "beta", "compute_in_batch", "center_mode",
+                "normalize_centers", "uniform_reduction", "regularface", "flip", "amp", "min_images_per_class"):
+        assert getattr(cfg, key) == getattr(default, key), key
+
+
+@pytest.mark.slow
+def test_the_papers_own_setting_builds_every_object_on_a_synthetic_faces_emore(tmp_path):
+    """paper.yaml with its paths set by --set to a RecordIO of faces_emore's layout (train.rec + train.idx,
+    header and identity records, 112x112 JPEGs) and three tiny .bin sets: the trainer builds its training
+    set, network, head, centers and solver, a batch goes through the network and the head, and the
+    evaluators decode the three sets at the network's size."""
+    import torch
+
+    from uniformface.base.images import encode_image
+    from uniformface.data import write_record_file
+    from uniformface.eval.during_training import training_evaluators
+    from uniformface.nn.centers import ClassCenters
+    from uniformface.nn.heads import ASoftmax
+    from uniformface.nn.models import normalize_pixels
+    from uniformface.train.trainer import Trainer
+
+    emore = tmp_path / "faces_emore"
+    emore.mkdir()
+    rng = np.random.default_rng(0)
+    samples = [(encode_image(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8), "JPEG", 90), float(c))
+               for c in range(4) for _ in range(3)]
+    write_record_file(emore / "train.rec", emore / "train.idx", samples)
+    bins = [write_tiny_bin(emore / f"{name}.bin", seed=k) for k, name in enumerate(("lfw", "cfp_fp", "agedb_30"))]
+    cfg = load_config(PAPER, [f"dataset.train={emore / 'train.rec'}", f"val_targets=[{', '.join(map(str, bins))}]",
+                              "num_workers=0", "device=cpu"])
+    evaluators = training_evaluators(cfg)
+    assert [e.name for e in evaluators] == ["lfw", "cfp_fp", "agedb_30"]
+    assert all(e.images.shape == (20, 3, 112, 112) for e in evaluators)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    try:
+        assert trainer.dataset.num_classes == 4 and len(trainer.dataset) == 12
+        # the Fig. 3 net: DESIGN §2.3's 28,972,736 parameters at 112x96, plus fc5's 7 more input columns at 112x112
+        assert sum(p.numel() for p in trainer.model.backbone.parameters()) == 28_972_736 + 7 * 512 * 512
+        assert isinstance(trainer.model.head, ASoftmax) and trainer.model.head.weight.shape == (4, 512)
+        assert isinstance(trainer.centers, ClassCenters) and trainer.optimizer.param_groups[0]["lr"] == 0.1
+        images, labels = zip(*(trainer.dataset[i] for i in (0, 5)))
+        features, logits = trainer.model(normalize_pixels(torch.stack(images).float()), torch.tensor(labels))
+        assert features.shape == (2, 512) and logits.shape == (2, 4)
+    finally:
+        trainer.close()

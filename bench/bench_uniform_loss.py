@@ -162,7 +162,7 @@ def main() -> None:
     device = torch.device(args.device)
     threads = f"{torch.get_num_threads()} threads" if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"uniform loss (Eq. 6, per-center reduction) forward+backward, d = {DIM}, unit float32 centers on {device} "
-          f"({threads}); U = classes of a {BATCH_IMAGES}-image batch")
+          f"({threads}; load average {os.getloadavg()[0]:.1f}); U = classes of a {BATCH_IMAGES}-image batch")
     shard = f"{args.shard_ranks} gloo ranks" if args.shard_ranks else "sharded"
     print(f"{'M':>8} {'U':>5} | {'GFLOP current':>13} {'new':>7} | {'current s':>9} {'new s':>7} {'speed-up':>8} | "
           f"{shard + ' s':>15} {'loss check':>10}")
@@ -181,7 +181,8 @@ def main() -> None:
             check += f", {abs(shard_loss - current_loss) / current_loss:.0e}"
         print(f"{m:>8,} {u:>5} | {flops_current / 1e9:>13.0f} {flops_new / 1e9:>7.0f} | {current_s:>9.2f} "
               f"{new_s:>7.2f} {current_s / new_s:>7.2f}x | {sharded:>15} {check:>10}", flush=True)
-    print("(loss check: relative difference of the new loss, then of the sharded one, from the current)")
+    print("(loss check: relative difference of the new loss, then of the sharded one, from the current; "
+          f"load average now {os.getloadavg()[0]:.1f})")
 
     if args.memory_rows:
         print(f"peak extra memory, {args.memory_rows} x {DIM} new step in a subprocess ...", flush=True)

@@ -17,8 +17,8 @@ Measures, in this order:
 - LFW-size feature extraction: 13,233 images of 112x96 and their mirrors through SphereFace-20 (fp32, as
   test.py runs it), from JPEG files through the DataLoader and the network alone; on CUDA the agreement of the
   features with the CPU's;
-- the uniform loss (Eq. 6) at the paper's 85,742 classes (MS1M-refined), forward + backward: the step before
-  issue 23 (exact float32, every center's gradient) against `ClassCenters.uniform_loss_of`'s (split-bf16
+- the uniform loss (Eq. 6) at the paper's 85,742 classes (MS1M-refined), forward + backward: the plain step
+  (exact float32, every center's gradient) against `ClassCenters.uniform_loss_of`'s (split-bf16
   Gram products on CUDA, the batch's classes' gradient only), the split products' error against float64 on
   8,192 unit centers, and beside them the bf16 step (forward, backward, SGD) of the network alone for
   SphereFace-20 and IResNet-50 at batch 256 (a model name this version does not know gives a "skipped" row);
@@ -307,7 +307,7 @@ def split_gram_errors(device: torch.device, rows: int) -> dict:
 
 def uniform_loss_rates(device: torch.device, classes: int, accuracy_rows: int, networks: list[str], batch: int,
                        warmup: int, steps: int) -> dict:
-    """The uniform loss's step before and after issue 23 at `classes` unit centers, the split products'
+    """The uniform loss's plain step and `uniform_loss_of`'s at `classes` unit centers, the split products'
     errors, and the networks' bf16 steps to compare them with."""
     from bench_uniform_loss import batch_classes, best_seconds, current_step, new_step, step_flops, unit_centers
     from uniformface.nn.losses import split_products_run

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One short check on a GPU machine (one H100/H200): bf16 training images/s of SphereFace-20, the training
 # loader, batched MTCNN, LFW-size feature extraction (each checked against the CPU where it matters), the
-# uniform loss at 85,742 classes before and after issue 23 (split-bf16 products checked against float64)
+# uniform loss at 85,742 classes, the plain step and uniform_loss_of's (split-bf16 products checked
+# against float64)
 # beside SphereFace-20's and IResNet-50's bf16 step (a "skipped" row where build_model lacks iresnet50), then
 # the test suite (at least --test_reserve 150 s of the budget); one summary table at the end. Each stage
 # runs under a deadline, so the whole check ends within --budget (450 s) plus start-up: under 8 minutes.

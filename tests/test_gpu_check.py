@@ -27,7 +27,7 @@ def test_quick_run_on_cpu_fills_the_summary(tmp_path, capsys):
     ratio = result["mtcnn"]["images_per_s"] / result["mtcnn"]["facenet_images_per_s"]
     assert f"{ratio:.2f}x facenet's detect_face" in printed
     assert result["extraction"]["count"] == 32
-    # the uniform loss at the quick size: the step before issue 23, uniform_loss_of's, the split products' error,
+    # the uniform loss at the quick size: the plain step, uniform_loss_of's, the split products' error,
     # and the networks' steps beside them (IResNet-50 included when build_model knows it)
     uniform = result["uniform_loss"]
     assert uniform["classes"] == 600

@@ -172,8 +172,6 @@ LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
 TORCH_AT_IMPORT = {"base/distributed.py"}  # torch.distributed's helpers: torch is what they are about
 PACKAGE = ROOT / "code" / "uniformface"
 MAX_TOP_MODULES = 12
-# Imports that still run upward, each to be removed: the trainer evaluates LFW during training itself.
-KNOWN_UPWARD = {("train/trainer.py", "eval")}
 
 
 def _top_name(path: Path) -> str:
@@ -225,8 +223,6 @@ def test_no_module_imports_from_a_layer_above_its_own_or_across_train_and_align(
         own = _top_name(path)
         for name, line, _ in _imports(path):
             if name not in LAYER_OF or own not in LAYER_OF or name == own:
-                continue
-            if (path.relative_to(PACKAGE).as_posix(), name) in KNOWN_UPWARD:
                 continue
             if LAYER_OF[name] >= LAYER_OF[own] and own != "__init__":
                 wrong.append(f"{path.relative_to(ROOT)}:{line} ({own}, layer {LAYER_OF[own]}) imports {name} "

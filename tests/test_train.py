@@ -145,6 +145,31 @@ def test_images_of_another_size_are_named_and_skipped(tmp_path, small_tree, caps
     assert lines[-1]["broken_images"] == 2  # 2 epochs of 8 images: met twice, skipped twice
 
 
+def test_lfw_evaluation_during_training_is_logged(tmp_path, small_tree, lfw_tree):
+    """With eval_every, train.py evaluates the LFW protocol on dataset.test / dataset.pairs while it trains:
+    metrics.jsonl and TensorBoard get the accuracy, the last one that of the final weights."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from uniformface.eval.evaluate import evaluate_pairs
+    from uniformface.eval.trained_network import load_backbone
+
+    root, pairs = lfw_tree
+    run = tmp_path / "log" / "run"
+    assert train_cli.main(cli_args(small_tree, tmp_path / "log", "eval_every=1", f"dataset.test={root}",
+                                   f"dataset.pairs={pairs}")) == 0
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [l for l in lines if "lfw_accuracy" in l]
+    assert [sorted(l) for l in evals] == [["iteration", "lfw_accuracy", "lfw_accuracy_std"]] * 2
+    assert [l["iteration"] for l in evals] == [1, 2] and all(0 <= l["lfw_accuracy"] <= 1 for l in evals)
+    backbone = load_backbone(run / "sphereface4_8.pt")[0]
+    final = evaluate_pairs(backbone, root, pairs, num_workers=0, progress=False)
+    assert (evals[-1]["lfw_accuracy"], evals[-1]["lfw_accuracy_std"]) == (final["accuracy_mean"], final["accuracy_std"])
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("lfw/accuracy")] == \
+           [(l["iteration"], pytest.approx(l["lfw_accuracy"], rel=1e-6)) for l in evals]
+
+
 def run_script(args, timeout=120, **env):
     """code/train.py as a subprocess (for what must not hang, or needs its own environment)."""
     started = time.perf_counter()

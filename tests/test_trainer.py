@@ -1,6 +1,8 @@
-"""trainer.py: the learning-rate schedule, the run folder, bit-identical resume, the checks made when the
-training set is opened, the centers' stability, and a steady-state step that reads nothing back from the
-device. train.py's own tests (its faults in training, resume from the command line) are in test_train.py."""
+"""trainer.py: the run folder, bit-identical resume, the images skipped while training, evaluations during
+training (callbacks), the centers' stability, a loop that reads nothing back from the device between log
+points, and two ranks. Its parts have their own tests (test_build.py, test_step.py, test_checkpoint.py,
+test_divergence.py, test_metrics.py, test_training_set.py); train.py's own tests (its faults in training,
+resume from the command line) are in test_train.py."""
 import itertools
 import json
 import math
@@ -12,7 +14,7 @@ import pytest
 import torch
 
 from uniformface.base.config import load_config
-from uniformface.train.trainer import Trainer, learning_rate, train
+from uniformface.train.trainer import Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,14 +25,6 @@ def tiny_config(train_dir, **extra):
                  "log_every=2", "milestones=[4]", "warmup_iters=2", "lr=0.05", "device=cpu", "deterministic=true"]
     overrides += [f"{k}={v}" for k, v in extra.items()]
     return load_config(ROOT / "code" / "configs" / "toy.yaml", overrides)
-
-
-def test_learning_rate_schedule_warmup_and_steps():
-    cfg = load_config(None, ["lr=0.1", "milestones=[16000, 24000]", "warmup_iters=0"])
-    assert learning_rate(cfg, 0) == 0.1 and learning_rate(cfg, 15999) == 0.1
-    assert math.isclose(learning_rate(cfg, 16000), 0.01) and math.isclose(learning_rate(cfg, 24000), 0.001)
-    cfg = load_config(None, ["warmup_iters=10"])
-    assert math.isclose(learning_rate(cfg, 0), 0.01) and math.isclose(learning_rate(cfg, 9), 0.1)
 
 
 def test_run_folder_outputs(tmp_path, aligned_tree, device):
@@ -78,19 +72,6 @@ def test_resume_is_bit_identical(tmp_path, aligned_tree, reading):
         assert torch.equal(a["centers"][key], b["centers"][key]), key
 
 
-def test_image_size_must_match_input_size(tmp_path, tree_factory):
-    tree = tree_factory(tmp_path / "square", size=(112, 112))
-    with pytest.raises(ValueError, match=r"are 112x112 but input_size is \[112, 96\]"):
-        Trainer(tiny_config(tree), tmp_path / "run", progress=False)
-    Trainer(tiny_config(tree, input_size="[112, 112]"), tmp_path / "run2", progress=False)  # accepted
-
-
-def test_single_class_is_refused(tmp_path, tree_factory):
-    tree = tree_factory(tmp_path / "one", n_classes=1, per_class=10)
-    with pytest.raises(ValueError, match="1 class"):
-        Trainer(tiny_config(tree), tmp_path / "run", progress=False)
-
-
 def test_corrupt_images_are_skipped_counted_in_logs_and_named_on_the_console(tmp_path, aligned_tree, caplog):
     for victim in ("0000000/000.jpg", "0000002/003.jpg"):
         (aligned_tree / victim).write_bytes(b"\xff\xd8 truncated")
@@ -103,13 +84,39 @@ def test_corrupt_images_are_skipped_counted_in_logs_and_named_on_the_console(tmp
     assert str(aligned_tree / "0000000/000.jpg") in err and str(aligned_tree / "0000002/003.jpg") in err
 
 
-def test_lfw_evaluation_during_training_is_logged(tmp_path, aligned_tree, lfw_tree):
-    root, pairs = lfw_tree
-    train(tiny_config(aligned_tree, eval_every=3, **{"dataset.test": root, "dataset.pairs": pairs}),
-          tmp_path / "run", progress=False)
-    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    evals = [l for l in lines if "lfw_accuracy" in l]
-    assert [l["iteration"] for l in evals] == [3, 6] and all(0 <= l["lfw_accuracy"] <= 1 for l in evals)
+def test_evaluators_run_every_eval_every_iterations_and_their_figures_are_logged(tmp_path, aligned_tree):
+    """Evaluation during training is a callback: called with the backbone (in eval mode) and the iteration
+    every eval_every iterations, its figures logged by their metrics.jsonl keys and in TensorBoard (a key
+    holding '/' as it is, else its first '_' as '/'); training goes on in train mode."""
+    calls = []
+
+    def weight_norm(backbone, iteration):
+        calls.append((iteration, backbone.training))
+        return {"val/weight_norm": float(sum(p.detach().double().pow(2).sum() for p in backbone.parameters())),
+                "toy_iteration": iteration / 10}
+
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_config(aligned_tree, eval_every=3), run, progress=False, evaluators=[weight_norm])
+    try:
+        weights = trainer.fit()
+        assert trainer.model.backbone.training
+    finally:
+        trainer.close()
+    assert calls == [(3, False), (6, False)]
+    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [l for l in lines if "val/weight_norm" in l]
+    assert [sorted(l) for l in evals] == [["iteration", "toy_iteration", "val/weight_norm"]] * 2
+    assert [(l["iteration"], l["toy_iteration"]) for l in evals] == [(3, 0.3), (6, 0.6)]
+    final = torch.load(weights, weights_only=True)["model"]  # the weights of iteration 6
+    assert evals[1]["val/weight_norm"] == float(sum(v.double().pow(2).sum() for v in final.values()
+                                                    if v.is_floating_point()))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    for tag, key in (("val/weight_norm", "val/weight_norm"), ("toy/iteration", "toy_iteration")):
+        assert [(e.step, e.value) for e in events.Scalars(tag)] == \
+               [(l["iteration"], pytest.approx(l[key], rel=1e-6)) for l in evals], tag
 
 
 @pytest.mark.slow
@@ -127,65 +134,6 @@ def test_center_update_rates_that_nan_the_earlier_port_stay_finite(tmp_path, tre
         for key in ("loss", "cross_entropy", "uniform_loss", "mean_min_center_distance"):
             assert math.isfinite(line[key]), line
     assert lines[-1]["uniform_loss"] > 0
-
-
-def test_caffe_parameter_multipliers():
-    """sphereface_model.prototxt: conv/fc biases lr_mult 2, decay_mult 0; weights and PReLU slopes 1, 1."""
-    from uniformface.nn.models import build_model
-    from uniformface.train.trainer import parameter_groups
-
-    model = build_model("sphereface20")
-    groups = parameter_groups(model, 5e-4)
-    by_id = {id(p): g for g in groups for p in g["params"]}
-    for name, p in model.named_parameters():
-        g = by_id[id(p)]
-        expected = (2.0, 0.0) if name.endswith(".bias") else (1.0, 5e-4)
-        assert (g["lr_mult"], g["weight_decay"]) == expected, name
-    assert sum(p.numel() for g in groups for p in g["params"]) == 22_666_944
-    n_bias = sum(p.numel() for g in groups if g["lr_mult"] == 2 for p in g["params"])
-    assert n_bias == 64 + 128 + 256 + 512 + 512  # four stage convs + fc5
-
-
-def test_default_solver_steps_are_sgd_with_momentum_and_decay_in_float64(tmp_path, aligned_tree):
-    """The solver defaults (docs/DESIGN.md §5.2, the official solver): lr 0.1 x 0.1 at 16,000 and 24,000, and
-    two steps of a default-config Trainer move every parameter as SGD with momentum 0.9 and weight decay 5e-4
-    (biases: lr x 2, no decay), recomputed in float64 from each step's gradients."""
-    overrides = [f"dataset.train={aligned_tree}", "dataset.exclude_identities=[]", "model_name=sphereface4",
-                 "emb_dim=16", "batch_size=8", "num_workers=0", "device=cpu", "deterministic=true"]
-    cfg = load_config(None, overrides)
-    for iteration, drops in ((0, 0), (15999, 0), (16000, 1), (23999, 1), (24000, 2), (27999, 2)):
-        assert learning_rate(cfg, iteration) == pytest.approx(0.1 * 0.1 ** drops, rel=1e-12), iteration
-    trainer = Trainer(cfg, tmp_path / "run", progress=False)
-    try:
-        params = dict(trainer.model.named_parameters())
-        biases = {name for name in params if name.endswith(".bias")}
-        # the head renormalises its rows in place at each training forward: its step starts from those
-        before = {}
-        trainer.model.head.register_forward_hook(
-            lambda mod, inputs, out: before.update({"head.weight": mod.weight.detach().double().clone()}))
-        momentum = {}
-        batches = iter(trainer._loader())
-        for _ in range(2):
-            before.update({name: p.detach().double().clone() for name, p in params.items() if name != "head.weight"})
-            images, labels, _ = next(batches)
-            trainer.step(images, labels)
-            for name, p in params.items():
-                lr, decay = (0.2, 0.0) if name in biases else (0.1, 5e-4)
-                d_p = p.grad.double() + decay * before[name]
-                momentum[name] = d_p if name not in momentum else 0.9 * momentum[name] + d_p
-                expected = before[name] - lr * momentum[name]
-                torch.testing.assert_close(p.detach().double(), expected, rtol=1e-5, atol=1e-7, msg=name)
-    finally:
-        trainer.close()
-
-
-def test_training_labels_are_checked_once_when_the_set_is_opened(tmp_path, small_tree, monkeypatch):
-    from uniformface.data import ImageFolderTrainSet
-
-    original = ImageFolderTrainSet.label
-    monkeypatch.setattr(ImageFolderTrainSet, "label", lambda self, i: 7 if i == 3 else original(self, i))
-    with pytest.raises(ValueError, match=r"0000000/003.jpg has label 7, outside \[0, 2\)"):
-        Trainer(tiny_config(small_tree), tmp_path / "run", progress=False)
 
 
 # ------------------------------------------------------------------ the step does not wait on the device
@@ -292,13 +240,14 @@ def test_steady_state_steps_do_not_wait_for_the_gpu(tmp_path, aligned_tree, monk
     assert state["steps"] == 12
 
 
-# ------------------------------------------------------------------ one exchange of the batch a step
+# ------------------------------------------------------------------ two ranks
 GATHER_SETTINGS = {"feature-centers": {}, "weight-batch": {"center_mode": "weight", "compute_in_batch": "true"}}
 
 
-def _gather_counting_worker(rank, init_file, tree, out_dir):
+def _two_rank_worker(rank, init_file, tree, out_dir):
     """Rank `rank` of 2 gloo processes, as torchrun starts them: two steps of a Trainer per setting, with
-    each step's all_gathers recorded."""
+    each step's all_gathers recorded; then a run of 2 iterations evaluated at each, with the calls of its
+    evaluator and the barriers of its fit() recorded."""
     import torch.distributed as dist
 
     from test_centers import counted_gathers
@@ -320,47 +269,61 @@ def _gather_counting_worker(rank, init_file, tree, out_dir):
                     steps[name].append(calls)
             finally:
                 trainer.close()
-        torch.save(steps, Path(out_dir) / f"gathers_rank{rank}.pt")
+        evaluated, barriers, real_barrier = [], [], dist.barrier
+
+        def evaluate(backbone, iteration):
+            evaluated.append(iteration)
+            return {"val/rank": float(rank)}
+
+        def counted_barrier(*args, **kwargs):
+            barriers.append(len(evaluated))
+            return real_barrier(*args, **kwargs)
+
+        cfg = tiny_config(tree, max_iters=2, eval_every=1, log_every=1, checkpoint_every=2)
+        trainer = Trainer(cfg, Path(out_dir) / "evaluated", progress=False, evaluators=[evaluate])
+        dist.barrier = counted_barrier
+        try:
+            trainer.fit()
+        finally:
+            dist.barrier = real_barrier
+            trainer.close()
+        torch.save({"steps": steps, "evaluated": evaluated, "barriers": barriers},
+                   Path(out_dir) / f"rank{rank}.pt")
         dist.barrier()
     finally:
         distributed.teardown()
 
 
-def test_a_step_on_two_ranks_gathers_the_batch_once(tmp_path, aligned_tree):
-    """Under torchrun the step's loss (its centers) and Eq. 7 after the optimizer step both need the global
-    batch: each rank sends its labels (with their count) and its features once a step, not once for each."""
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """What `_two_rank_worker` recorded on each rank (one spawn for the tests below), and its folder."""
     import torch.multiprocessing as mp
 
+    from conftest import write_aligned_tree
+
+    out = tmp_path_factory.mktemp("two_ranks")
+    tree = write_aligned_tree(out / "train")
+    mp.spawn(_two_rank_worker, args=(str(out / "init"), str(tree), str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"rank{rank}.pt") for rank in range(2)], out, tree
+
+
+def test_a_step_on_two_ranks_gathers_the_batch_once(two_ranks):
+    """Under torchrun the step's loss (its centers) and Eq. 7 after the optimizer step both need the global
+    batch: each rank sends its labels (with their count) and its features once a step, not once for each."""
     from test_centers import one_exchange
 
-    mp.spawn(_gather_counting_worker, args=(str(tmp_path / "init"), str(aligned_tree), str(tmp_path)), nprocs=2,
-             join=True)
-    per_rank_batch = tiny_config(aligned_tree).batch_size // 2
-    for rank in range(2):
-        steps = torch.load(tmp_path / f"gathers_rank{rank}.pt")
+    records, _, tree = two_ranks
+    per_rank_batch = tiny_config(tree).batch_size // 2
+    for rank, record in enumerate(records):
         for name in GATHER_SETTINGS:
-            assert steps[name] == [one_exchange(per_rank_batch, 32)] * 2, (rank, name, steps[name])
+            assert record["steps"][name] == [one_exchange(per_rank_batch, 32)] * 2, (rank, name, record["steps"])
 
 
-@pytest.mark.parametrize("center_mode", ["feature", "weight"])
-def test_log_point_figures_are_the_separate_sweeps_to_the_bit(tmp_path, aligned_tree, center_mode):
-    """The log point computes the centers' distance and angle in one sweep (and, when the centers are the
-    head's weights, their angle once): the figures are those of the separate functions."""
-    from uniformface.nn.centers import ClassCenters, mean_min_angle_tensor, mean_min_distance
-
-    trainer = Trainer(tiny_config(aligned_tree, center_mode=center_mode, emb_dim=8), tmp_path / "run", progress=False)
-    try:
-        g = torch.Generator().manual_seed(4)
-        norms = torch.tensor([[0.5], [3.0], [1.0], [8.0]])  # unequal: nearest by distance is not by angle
-        with torch.no_grad():
-            trainer.model.head.weight.copy_(torch.randn(4, 8, generator=g) * norms)
-            if isinstance(trainer.centers, ClassCenters):
-                trainer.centers.centers.copy_(torch.randn(4, 8, generator=g) * norms.flip(0))
-                trainer.centers.initialized.fill_(True)
-        centers = trainer._center_matrix()
-        figures = trainer._figures()
-        assert torch.equal(figures["mean_min_center_distance"], mean_min_distance(centers))
-        assert torch.equal(figures["mean_min_center_angle"], mean_min_angle_tensor(centers))
-        assert torch.equal(figures["mean_min_weight_angle"], mean_min_angle_tensor(trainer.model.head.weight.detach()))
-    finally:
-        trainer.close()
+def test_evaluators_run_on_the_main_rank_while_the_others_wait_at_one_barrier(two_ranks):
+    """Under torchrun only rank 0 evaluates (and logs); every rank passes one barrier per evaluation, then
+    the one that ends fit()."""
+    (main, other), out, _ = two_ranks
+    assert main["evaluated"] == [1, 2] and other["evaluated"] == []
+    assert main["barriers"] == [1, 2, 2] and other["barriers"] == [0, 0, 0]
+    lines = [json.loads(l) for l in (out / "evaluated" / "metrics.jsonl").read_text().splitlines()]
+    assert [(l["iteration"], l["val/rank"]) for l in lines if "val/rank" in l] == [(1, 0.0), (2, 0.0)]

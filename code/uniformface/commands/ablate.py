@@ -85,12 +85,14 @@ def run(args, parser) -> int:
 def _run(args, settings, locks) -> int:
     from ..tools.ablation import CURVES_PNG, RESULTS_MD, draw_curves, results_markdown, run_grid
     from ..base.atomic import atomic_write_text
+    from ..eval.during_training import training_evaluators
     from ..eval.evaluate import evaluate_model_on_pairs
     from ..tools.report import RESULTS_FILE, lfw_summary
     from ..train.trainer import train
 
     def train_fn(cfg, run_dir, resume):
-        return train(cfg, run_dir, resume=resume, progress=not args.no_progress, lock=locks[Path(run_dir)])
+        return train(cfg, run_dir, resume=resume, progress=not args.no_progress, lock=locks[Path(run_dir)],
+                     evaluators=training_evaluators(cfg))
 
     def evaluate_fn(weights, cfg):  # as test.py --model_path weights: the same results file and summary
         # overwrite: the setting's folder is this grid's own run folder (plan() checked that its config is

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from ..base.cli import EXPECTED, UsageError, new_parser, run_command
-from ..base.config import ConfigError, load_config, run_name
+from ..base.config import ConfigError, check_evaluation_files, load_config, run_name
 
 NAME = "train"
 # code/config.yaml of the source tree this package sits in (a copy installed by `pip install .` has none)
@@ -61,9 +61,11 @@ def run(args, parser) -> int:
             cfg = load_config(saved, args.overrides)
         # --resume on a folder without a run (killed before it wrote anything): --config's settings, and
         # the trainer starts from iteration 0
+        check_evaluation_files(cfg)
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
-    from ..train.trainer import STATE_FILE, check_device, lock_folder, train  # torch: only after the arguments
+    from ..eval.during_training import training_evaluators  # torch: only after the arguments
+    from ..train.trainer import STATE_FILE, check_device, lock_folder, train
 
     check_device(cfg.resolved_device())  # before the run folder is made
     # Rank 0 locks the folder first, so that a run already in it is named before anything else is said.
@@ -73,7 +75,11 @@ def run(args, parser) -> int:
             raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it or --run_name for a new one")
         if rank0:
             print(f"run folder: {run_dir}")
-        weights = train(cfg, run_dir, resume=args.resume, progress=not args.no_progress, lock=lock)
+        # evaluated on rank 0 only: the other ranks keep the same list (they must meet the same evaluation
+        # points) without reading its sets
+        evaluators = training_evaluators(cfg, load=rank0)
+        weights = train(cfg, run_dir, resume=args.resume, progress=not args.no_progress, lock=lock,
+                        evaluators=evaluators)
     finally:
         if lock is not None:
             lock.release()

@@ -1,13 +1,15 @@
-"""eval/during_training.py: the evaluations a run makes while it trains. A `.bin` set is decoded once and
-scored as `test.py --bin` scores it; the processes that never evaluate hold nothing; a missing or damaged
-set is named before the run starts."""
+"""eval/during_training.py: the evaluations a run makes while it trains. The val_targets figures of a real
+tiny run equal what `test.py --bin` computes for its final weights, and reach metrics.jsonl, TensorBoard,
+plot_runs and gather_results; a `.bin` set is decoded once; the processes that never evaluate hold nothing;
+a missing or damaged set is named before the run starts."""
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import write_bin
+from conftest import load_script, write_bin
 from uniformface.base.config import ConfigError, load_config
 from uniformface.eval.during_training import BinSet, LfwFolder, training_evaluators
 from uniformface.eval.evaluate import evaluate_bin
@@ -41,9 +43,69 @@ def write_bin_set(path, n_pairs=40, size=(112, 112), seed=0):
     return path
 
 
+def tiny_run_config(tree, *overrides):
+    return load_config(TOY, [f"dataset.train={tree}", "dataset.exclude_identities=[]", "model_name=sphereface4",
+                             "emb_dim=8", "batch_size=6", "num_workers=0", "max_iters=4", "checkpoint_every=2",
+                             "log_every=2", "milestones=[100]", "warmup_iters=0", "lr=0.05", "device=cpu",
+                             "deterministic=true", *overrides])
+
+
 @pytest.fixture
 def bin_sets(tmp_path):
     return [write_bin_set(tmp_path / "bins" / f"{name}.bin", seed=seed) for name, seed in (("lfw", 1), ("cfp_fp", 2))]
+
+
+@pytest.mark.slow
+def test_a_runs_val_targets_are_test_py_bins_figures_in_every_place_they_are_read(tmp_path, tree_factory, bin_sets):
+    """A run of 4 iterations evaluating two sets every 2: metrics.jsonl holds val/lfw and val/cfp_fp at 2 and
+    4, the last equal to what test.py --bin reports for the final weights; TensorBoard holds the same
+    tags; plot_runs draws a panel per set; gather_results lists the last figures beside test.py's."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from test_plots import panels
+    from test_report import table_rows
+    from uniformface.tools.plots import curves_figure, load_runs
+    from uniformface.train.trainer import train
+
+    tree = tree_factory(tmp_path / "train", n_classes=3, per_class=4)
+    cfg = tiny_run_config(tree, "eval_every=2", "dataset.test=null", "dataset.pairs=null",
+                          f"val_targets=[{bin_sets[0]}, {bin_sets[1]}]")
+    run = tmp_path / "log" / "run"
+    weights = train(cfg, run, progress=False, evaluators=training_evaluators(cfg))
+
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [line for line in lines if "val/lfw" in line]
+    assert [sorted(line) for line in evals] == [["iteration", "val/cfp_fp", "val/lfw"]] * 2
+    assert [line["iteration"] for line in evals] == [2, 4]
+    assert all(0 <= line[key] <= 1 for line in evals for key in ("val/lfw", "val/cfp_fp"))
+
+    test = load_script("test")
+    assert test.main(["--model_path", str(weights), "--bin", *map(str, bin_sets), "--workers", "0", "--device",
+                      "cpu", "--no_progress"]) == 0
+    reported = json.loads((run / "lfw_results.json").read_text())["bin"]
+    assert evals[-1]["val/lfw"] == reported["lfw"]["accuracy_mean"]
+    assert evals[-1]["val/cfp_fp"] == reported["cfp_fp"]["accuracy_mean"]
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    for key in ("val/lfw", "val/cfp_fp"):
+        assert [(e.step, e.value) for e in events.Scalars(key)] == \
+               [(line["iteration"], pytest.approx(line[key], rel=1e-6)) for line in evals]
+
+    assert load_script("plot_runs").main([str(run), "--output", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    drawn = panels(curves_figure(load_runs([run])))
+    for name in ("lfw", "cfp_fp"):
+        x, y = drawn[f"{name}.bin accuracy during training (val/{name})"]["alpha=1.0/beta=0.5"]
+        assert x.tolist() == [2, 4] and y.tolist() == [line[f"val/{name}"] for line in evals]
+
+    gather = load_script("gather_results")
+    output = tmp_path / "table.md"
+    assert gather.main([str(run), "--output", str(output)]) == 0
+    table = output.read_text()
+    row = table_rows(table, "- val_targets during training")["alpha=1.0/beta=0.5"]
+    assert row == [4, float(f"{100 * evals[-1]['val/lfw']:.3f}"), float(f"{100 * evals[-1]['val/cfp_fp']:.3f}")]
+    assert table_rows(table, "- insightface .bin sets")["alpha=1.0/beta=0.5"] == row[1:]  # test.py's figures
 
 
 def sphereface4():

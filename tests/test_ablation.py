@@ -58,3 +58,31 @@ def test_the_settings_curves_are_drawn_beside_the_tables_and_linked(tmp_path, mo
     markdown = results_markdown(settings, "# grid", "curves.png")
     assert markdown.endswith("- training curves of the settings\n\n![training curves](curves.png)\n")
     assert "curves.png" not in results_markdown(settings, "# grid")
+
+
+def test_missing_inputs_name_val_targets_and_a_config_without_an_lfw_folder(tmp_path):
+    """Before any work, ablate.py lists what its settings need and lack: the training set, each val_targets
+    set, and the LFW folder it tests every setting on, which a config such as paper.yaml leaves null (that
+    was a TypeError traceback)."""
+    from pathlib import Path
+
+    from uniformface.tools.ablation import missing_inputs, plan
+
+    paper = str(Path(__file__).resolve().parents[1] / "code" / "configs" / "paper.yaml")
+    train = tmp_path / "faces_emore"
+    train.mkdir()
+    (tmp_path / "lfw.bin").write_bytes(b"")
+    lacking = tmp_path / "cfp_fp.bin"
+    settings = plan(paper, tmp_path / "log", ["alpha=0,1"],
+                    [f"dataset.train={train}", f"val_targets=[{tmp_path / 'lfw.bin'}, {lacking}]"])
+    assert missing_inputs(settings) == [
+        f"val_targets: {lacking}",
+        "dataset.test: null (ablate.py tests each setting on the aligned LFW folder)",
+        "dataset.pairs: null (ablate.py tests each setting on the aligned LFW folder)"]
+    lfw, pairs = tmp_path / "lfw", tmp_path / "pairs.txt"
+    lfw.mkdir()
+    pairs.write_text("10\t300\n")
+    settings = plan(paper, tmp_path / "log", ["alpha=0,1"],
+                    [f"dataset.train={train}", f"val_targets=[{tmp_path / 'lfw.bin'}]", f"dataset.test={lfw}",
+                     f"dataset.pairs={pairs}"])
+    assert missing_inputs(settings) == []

@@ -161,18 +161,23 @@ def plan(config_path: str | Path, logdir: str | Path, grid: Sequence[str], base_
 
 
 def missing_inputs(settings: Sequence[Setting]) -> list[str]:
-    """`key: path` for each dataset path that a setting still to run needs and that does not exist."""
-    missing: dict[str, str] = {}
+    """`key: path` for each input that a setting still to run needs and that does not exist (the training
+    set, the val_targets sets its training evaluates, the LFW folder and pairs it is tested on), and
+    `key: null` for an LFW folder a config leaves out: every setting is tested on one."""
+    missing: dict[str, str] = {}  # what is missing -> its line
     for s in settings:
         wanted = []
         if s.state in ("train", "resume"):
             wanted.append(("dataset.train", s.cfg.dataset.train))
+            wanted += [("val_targets", path) for path in s.cfg.val_targets]
         if s.state in ("train", "resume", "evaluate"):
             wanted += [("dataset.test", s.cfg.dataset.test), ("dataset.pairs", s.cfg.dataset.pairs)]
         for key, path in wanted:
-            if not Path(path).exists():
-                missing.setdefault(str(path), key)
-    return [f"{key}: {path}" for path, key in missing.items()]
+            if path is None:
+                missing.setdefault(key, f"{key}: null (ablate.py tests each setting on the aligned LFW folder)")
+            elif not Path(path).exists():
+                missing.setdefault(str(path), f"{key}: {path}")
+    return list(missing.values())
 
 
 TrainFn = Callable[[Config, Path, bool], Path]

@@ -33,3 +33,16 @@ def test_keep_previous_and_stale_partials(tmp_path):
     assert other.exists() and not any(p.exists() for p in stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lfw_results.json.abcdefgh.partial", "checkpoint.prev.pt",
                                                           "checkpoint.pt"]
+
+
+def test_keep_previous_of_a_checkpoint_that_is_already_its_previous_leaves_no_temporary(tmp_path):
+    """A kill between keeping the previous checkpoint (a hard link) and writing the new one leaves the two
+    names as links of one file; rename() between two links of one file does nothing."""
+    import os
+
+    state, previous = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt"
+    atomic_write_text(state, "one")
+    os.link(state, previous)
+    assert keep_previous(state, previous)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
+    assert previous.read_text() == "one"

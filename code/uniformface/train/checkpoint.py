@@ -31,7 +31,27 @@ if TYPE_CHECKING:  # what the run-state functions below read and fill
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    atomic_write(path, lambda h: torch.save(obj, h), "wb")
+    """`torch.save` into `path` through `atomic_write`. A write that fails inside torch.save (a full disk)
+    raises its OSError: torch's zip writer, closing, buries it under a RuntimeError of its own
+    ("inline_container.cc ... unexpected pos"), which names neither the file nor the reason."""
+    try:
+        atomic_write(path, lambda h: torch.save(obj, h), "wb")
+    except RuntimeError as exc:
+        failed_write = _os_error_behind(exc)
+        if failed_write is None:
+            raise
+        raise failed_write from None
+
+
+def _os_error_behind(exc: BaseException) -> OSError | None:
+    """The OSError among the exceptions `exc` was raised from or while handling, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def export_weights(path: str | Path, model: torch.nn.Module, cfg_dict: dict, extra: dict | None = None) -> None:
@@ -104,6 +124,11 @@ def keep_previous(path: str | Path, previous: str | Path) -> bool:
     path, previous = Path(path), Path(previous)
     if not path.is_file():
         return False
+    if previous.is_file() and os.path.samefile(path, previous):
+        # a save stopped between its two steps (killed, a full disk) leaves both names on one file: it is
+        # `path`'s copy already, and rename() between two links of one file does nothing (the temporary
+        # would stay behind, a whole checkpoint)
+        return True
     tmp = temporary_path(previous)
     try:
         try:

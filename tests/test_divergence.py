@@ -1,6 +1,7 @@
 """divergence.py: a loss noted on the device at the step and named at the next check by its own iteration;
 the state's non-finite part named; the checkpoint to continue from put back when the latest holds the very
-weights whose loss went non-finite. (Runs that diverge end to end: test_train.py.)"""
+weights whose loss went non-finite; weights whose features overflow found. (Runs that diverge end to end:
+test_train.py.)"""
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from uniformface.base.config import load_config
 from uniformface.train.build import build_parts
 from uniformface.train.checkpoint import Checkpoints
-from uniformface.train.divergence import DivergenceWatch, TrainingDiverged, non_finite_part
+from uniformface.train.divergence import DivergenceWatch, TrainingDiverged, features_finite, non_finite_part
 
 CPU = torch.device("cpu")
 
@@ -69,3 +70,19 @@ def test_the_part_of_the_state_that_is_not_finite_is_named(where, named):
     with torch.no_grad():
         tensor[1, 2] = math.inf
     assert non_finite_part(parts.model, parts.centers, parts.optimizer, CPU) == named
+
+
+def test_features_of_finite_but_huge_weights_are_found_not_finite():
+    """Weights x 1e27 (what lr 1e30 leaves after one step) are finite, their features overflow; the
+    backbone's mode is left as it was."""
+    from uniformface.nn.models import build_model
+
+    backbone = build_model("sphereface4", 8)
+    images = torch.randint(0, 256, (2, 3, 112, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert features_finite(backbone, images, CPU) and backbone.training
+    with torch.no_grad():
+        for p in backbone.parameters():
+            p.mul_(1e27)
+    assert all(bool(torch.isfinite(p).all()) for p in backbone.parameters())
+    backbone.eval()
+    assert not features_finite(backbone, images, CPU) and not backbone.training

@@ -134,6 +134,33 @@ def test_final_step_that_blows_up_the_weights_is_no_success(tmp_path, small_tree
     assert all_finite(torch.load(run / "checkpoint.pt", weights_only=True)["model"])
 
 
+def test_weights_whose_features_are_not_finite_are_no_success(tmp_path, small_tree, capsys):
+    """lr 1e30 for one iteration: its loss is finite and so are the weights it leaves (about 1e27), but not
+    the features they give (test.py then refuses them). Exit 1 naming the iteration and the checkpoint to
+    resume from, no weights file (it used to exit 0 with them)."""
+    run = tmp_path / "log" / "run"
+    assert train_cli.main(cli_args(small_tree, tmp_path / "log", "lr=1e30", "max_iters=1")) == 1
+    err = one_error_line(capsys.readouterr().err)
+    assert "the weights of iteration 1 give non-finite features" in err and "no weights file written" in err
+    assert f"The last good checkpoint is {run / 'checkpoint.pt'} (iteration 0" in err and "--resume --set lr=" in err
+    assert not (run / "sphereface4_8.pt").exists()
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["iteration"] == 0 and all_finite(state["model"])
+
+
+def test_a_run_killed_after_its_last_checkpoint_writes_its_weights_at_resume(tmp_path, small_tree):
+    """Killed after the checkpoint of max_iters, before the weights file: --resume steps no more, checks the
+    features of a batch it draws itself, and writes the same weights."""
+    run = tmp_path / "log" / "run"
+    args = cli_args(small_tree, tmp_path / "log")
+    assert train_cli.main(args) == 0
+    first = torch.load(run / "sphereface4_8.pt", weights_only=True)
+    (run / "sphereface4_8.pt").unlink()
+    assert train_cli.main(args + ["--resume"]) == 0
+    again = torch.load(run / "sphereface4_8.pt", weights_only=True)
+    assert again["iteration"] == 2 and all(torch.equal(again["model"][k], first["model"][k]) for k in first["model"])
+
+
 def test_images_of_another_size_are_named_and_skipped(tmp_path, small_tree, capsys):
     """One 112x112 face among 112x96 ones, past the first 8 samples of old."""
     odd = small_tree / "0000001" / "003.jpg"

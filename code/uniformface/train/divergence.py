@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..nn.models import normalize_pixels
 from .checkpoint import Checkpoints
 
 
@@ -35,6 +36,20 @@ def non_finite_part(model: nn.Module, centers: nn.Module, optimizer: torch.optim
         if not ok:
             return f"{what} ({name})"
     return None
+
+
+def features_finite(backbone: nn.Module, images: torch.Tensor, device: torch.device) -> bool:
+    """Whether `backbone` gives finite features for `images` (uint8, as the loader gives them) in eval mode,
+    as test.py computes them: weights can be finite yet so large (a learning rate far too high) that the
+    features overflow, and no test could use them. One read of the device."""
+    training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            features = backbone(normalize_pixels(images.to(device)))
+    finally:
+        backbone.train(training)
+    return bool(torch.isfinite(features).all())
 
 
 class DivergenceWatch:

@@ -27,7 +27,8 @@ from .build import build_parts, seed_everything, wrap_for_ranks
 from .build import head_kwargs as _head_kwargs  # noqa: F401  (tests/test_heads.py imports it from here)
 from .checkpoint import (CONFIG_FILE, Checkpoints, export_weights, record_resumed_settings, restore_training_state,
                          training_state, weights_extra)
-from .divergence import DivergenceWatch, TrainingDiverged, TrainingError, non_finite_part  # noqa: F401
+from .divergence import (DivergenceWatch, TrainingDiverged, TrainingError, features_finite,  # noqa: F401
+                         non_finite_part)
 from .metrics import Evaluator, MetricsLog, Window, log_figures, training_record
 from .step import StepMetrics, learning_rate, training_step
 from .training_set import SkippedImages, check_training_set
@@ -202,13 +203,14 @@ class Trainer:
         try:
             if self.checkpoints.saved_iteration is None:
                 self._checkpoint()  # the initial state: a run that diverges early still has a checkpoint to go back to
-            self._loop(log)
+            last_images = self._loop(log)
         finally:
             if log is not None:
                 log.close()
         bad = non_finite_part(self.model, self.centers, self.optimizer, self.device)
         if bad is not None:  # the loop's last checkpoint has checked it; a resume at max_iters has not
             raise self.watch.diverged(f"{bad} are not finite at iteration {self.iteration}")
+        self._check_features(last_images)
         weights = self.run_dir / weights_filename(cfg)
         if main:
             with self._writing(weights):
@@ -221,8 +223,9 @@ class Trainer:
         distributed.barrier()
         return weights
 
-    def _loop(self, log: MetricsLog | None) -> None:
-        """The steps up to `max_iters`, with the log points, evaluations and checkpoints on the way."""
+    def _loop(self, log: MetricsLog | None) -> torch.Tensor | None:
+        """The steps up to `max_iters`, with the log points, evaluations and checkpoints on the way; returns
+        the images of the last step (None when none was left to take)."""
         from tqdm import tqdm
 
         cfg, main = self.cfg, self.topology.is_main
@@ -230,6 +233,7 @@ class Trainer:
                    desc="train", unit="it", dynamic_ncols=True)
         window, empty = Window(self.device), 0
         loader = iter(self._loader()) if self.iteration < cfg.max_iters else None
+        images = None
         try:
             while self.iteration < cfg.max_iters:
                 images, labels, problems = next(loader)
@@ -259,6 +263,19 @@ class Trainer:
                     self._checkpoint()
         finally:
             bar.close()
+        return images
+
+    def _check_features(self, images: torch.Tensor | None) -> None:
+        """TrainingDiverged when the weights about to be written give non-finite features for a batch of
+        training images (`images`, or the loader's first batch after a resume at max_iters); all ranks agree."""
+        if images is None or len(images) == 0:
+            images = next(iter(self._loader()))[0]
+        finite = len(images) == 0 or features_finite(self.model.backbone, images, self.device)
+        (not_finite,) = distributed.sum_over_ranks([not finite])
+        if not_finite:
+            raise self.watch.diverged(f"the weights of iteration {self.iteration} give non-finite features (a batch "
+                                      "of training images through the network, as test.py would)",
+                                      poisoned=self.iteration)
 
     def _log_point(self, log: MetricsLog | None, window: Window) -> tuple[float, float]:
         """A log point: one read of the device for all it needs (the first non-finite step, the window's

@@ -60,13 +60,18 @@ def test_a_divergence_of_the_initial_weights_says_no_learning_rate_helps(tmp_pat
         watch.raise_if_noted(1)
 
 
-@pytest.mark.parametrize("where, named", [("weights", "the weights (head.weight)"),
-                                          ("centers", "the class centers (centers)")])
+@pytest.mark.parametrize("where, named", [
+    ("weights", "the weights (head.weight)"), ("centers", "the class centers (centers)"),
+    ("momentum", "the optimizer's momentum buffers (head.weight.momentum_buffer)")])
 def test_the_part_of_the_state_that_is_not_finite_is_named(where, named):
+    """In one line: a momentum buffer by its parameter's name (it was named by the parameter's values)."""
     cfg = load_config(None, ["model_name=sphereface4", "emb_dim=8", "device=cpu"])
     parts = build_parts(cfg, 3, CPU)
+    head_weight = parts.model.head.weight
+    parts.optimizer.state[head_weight]["momentum_buffer"] = torch.zeros_like(head_weight)
     assert non_finite_part(parts.model, parts.centers, parts.optimizer, CPU) is None
-    tensor = parts.model.head.weight if where == "weights" else parts.centers.centers
+    tensor = {"weights": head_weight, "centers": parts.centers.centers,
+              "momentum": parts.optimizer.state[head_weight]["momentum_buffer"]}[where]
     with torch.no_grad():
         tensor[1, 2] = math.inf
     assert non_finite_part(parts.model, parts.centers, parts.optimizer, CPU) == named

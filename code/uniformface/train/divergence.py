@@ -24,8 +24,9 @@ class TrainingDiverged(TrainingError):
 def non_finite_part(model: nn.Module, centers: nn.Module, optimizer: torch.optim.Optimizer,
                     device: torch.device) -> str | None:
     """What of the training state is not finite (named), or None; one read of the device for all of it."""
+    names = {parameter: name for name, parameter in model.named_parameters()}  # the optimizer's state's keys
     parts = [("the weights", model.state_dict()), ("the class centers", centers.state_dict()),
-             ("the optimizer's momentum buffers", {f"{i}.{k}": v for i, st in optimizer.state.items()
+             ("the optimizer's momentum buffers", {f"{names.get(p, '?')}.{k}": v for p, st in optimizer.state.items()
                                                    for k, v in st.items()})]
     named = [(what, name, value) for what, tensors in parts for name, value in tensors.items()
              if torch.is_tensor(value) and value.is_floating_point()]

@@ -1,8 +1,8 @@
 """How a run stops: TrainingError, one line naming the file, key or iteration and the fix (the scripts
 print it as `train.py: error: ...` and exit 1), and divergence: a run whose loss, weights or centers stop
-being finite stops at once (TrainingDiverged), naming the iteration where it happened and a checkpoint to
-continue from that exists and holds finite weights. A checkpoint is never replaced by a state that is not
-finite."""
+being finite, or whose final weights give non-finite features, stops at once (TrainingDiverged), naming
+the iteration where it happened and a checkpoint to continue from that exists and holds finite weights. A
+checkpoint is never replaced by a state that is not finite."""
 from __future__ import annotations
 
 import torch

@@ -474,3 +474,47 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it(tmp_path, 
     b = torch.load(fresh / "run" / "sphereface4_8.pt", weights_only=True)
     assert a["iteration"] == 2 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [json.loads(l)["iteration"] for l in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_val_targets_missing_or_damaged_are_named_before_training(tmp_path, small_tree, capsys):
+    """A val_targets file that is not there: exit 2 before any work (no folder made); one that is not an
+    insightface .bin: exit 1 naming it before the first step (no checkpoint written)."""
+    damaged = tmp_path / "cfp_fp.bin"
+    args = cli_args(small_tree, tmp_path / "log", "eval_every=1", "dataset.test=null", "dataset.pairs=null",
+                    f"val_targets=[{damaged}]")
+    assert train_cli.main(args) == 2
+    one_line_error(capsys.readouterr().err, "train.py: error: ", f"key 'val_targets': no such file {damaged}")
+    assert not (tmp_path / "log").exists()
+    damaged.write_bytes(b"not a pickle")
+    assert train_cli.main(args) == 1
+    one_line_error(capsys.readouterr().err, "train.py: error: ", f"{damaged}: not a readable insightface .bin pickle")
+    assert not (tmp_path / "log" / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_under_torchrun_only_rank_0_reads_and_scores_the_val_targets(tmp_path, small_tree):
+    """Two gloo ranks: the set is read and decoded once (rank 0's note, not rank 1's), each evaluation is one
+    metrics.jsonl line, and the last figure is what test.py --bin gives the final weights."""
+    import socket
+
+    from conftest import load_script
+    from test_during_training import write_bin_set
+
+    lfw = write_bin_set(tmp_path / "lfw.bin", n_pairs=10)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = cli_args(small_tree, tmp_path / "log", "eval_every=1", "dataset.test=null", "dataset.pairs=null",
+                    f"val_targets=[{lfw}]")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                           str(ROOT / "code" / "train.py"), *args], capture_output=True, text=True, timeout=240,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("val_targets: lfw (10 pairs) decoded once") == 1, proc.stderr[-3000:]
+    run = tmp_path / "log" / "run"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [line for line in lines if "val/lfw" in line]
+    assert [line["iteration"] for line in evals] == [1, 2]
+    assert load_script("test").main(["--model_path", str(run / "sphereface4_8.pt"), "--bin", str(lfw), "--workers",
+                                     "0", "--device", "cpu", "--no_progress"]) == 0
+    assert evals[-1]["val/lfw"] == json.loads((run / "lfw_results.json").read_text())["bin"]["lfw"]["accuracy_mean"]

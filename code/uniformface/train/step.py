@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ..base.config import Config
 from ..nn.centers import GlobalBatch
-from ..nn.losses import regularface_loss, uniform_loss
+from ..nn.losses import regularface_loss
 from ..nn.models import normalize_pixels
 from .build import TrainingParts
 from .divergence import DivergenceWatch
@@ -64,8 +64,9 @@ def training_step(cfg: Config, parts: TrainingParts, watch: DivergenceWatch, ite
     ce = F.cross_entropy(logits.float(), labels)
     uniform = torch.zeros((), device=device)
     if cfg.alpha > 0:
-        uniform = uniform_loss(parts.centers.loss_centers_of(global_batch, check_labels=False),
-                               reduction=cfg.uniform_reduction, batch_size=cfg.batch_size)
+        # the other classes' centers enter as constants, Eq. 6 sharded over ranks (docs/DESIGN.md §4.6, §4.7)
+        uniform = parts.centers.uniform_loss_of(global_batch, reduction=cfg.uniform_reduction,
+                                                batch_size=cfg.batch_size, check_labels=False)
     regular = torch.zeros((), device=device)
     if cfg.regularface > 0:
         regular = regularface_loss(model.head.weight)

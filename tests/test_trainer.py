@@ -86,8 +86,9 @@ def test_corrupt_images_are_skipped_counted_in_logs_and_named_on_the_console(tmp
 
 def test_evaluators_run_every_eval_every_iterations_and_their_figures_are_logged(tmp_path, aligned_tree):
     """Evaluation during training is a callback: called with the backbone (in eval mode) and the iteration
-    every eval_every iterations, its figures logged by their metrics.jsonl keys and in TensorBoard (a key
-    holding '/' as it is, else its first '_' as '/'); training goes on in train mode."""
+    every eval_every iterations and at the last one (6 is no multiple of 4), its figures logged by their
+    metrics.jsonl keys and in TensorBoard (a key holding '/' as it is, else its first '_' as '/'); training
+    goes on in train mode."""
     calls = []
 
     def weight_norm(backbone, iteration):
@@ -96,17 +97,17 @@ def test_evaluators_run_every_eval_every_iterations_and_their_figures_are_logged
                 "toy_iteration": iteration / 10}
 
     run = tmp_path / "run"
-    trainer = Trainer(tiny_config(aligned_tree, eval_every=3), run, progress=False, evaluators=[weight_norm])
+    trainer = Trainer(tiny_config(aligned_tree, eval_every=4), run, progress=False, evaluators=[weight_norm])
     try:
         weights = trainer.fit()
         assert trainer.model.backbone.training
     finally:
         trainer.close()
-    assert calls == [(3, False), (6, False)]
+    assert calls == [(4, False), (6, False)]
     lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [l for l in lines if "val/weight_norm" in l]
     assert [sorted(l) for l in evals] == [["iteration", "toy_iteration", "val/weight_norm"]] * 2
-    assert [(l["iteration"], l["toy_iteration"]) for l in evals] == [(3, 0.3), (6, 0.6)]
+    assert [(l["iteration"], l["toy_iteration"]) for l in evals] == [(4, 0.4), (6, 0.6)]
     final = torch.load(weights, weights_only=True)["model"]  # the weights of iteration 6
     assert evals[1]["val/weight_norm"] == float(sum(v.double().pow(2).sum() for v in final.values()
                                                     if v.is_floating_point()))

@@ -71,8 +71,8 @@ class Trainer:
     """One run in one run folder. The folder is locked (`locks.FolderLock`) from construction until
     `close()` (which `train()` calls): a second run into it is refused at once, naming this one. Pass
     `lock` when the caller already holds the folder's lock (ablate.py holds its settings' folders).
-    `evaluators` (`metrics.Evaluator`) run every `eval_every` iterations on the main process, their figures
-    logged, while the other processes wait."""
+    `evaluators` (`metrics.Evaluator`) run every `eval_every` iterations and at the last, on the main process,
+    their figures logged, while the other processes wait."""
 
     # what it trains (build.TrainingParts), by the names callers have always read
     model = property(lambda self: self.parts.model)
@@ -257,7 +257,8 @@ class Trainer:
                     loss, accuracy = self._log_point(log, window)
                     bar.set_postfix(loss=f"{loss:.3f}", acc=f"{accuracy:.3f}")
                     window.reset()
-                if self.evaluators and cfg.eval_every and self.iteration % cfg.eval_every == 0:
+                if self.evaluators and cfg.eval_every and (self.iteration % cfg.eval_every == 0
+                                                           or self.iteration == cfg.max_iters):
                     self._evaluate(log)
                 if self.iteration % cfg.checkpoint_every == 0 or self.iteration == cfg.max_iters:
                     self._checkpoint()

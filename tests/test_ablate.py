@@ -66,6 +66,7 @@ def test_bad_setting_fails_before_any_work(tmp_path, data, steps, capsys, grid, 
     assert steps["count"] == 0 and not logdir.exists()  # beta=0 was valid, yet nothing of it ran
 
 
+@pytest.mark.slow
 def test_grid_trains_tests_writes_tables_and_reruns_nothing(tmp_path, data, steps, capsys):
     logdir = tmp_path / "ablation"
     argv = ["--config", TOY, "--logdir", str(logdir), "--grid", "alpha=0,1", "beta=0,0.001", *data]
@@ -119,6 +120,7 @@ def test_grid_trains_tests_writes_tables_and_reruns_nothing(tmp_path, data, step
     assert (logdir / "results.md").read_text() == markdown
 
 
+@pytest.mark.slow
 def test_interrupted_setting_resumes_from_its_checkpoint(tmp_path, data, steps):
     logdir = tmp_path / "ablation"
     argv = ["--config", TOY, "--logdir", str(logdir), "--grid", "alpha=1", "beta=0,0.001", *data]
@@ -146,6 +148,7 @@ def test_interrupted_setting_resumes_from_its_checkpoint(tmp_path, data, steps):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+@pytest.mark.slow
 def test_diverged_setting_is_reported_and_not_retried(tmp_path, data, steps, capsys):
     logdir = tmp_path / "ablation"
     argv = ["--config", TOY, "--logdir", str(logdir), "--grid", "lr=0.05,1e30", *data,
@@ -202,6 +205,7 @@ def test_a_second_ablation_or_a_train_py_into_its_folders_is_refused_at_once(tmp
     assert f"error: {logdir / 'alpha=1'} is in use by process {os.getpid()}" in err
 
 
+@pytest.mark.slow
 def test_a_setting_resumed_with_other_run_settings_lists_the_change(tmp_path, data, steps):
     """Keys that do not change what a run computes (log_every here) may differ at a resume: the folder's
     config.yaml is rewritten with them and results.md lists the change under the tables."""

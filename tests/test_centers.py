@@ -382,6 +382,7 @@ def ddp_mean(grad):
     grad /= dist.get_world_size()
 
 
+@pytest.mark.slow
 def test_distributed_equals_one_process_with_the_global_batch(tmp_path):
     mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     model, centers, head = _features_model(), seeded_centers("all"), CosFace(D, C).double()
@@ -427,6 +428,7 @@ def _uniform_only_worker(rank, init_file, out_dir):
         torch.save(results, f"{out_dir}/uniform_rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_distributed_uniform_loss_alone_equals_one_process(tmp_path):
     """Every rank computes the same L_u from the gathered global batch, so all_gather's backward hands
     each rank WORLD times dL_u/dx for its own rows; DDP's mean over ranks of the parameter gradients
@@ -516,6 +518,7 @@ def _shared_batch_worker(rank, init_file, out_dir):
         torch.save((results, weights, gathers, separate), f"{out_dir}/shared_rank{rank}.pt")
 
 
+@pytest.mark.slow
 def test_one_global_batch_is_gathered_once_for_the_loss_and_the_update(tmp_path):
     """A GlobalBatch shared by `loss_centers_of` and `update_from` sends the labels and the features once
     a step (not once for the loss and again for Eq. 7), and gives what the separate calls give: with one
@@ -635,6 +638,7 @@ def _sharded_worker(rank, world, init_file, out_dir):
     torch.save((results, counts, messages), f"{out_dir}/sharded_rank{rank}.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_uniform_loss_equals_one_process(tmp_path, world):
     """Under torch.distributed each rank sweeps its own share of Eq. 6's rows (M = 25, 29, 41: not divisible

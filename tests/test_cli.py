@@ -183,6 +183,7 @@ def test_the_scripts_of_code_are_the_commands():
     assert set(INSTALLED) == set(SCRIPTS) - {"demo", "figure"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_help_imports_no_torch_and_shows_every_options_default(name):
     """`python code/<name>.py --help` exits 0 and imports no torch (so no CUDA query either, and it

@@ -138,6 +138,7 @@ def test_reference_transcription_reproduces_matlabs_published_example():
     np.testing.assert_allclose(similarity_transform(uv, xy), T[0].T, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_crop_to_image_is_cp2tform_on_every_row_of_sphereface_lfw_landmarks():
     """(a) All 13,233 rows of SphereFace's lfw_landmark.txt, both crop sizes: the crop -> image map the
     warp uses equals the reference transcription within 1e-6 px at the crop's corners and centre."""

@@ -113,6 +113,7 @@ def sphereface4():
     return build_model("sphereface4", 8, (112, 96)).eval()
 
 
+@pytest.mark.slow
 def test_a_set_is_decoded_once_and_scored_as_test_py_scores_it(tmp_path):
     """The images are read when the set is loaded and never again (the file may even go away); the
     accuracy is evaluate_bin's (test.py --bin) for the same network, 112x112 images cropped to 112x96."""
@@ -127,6 +128,7 @@ def test_a_set_is_decoded_once_and_scored_as_test_py_scores_it(tmp_path):
     assert bin_set(model, 8) == {"val/agedb_30": expected}
 
 
+@pytest.mark.slow
 def test_the_evaluators_of_a_config_in_order_and_none_loaded_where_nothing_evaluates(tmp_path, lfw_tree, bin_sets):
     """The LFW folder first, then the sets in val_targets' order; `load=False` (torchrun's other ranks)
     gives the same list, with nothing read; without eval_every there is nothing to evaluate."""

@@ -47,6 +47,7 @@ def setup(tmp_path, tree_factory):
     return model, model_path, folder
 
 
+@pytest.mark.slow
 def test_folder_embeddings_and_names(setup, tmp_path, capsys):
     model, model_path, folder = setup
     output = tmp_path / "out" / "faces.npy"
@@ -160,6 +161,7 @@ def test_read_only_output_folder_and_a_worker_error(setup, tmp_path, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err and "worker" not in err
 
 
+@pytest.mark.slow
 def test_a_file_name_that_is_not_utf8_is_named_before_anything_is_written(setup, tmp_path, capsys):
     """Was: X.npy written, then the names list failed to encode (X.npy without X.names.txt), and the rerun
     refused because X.npy existed. Now one line names the file before any feature is computed."""

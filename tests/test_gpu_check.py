@@ -3,9 +3,12 @@ of the paper run's length follows from the measured rate."""
 import json
 import math
 
+import pytest
+
 import gpu_check  # bench/gpu_check.py (pytest.ini puts bench/ on the path)
 
 
+@pytest.mark.slow
 def test_quick_run_on_cpu_fills_the_summary(tmp_path, capsys):
     out = tmp_path / "check.json"
     result = gpu_check.main(["--quick", "--device", "cpu", "--model", "sphereface4", "--workers", "1",
@@ -39,6 +42,7 @@ def test_quick_run_on_cpu_fills_the_summary(tmp_path, capsys):
     assert set(uniform["networks"]) == {"sphereface4", "iresnet50"}
 
 
+@pytest.mark.slow
 def test_full_sizes_end_within_the_budget_with_stopped_rows(capsys):
     """The full (GPU) sizes cannot finish on this CPU in 20 s: every stage must be cut by its deadline,
     reported as "stopped", and the check must end within the budget (plus clean-up), whatever the machine."""

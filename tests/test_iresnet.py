@@ -133,6 +133,7 @@ def randomise(model):
                 m.weight.mul_(0.3)  # keep the residual sums from growing over 8 units
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [False, True], ids=["eval-running-stats", "train-batch-stats"])
 def test_forward_is_insightfaces_graph_in_float64(device, training):
     torch.manual_seed(3)

@@ -50,6 +50,7 @@ def test_damaged_pack_fails_naming_the_file(tmp_path, tree_factory):
         open_train_set(out)
 
 
+@pytest.mark.slow
 def test_training_on_the_packed_set_matches_the_folder(tmp_path, aligned_tree):
     packed = pack(aligned_tree, tmp_path / "train", progress=False).output
 

@@ -72,6 +72,7 @@ def test_the_installed_command_needs_no_display(tmp_path):
     assert is_png(tmp_path / "c.png")
 
 
+@pytest.mark.slow
 def test_a_real_run_while_it_trains_and_when_resumed(tmp_path, capsys):
     """A run of the trainer itself (4 iterations), its log read back; then as a reader sees it while the
     trainer appends a line (cut), and after a resume that went back to the checkpoint at 2."""

@@ -461,6 +461,7 @@ def uninterrupted(tmp_path_factory):
     return args, written_files(whole)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at, before", [(2, False), (5, True)], ids=["detection-phase", "fallback-phase"])
 def test_a_killed_run_and_its_rerun_report_what_an_uninterrupted_run_does(tmp_path, capsys, uninterrupted,
                                                                           kill_at, before):

@@ -22,6 +22,7 @@ def test_the_registry_imports_no_torch():
     assert done.returncode == 0 and json.loads(done.stdout) is False, done.stderr
 
 
+@pytest.mark.slow
 def test_every_model_name_builds_its_backbone_and_no_other_name_does():
     import torch
 

@@ -19,6 +19,7 @@ def test_learning_rate_schedule_warmup_and_steps():
     assert math.isclose(learning_rate(cfg, 0), 0.01) and math.isclose(learning_rate(cfg, 9), 0.1)
 
 
+@pytest.mark.slow
 def test_default_solver_steps_are_sgd_with_momentum_and_decay_in_float64(tmp_path, aligned_tree):
     """The solver defaults (docs/DESIGN.md §5.2, the official solver): lr 0.1 x 0.1 at 16,000 and 24,000, and
     two steps of a default-config Trainer move every parameter as SGD with momentum 0.9 and weight decay 5e-4

@@ -174,6 +174,7 @@ def model_feature(model, pixels):
     return np.concatenate(direct_feature(model, pixels))
 
 
+@pytest.mark.slow
 def test_ytf_end_to_end_beside_the_lfw_results(tmp_path, lfw_tree, capsys):
     from test_ytf import pair_rows, reference, write_splits, write_ytf
 
@@ -227,6 +228,7 @@ def test_ytf_video_without_frames_is_a_one_line_error_unless_allowed(tmp_path, c
     assert "had a video without frames and were counted as wrong" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_ijbc_end_to_end_with_and_without_detector_scores(tmp_path, capsys):
     from test_ijb import check_against_reference, insightface_tar_at_far, reference, write_ijb
     from uniformface.eval.ijb import FAR_TARGETS, far_key

@@ -157,6 +157,7 @@ def test_a_run_cut_short_can_be_rerun(tmp_path, monkeypatch):
     assert (tmp_path / "pairs.txt").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("one_torch_thread")
 def test_official_mtcnn_finds_the_faces_and_their_landmarks(tmp_path, detector):
     """The real detector with the real weights, SphereFace's settings: >= 90 % found, landmarks where
@@ -191,6 +192,7 @@ def mean_colour_identity_accuracy(summary, root):
     return float(np.mean([names[i] == names[k] for i, k in enumerate(nearest)]))
 
 
+@pytest.mark.slow
 def test_mean_colour_does_not_identify_people(tmp_path):
     """A test that can fail: with per-image colour and lighting switched off and a strong per-person skin
     tone (the failure this guards against: tint carrying identity), the same measure finds people."""
@@ -238,6 +240,7 @@ def raw_and_gradient_auc(summary, root):
     return aucs
 
 
+@pytest.mark.slow
 def test_raw_pixels_separate_people_poorly_while_identity_stays_in_the_face(tmp_path):
     """Raw pixels must be a weak baseline (lighting, colour and background vary per image) while a
     lighting-insensitive edge feature still tells people apart (identity is learnable, in the face).

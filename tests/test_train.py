@@ -206,6 +206,7 @@ def run_script(args, timeout=120, **env):
     return proc, time.perf_counter() - started
 
 
+@pytest.mark.slow
 def test_a_training_set_of_undecodable_files_fails_at_once(tmp_path, small_tree):
     """It used to spin forever on empty batches."""
     for path in small_tree.glob("*/*.jpg"):
@@ -216,6 +217,7 @@ def test_a_training_set_of_undecodable_files_fails_at_once(tmp_path, small_tree)
     assert f"training set {small_tree}: none of its 8 image files can be read (8 unreadable" in err
 
 
+@pytest.mark.slow
 def test_images_whose_pixels_do_not_decode_stop_the_run_within_an_epoch(tmp_path, small_tree):
     """Headers intact, data cut: the header check passes, the loop meets only empty batches."""
     for path in small_tree.glob("*/*.jpg"):
@@ -280,6 +282,7 @@ class FullDisk:
         return self.handle.__exit__(*exc_info)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names an open file through /proc/self/fd")
 def test_disk_full_while_writing_a_checkpoint(tmp_path, small_tree, capsys, monkeypatch):
     """The disk fills up 1000 bytes into the checkpoint of iteration 1 (inside torch.save, whose zip writer

@@ -53,6 +53,7 @@ def test_run_folder_outputs(tmp_path, aligned_tree, device):
 
 @pytest.mark.parametrize("reading", [dict(), dict(normalize_centers="false", uniform_reduction="pairs",
                                                     compute_in_batch="true")], ids=["sphere-center-all", "raw-pairs-batch"])
+@pytest.mark.slow
 def test_resume_is_bit_identical(tmp_path, aligned_tree, reading):
     cfg = tiny_config(aligned_tree, **reading)
     train(cfg, tmp_path / "full", progress=False)
@@ -72,6 +73,7 @@ def test_resume_is_bit_identical(tmp_path, aligned_tree, reading):
         assert torch.equal(a["centers"][key], b["centers"][key]), key
 
 
+@pytest.mark.slow
 def test_corrupt_images_are_skipped_counted_in_logs_and_named_on_the_console(tmp_path, aligned_tree, caplog):
     for victim in ("0000000/000.jpg", "0000002/003.jpg"):
         (aligned_tree / victim).write_bytes(b"\xff\xd8 truncated")
@@ -84,6 +86,7 @@ def test_corrupt_images_are_skipped_counted_in_logs_and_named_on_the_console(tmp
     assert str(aligned_tree / "0000000/000.jpg") in err and str(aligned_tree / "0000002/003.jpg") in err
 
 
+@pytest.mark.slow
 def test_evaluators_run_every_eval_every_iterations_and_their_figures_are_logged(tmp_path, aligned_tree):
     """Evaluation during training is a callback: called with the backbone (in eval mode) and the iteration
     every eval_every iterations and at the last one (6 is no multiple of 4), its figures logged by their
@@ -160,6 +163,7 @@ def steady_state_trainer(tmp_path, tree, device, **extra):
 @pytest.mark.parametrize("setting", [{}, {"center_mode": "weight", "compute_in_batch": "true", "regularface": 0.1},
                                      {"normalize_centers": "false", "uniform_reduction": "pairs", "grad_clip": 1}],
                          ids=["default", "weight-batch-regularface", "raw-pairs-clip"])
+@pytest.mark.slow
 def test_steady_state_steps_read_nothing_back_from_the_device(tmp_path, aligned_tree, monkeypatch, setting):
     """Counts the reads of tensor values during fit(): none inside any step after the first, none between
     log points, and exactly one at each log point (metrics, divergence record and figures together)."""
@@ -308,6 +312,7 @@ def two_ranks(tmp_path_factory):
     return [torch.load(out / f"rank{rank}.pt") for rank in range(2)], out, tree
 
 
+@pytest.mark.slow
 def test_a_step_on_two_ranks_gathers_the_batch_once(two_ranks):
     """Under torchrun the step's loss (its centers) and Eq. 7 after the optimizer step both need the global
     batch: each rank sends its labels (with their count) and its features once a step, not once for each."""

@@ -81,6 +81,7 @@ def printed_cosine(out):
     return float(out.split("cosine ")[1].split()[0])
 
 
+@pytest.mark.slow
 def test_same_photo_rule_from_the_lfw_run(photos, model_path, reference_features, tmp_path):
     """The stored LFW feature mean is subtracted before the cosine; the stored threshold decides."""
     a, b = reference_features

@@ -296,6 +296,7 @@ def test_features_are_cached_reused_and_invalidated(ytf_set, tmp_path):
     assert changed.images == first.images
 
 
+@pytest.mark.slow
 def test_a_killed_extraction_resumes_at_its_first_unfinished_chunk(ytf_set, tmp_path, monkeypatch):
     root, splits, _, _ = ytf_set
     monkeypatch.setattr(ytf, "CHUNK_FRAMES", 10)        # videos grouped until 10 frames: 5 chunks here

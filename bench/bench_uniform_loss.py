@@ -56,6 +56,22 @@ def unit_centers(m: int, d: int, device: torch.device, seed: int = 0) -> torch.T
     return torch.nn.functional.normalize(torch.randn(m, d, generator=generator), dim=1).to(device)
 
 
+def precision_errors(centers: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """Relative errors against float64 of Eq. 6 (per-center reduction) and of its gradient through the
+    projection onto the sphere (what reaches the features), for exact float32 ("float32") and split-bf16
+    Gram products ("split"): {name: (loss error, gradient error)} (docs/DESIGN.md §4.6)."""
+    results = {}
+    for name, dtype, precision in (("float64", torch.float64, "exact"), ("float32", torch.float32, "exact"),
+                                   ("split", torch.float32, "split-bf16")):
+        x = centers.to(dtype).clone().requires_grad_()
+        loss = uniform_loss(torch.nn.functional.normalize(x, dim=1), reduction="center", precision=precision)
+        loss.backward()
+        results[name] = (loss.detach().double(), x.grad.double())
+    loss, grad = results.pop("float64")
+    return {name: (float(abs(value - loss) / loss), float((g - grad).norm() / grad.norm()))
+            for name, (value, g) in results.items()}
+
+
 def current_step(centers: torch.Tensor) -> float:
     """Eq. 6 as the trainer called it before `uniform_loss_of`: every row in the graph, exact float32."""
     points = centers.clone().requires_grad_()

@@ -289,20 +289,10 @@ def split_gram_errors(device: torch.device, rows: int) -> dict:
     """Relative errors against float64, on `rows` unit centers, of Eq. 6 and of its gradient through the
     projection onto the sphere (what reaches the features), for exact float32 and for split-bf16 Gram
     products (docs/DESIGN.md §4.6: both must stay within 1e-4)."""
-    from bench_uniform_loss import unit_centers
-    from uniformface.nn.losses import uniform_loss
+    from bench_uniform_loss import precision_errors, unit_centers
 
-    centers = unit_centers(rows, 512, device)
-    results = {}
-    for name, dtype, precision in (("float64", torch.float64, "exact"), ("float32", torch.float32, "exact"),
-                                   ("split", torch.float32, "split-bf16")):
-        x = centers.to(dtype).clone().requires_grad_()
-        loss = uniform_loss(torch.nn.functional.normalize(x, dim=1), reduction="center", precision=precision)
-        loss.backward()
-        results[name] = (loss.detach().double(), x.grad.double())
-    loss, grad = results.pop("float64")
-    return {name: {"loss": float(abs(value - loss) / loss), "gradient": float((g - grad).norm() / grad.norm())}
-            for name, (value, g) in results.items()}
+    return {name: {"loss": loss, "gradient": gradient}
+            for name, (loss, gradient) in precision_errors(unit_centers(rows, 512, device)).items()}
 
 
 def uniform_loss_rates(device: torch.device, classes: int, accuracy_rows: int, networks: list[str], batch: int,

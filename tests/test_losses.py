@@ -363,17 +363,9 @@ def test_split_bf16_uniform_loss_is_within_1e_4_of_float64():
     """The implementation's split-bf16 path (emulated on the CPU: bf16 values multiply exactly in float32)
     against float64, on unit centers as the sphere reading gives them, the gradient through the projection
     onto the sphere (what reaches the features): as close as exact float32 is."""
-    centers = random_unit_centers(2000)
-    results = {}
-    for name, dtype, precision in (("float64", torch.float64, "exact"), ("float32", torch.float32, "exact"),
-                                   ("split", torch.float32, "split-bf16")):
-        x = centers.to(dtype).clone().requires_grad_()
-        loss = uniform_loss(torch.nn.functional.normalize(x, dim=1), reduction="center", precision=precision)
-        loss.backward()
-        results[name] = (loss.item(), x.grad.double())
-    loss, grad = results["float64"]
-    errors = {name: (abs(value - loss) / loss, ((g - grad).norm() / grad.norm()).item())
-              for name, (value, g) in results.items() if name != "float64"}
+    from bench_uniform_loss import precision_errors
+
+    errors = precision_errors(random_unit_centers(2000))
     assert errors["split"][0] < 1e-6 and errors["split"][1] < 1e-4
     assert errors["split"][1] < 1.5 * errors["float32"][1] + 1e-7, errors
 

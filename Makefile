@@ -26,14 +26,15 @@ demo: $(STAMP)
 figure: $(STAMP)
 	$(PY) code/figure.py
 
-# TEST_WORKERS processes share the tests (pytest-xdist); TEST_WORKERS=0 runs them in this one process.
+# TEST_WORKERS processes share the tests (pytest-xdist; an idle one takes tests queued for the other, so
+# the long end-to-end runs do not all end up on one); TEST_WORKERS=0 runs them in this one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
-# The unit tests alone (no end-to-end runs marked `slow`), for development: about a minute on 2 cores.
+# The unit tests alone (no end-to-end runs marked `slow`), for development.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do echo "== $$b"; PYTHONPATH=code $(PY) $$b || exit 1; done

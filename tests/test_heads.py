@@ -428,12 +428,12 @@ def test_config_default_builds_the_official_gradient():
     from pathlib import Path
 
     from uniformface.base.config import ConfigError, load_config
-    from uniformface.train.trainer import _head_kwargs
+    from uniformface.train.build import head_kwargs
 
     paper = Path(__file__).resolve().parents[1] / "code" / "config.yaml"
     for cfg, expected in ((load_config(None), "official"), (load_config(paper), "official"),
                           (load_config(paper, ["loss.gradient=autograd"]), "autograd")):
-        head = build_head(cfg.loss.name, 8, 5, **_head_kwargs(cfg))
+        head = build_head(cfg.loss.name, 8, 5, **head_kwargs(cfg))
         assert head.gradient == expected
     with pytest.raises(ConfigError, match="loss.gradient"):
         load_config(None, ["loss.gradient=exact"])

@@ -25,7 +25,7 @@ TITLES = ["training accuracy", "cross-entropy", "uniform loss", "A-Softmax λ", 
 
 
 def training_record(i, alpha, lfw=False):
-    """A training line as the trainer writes it (trainer.Trainer._log), with values that tell the
+    """A training line as the trainer writes it (metrics.training_record), with values that tell the
     iterations and the runs apart."""
     return {"iteration": i, "loss": 5.0 / i + alpha, "cross_entropy": 4.0 / i, "uniform_loss": alpha * (0.7 - i / 1000),
             "accuracy": min(1.0, i / 100), "lr": 0.1 if i < 60 else 0.01, "images_per_s": 100.0 + i,

@@ -124,4 +124,4 @@ def _run(args, settings, locks) -> int:
 
 
 def main(argv=None) -> int:
-    return run_command(NAME, build_parser, run, argv, EXPECTED + ("uniformface.train.trainer.TrainingError",))
+    return run_command(NAME, build_parser, run, argv, EXPECTED + ("uniformface.train.divergence.TrainingError",))

@@ -89,4 +89,4 @@ def run(args, parser) -> int:
 
 
 def main(argv=None) -> int:
-    return run_command(NAME, build_parser, run, argv, EXPECTED + ("uniformface.train.trainer.TrainingError",))
+    return run_command(NAME, build_parser, run, argv, EXPECTED + ("uniformface.train.divergence.TrainingError",))

@@ -26,7 +26,8 @@ from ..base.atomic import atomic_write_text
 from ..base.config import Config, ConfigError, from_dict, get_key, load_config, to_dict, yaml_load
 from .plots import METRICS_FILE, curves_figure, load_runs, save_png
 from .report import RESULTS_FILE, gather_markdown, load_run, setting_name
-from ..train.trainer import STATE_FILE, TrainingDiverged, weights_filename
+from ..train.divergence import TrainingDiverged
+from ..train.trainer import STATE_FILE, weights_filename
 
 DIVERGED_FILE = "diverged.txt"
 RESULTS_MD = "results.md"
@@ -188,7 +189,7 @@ def run_grid(settings: Sequence[Setting], train_fn: TrainFn, evaluate_fn: Evalua
              log: Callable[[str], None] = print) -> None:
     """Train and test what each setting still lacks. `train_fn(cfg, run_dir, resume)` returns the final
     weights; `evaluate_fn(weights, cfg)` writes `lfw_results.json` beside them. A setting whose training
-    raises `trainer.TrainingDiverged` is marked and skipped; any other error stops the grid (a rerun
+    raises `divergence.TrainingDiverged` is marked and skipped; any other error stops the grid (a rerun
     continues where it stopped)."""
     for index, s in enumerate(settings, 1):
         head = f"[{index}/{len(settings)}] {s.label}"

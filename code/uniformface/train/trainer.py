@@ -24,11 +24,9 @@ from ..base.devices import resolve_device
 from ..base.locks import FolderBusy, FolderLock
 from ..data import GlobalBatchSampler, open_train_set, training_loader
 from .build import build_parts, seed_everything, wrap_for_ranks
-from .build import head_kwargs as _head_kwargs  # noqa: F401  (tests/test_heads.py imports it from here)
 from .checkpoint import (CONFIG_FILE, Checkpoints, export_weights, record_resumed_settings, restore_training_state,
                          training_state, weights_extra)
-from .divergence import (DivergenceWatch, TrainingDiverged, TrainingError, features_finite,  # noqa: F401
-                         non_finite_part)
+from .divergence import DivergenceWatch, TrainingError, features_finite, non_finite_part
 from .metrics import Evaluator, MetricsLog, Window, log_figures, training_record
 from .step import StepMetrics, learning_rate, training_step
 from .training_set import SkippedImages, check_training_set

@@ -1,3 +1,4 @@
+import os
 import re
 from pathlib import Path
 
@@ -236,3 +237,7 @@ def test_a_report_in_the_training_folder_that_preprocess_did_not_write_is_an_err
         open_train_set(root)
     (root / "preprocess_report.tsv").write_text("path\tstatus\tdetail\na/000.jpg\tfallback\tmean landmarks\n")
     assert len(open_train_set(root)) == 3
+    (root / "preprocess_report.tsv").unlink()
+    os.mkfifo(root / "preprocess_report.tsv")  # read unasked: a FIFO would block the reader for ever
+    with pytest.raises(ValueError, match=r"preprocess_report\.tsv: not a regular file"):
+        open_train_set(root)

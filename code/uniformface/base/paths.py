@@ -30,7 +30,11 @@ _OS_FIXES = {
 def read_utf8_text(path: str | Path) -> str:
     """The file's text, UTF-8 with or without a byte-order mark (Windows editors add one); anything else is
     a ValueError naming `path:line` and the offending byte."""
-    data = Path(path).read_bytes()
+    return decode_utf8_text(Path(path).read_bytes(), path)
+
+
+def decode_utf8_text(data: bytes, path: str | Path) -> str:
+    """`data`, read from `path`, as `read_utf8_text` decodes it."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

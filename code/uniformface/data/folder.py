@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..base.images import ImageLoadError, image_header_size, walk_images
-from ..base.paths import read_utf8_text
+from ..base.paths import decode_utf8_text
 from .trainset import Sample, TrainSet, image_tensor, select_classes
 
 # preprocess.py's records in its output folder (align/preprocessing.py writes them; training reads them)
@@ -35,11 +35,10 @@ def report_rows(path: Path, header: bool) -> list[list[str]]:
     may have cut its last one."""
     if not path.exists():
         return []
-    if header:
-        text = read_utf8_text(path)
-    else:
-        data = path.read_bytes()
-        text = _decoded(path, data[:data.rfind(b"\n") + 1])
+    if not path.is_file():  # read unasked in a training folder: a FIFO of that name would block for ever
+        raise ValueError(f"{path}: not a regular file, so not a report of preprocess.py; remove it")
+    data = path.read_bytes()
+    text = decode_utf8_text(data if header else data[:data.rfind(b"\n") + 1], path)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
     rows = []
     try:
@@ -59,15 +58,6 @@ def report_rows(path: Path, header: bool) -> list[list[str]]:
             raise ValueError(f"{path}:{number}: not a row of preprocess.py's report (path, status and detail, "
                              f"tab separated): {len(row)} fields")
     return [row for _, row in rows if row]
-
-
-def _decoded(path: Path, data: bytes) -> str:
-    """`data` (from `path`) as UTF-8 text, or a ValueError naming the file and line, as `read_utf8_text`."""
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
 
 
 def fallback_crops(root: str | Path) -> set[str]:

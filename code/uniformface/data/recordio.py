@@ -16,7 +16,6 @@ flag 0 has no header: every key of the `.idx` is an image.
 from __future__ import annotations
 
 import os
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,8 +106,9 @@ def read_index(idx_path: str | Path) -> dict[int, int]:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
-            fields = [field.strip() for field in line.split("\t")]
-            if len(fields) < 2 or not all(re.fullmatch(r"-?[0-9]+", field) for field in fields[:2]):
+            fields = [field.strip() for field in line.split("\t", 2)[:2]]
+            # read as ASCII (anything else replaced by U+FFFD), so isdigit() is exactly [0-9] here
+            if len(fields) < 2 or not all(field.removeprefix("-").isdigit() for field in fields):
                 raise RecordIOError(f"{idx_path}: line {number}: expected 'key<TAB>offset', "
                                     f"got {line.rstrip()!r}")
             key, offset = int(fields[0]), int(fields[1])

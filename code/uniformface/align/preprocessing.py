@@ -527,7 +527,7 @@ class _Run:
         rows = {}
         for source in (path, journal):
             for row in _read_rows(source):
-                if row[0] in self.done and row[1] == "fallback":
+                if row[0] in self.done and row[1] == FALLBACK:
                     rows[row[0]] = row
         for row in self.summary.rows:
             rows[row[0]] = list(row)

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from .atomic import atomic_write_text
-from .paths import read_utf8_text
+from .paths import read_utf8_text, shown
 from .registry import ASOFTMAX_GRADIENTS, CENTER_MODES, HEAD_NAMES, MODEL_NAMES, UNIFORM_REDUCTIONS
 
 
@@ -220,16 +220,9 @@ def _build(cls: type, data: dict, where: str, prefix: str = "") -> Any:
             kwargs[key] = _build(annotation, value, where, dotted + ".")
             continue
         if not _type_matches(value, annotation):
-            raise ConfigError(f"{where}: key '{dotted}' expects {_type_name(annotation)}, got {_shown(value)}")
+            raise ConfigError(f"{where}: key '{dotted}' expects {_type_name(annotation)}, got {shown(value)}")
         kwargs[key] = float(value) if annotation is float else value
     return cls(**kwargs)
-
-
-def _shown(value: Any, limit: int = 80) -> str:
-    """A value as a message shows it: its repr, cut at `limit` characters (a list of a million items
-    makes a one-line error, not megabytes)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 def _type_name(annotation: Any) -> str:

@@ -86,10 +86,7 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.contiguous()
-        gathered = rows.new_empty((dist.get_world_size() * len(rows), *rows.shape[1:]))
-        dist.all_gather_single(gathered, rows)
-        return gathered
+        return _all_gather_rows(rows)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -102,9 +99,11 @@ class _GatherRows(torch.autograd.Function):
 def gather_equal_rows(rows: torch.Tensor, differentiable: bool) -> torch.Tensor:
     """All ranks' rows, each rank sending the same number, stacked in rank order (one collective). With
     `differentiable`, the gradient flows back to every rank's own rows (summed over the ranks' losses)."""
-    if differentiable:
-        return _GatherRows.apply(rows)
-    rows = rows.detach().contiguous()
+    return _GatherRows.apply(rows) if differentiable else _all_gather_rows(rows.detach())
+
+
+def _all_gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    rows = rows.contiguous()
     gathered = rows.new_empty((dist.get_world_size() * len(rows), *rows.shape[1:]))
     dist.all_gather_single(gathered, rows)
     return gathered

@@ -43,6 +43,13 @@ def decode_utf8_text(data: bytes, path: str | Path) -> str:
                          "save the file as UTF-8") from None
 
 
+def shown(value, limit: int = 80) -> str:
+    """A value as a message shows it: its repr, cut at `limit` characters (a list of a million items
+    makes a one-line error, not megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def first_and_more(items: Sequence, limit: int = 10) -> str:
     """The first `limit` items joined by ", ", then " and N more" when there are more: an error about
     thousands of missing files stays one readable line."""

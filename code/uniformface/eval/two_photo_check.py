@@ -21,6 +21,7 @@ import torch
 from ..align.face import DETECTION_MAX_SIDE, FaceDetector, align_face
 from .embedding import flip_embed
 from ..base.images import read_rgb
+from ..base.paths import shown
 from ..nn.models import normalize_pixels
 from .protocols import PROTOCOLS, check_protocol
 
@@ -57,7 +58,8 @@ def load_rule(results_path: str | Path) -> Rule:
             if key not in rule:
                 raise ValueError(f"{path}: verify_rule lacks {key!r}")
         if rule["protocol"] not in PROTOCOLS:
-            _refuse(path, f"verify_rule's protocol {_shown(rule['protocol'])} is not one of {', '.join(PROTOCOLS)}")
+            _refuse(path, f"verify_rule's protocol {shown(rule['protocol'], 40)} is not one of "
+                          f"{', '.join(PROTOCOLS)}")
         mean = None if rule.get("feature_mean") is None else _finite(rule["feature_mean"], path, "verify_rule")
         if mean is not None:
             with np.errstate(over="ignore"):
@@ -94,11 +96,6 @@ def _finite(value, path: Path, key: str, scalar: bool = False) -> np.ndarray:
     if problem is not None:
         _refuse(path, f"{key} holds {problem}")
     return numbers
-
-
-def _shown(value, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _refuse(path: Path, problem: str):

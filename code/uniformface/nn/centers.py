@@ -30,14 +30,14 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..base.distributed import gather_equal_rows, host_group
+from ..base.distributed import gather_equal_rows, host_group, rank_and_world
 from .losses import block_distances, centered_and_scaled, default_chunk_size, exact_matmul, uniform_loss
 
 SCOPES = ("all", "batch")
 
 
 def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return rank_and_world()[1] > 1
 
 
 def host_labels(labels: torch.Tensor) -> torch.Tensor:

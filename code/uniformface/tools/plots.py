@@ -20,6 +20,7 @@ import numpy as np
 
 from ..base.atomic import atomic_write_bytes
 from ..base.config import history_lines
+from ..base.paths import shown
 from .report import Run, read_run_settings, set_order, setting_names
 from ..eval.protocols import figure_png_bytes, l2_normalize, new_figure
 
@@ -133,27 +134,22 @@ def _parse_record(line: str) -> dict:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
-        shown = line if len(line) <= 40 else line[:40] + "..."
-        raise ValueError(f"not a JSON record ({exc.msg}: {shown!r})") from None
+        cut = line if len(line) <= 40 else line[:40] + "..."
+        raise ValueError(f"not a JSON record ({exc.msg}: {cut!r})") from None
     if not isinstance(record, dict):
         raise ValueError(f"not a JSON object but a {type(record).__name__}")
     iteration = record.get("iteration")
     if not isinstance(iteration, int) or isinstance(iteration, bool) or not 0 <= iteration <= LARGEST_ITERATION:
-        raise ValueError(f"'iteration' is {_shown(iteration)}, not an iteration number"
+        raise ValueError(f"'iteration' is {shown(iteration, 40)}, not an iteration number"
                          + (" (beyond int64)" if isinstance(iteration, int) and iteration > 0 else ""))
     # the keys drawn; others are carried along unread (a later trainer may add some)
     for key in [panel.key for panel in PANELS] + [key for key in record if key.startswith(VAL_PREFIX)]:
         value = record.get(key)
         if not _is_number(value):
             beyond = isinstance(value, (int, float)) and not isinstance(value, bool)
-            raise ValueError(f"'{key}' is {_shown(value)}, not a number"
+            raise ValueError(f"'{key}' is {shown(value, 40)}, not a number"
                              + (f" a run logs (beyond float32's range, {LARGEST_VALUE:.3g})" if beyond else ""))
     return record
-
-
-def _shown(value, limit: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 # ------------------------------------------------------------------------------------------------ curves

@@ -580,10 +580,10 @@ def _sharded_step(shared, features, labels, class_centers, weight_centers):
     them, the feature gradients as the gather's backward leaves them, the head's after DDP's mean."""
     results = {}
     centers = shared[:13].clone().requires_grad_()  # + 12 constant rows: M = 25
-    loss = uniform_loss(centers, chunk_size=4, reduction="center", batch_size=4, others=shared[13:])
+    loss = uniform_loss(centers, chunk_size=4, reduction="center", batch_size=4, others=shared[13:], sharded=True)
     results["bare, others"] = (loss.detach(), torch.autograd.grad(loss, centers)[0])
     centers = shared.clone().requires_grad_()
-    loss = uniform_loss(centers, chunk_size=3)
+    loss = uniform_loss(centers, chunk_size=3, sharded=True)
     results["bare, all rows"] = (loss.detach(), torch.autograd.grad(loss, centers)[0])
     for normalize in (True, False):
         x = features.clone().requires_grad_()

@@ -188,7 +188,7 @@ class _Centers(nn.Module):
         precision = "split-bf16" if self.normalize and centers.device.type == "cuda" else "exact"
         others = centers[differentiable:] if differentiable < len(centers) else None
         return uniform_loss(centers[:differentiable], reduction=reduction, batch_size=batch_size, others=others,
-                            precision=precision)
+                            precision=precision, sharded=True)  # every rank holds the same centers (Eq. 7)
 
 
 class ClassCenters(_Centers):

@@ -179,7 +179,7 @@ def shard_rows(num_rows: int, grad_rows: int, rank: int, world: int) -> list[tup
 
 
 class _UniformLoss(torch.autograd.Function):
-    """sum over ordered pairs j1 != j2 of 1 / (|c_j1 - c_j2| + 1), divided by `pairs_per_unit` (M (M - 1)
+    """sum over ordered pairs j1 != j2 of 1 / (|c_j1 - c_j2| + 1), divided by `divisor` (M (M - 1)
     for Eq. 6 as printed, M - 1 for the per-center reduction), over the rows of `centers` and `others`
     together; only `centers` get a gradient.
 
@@ -245,7 +245,7 @@ class _UniformLoss(torch.autograd.Function):
 
 def uniform_loss(centers: torch.Tensor, chunk_size: int | None = None, reduction: str = "pairs",
                  batch_size: int = 1, *, others: torch.Tensor | None = None, precision: str = "exact",
-                 sharded: bool | None = None) -> torch.Tensor:
+                 sharded: bool = False) -> torch.Tensor:
     """UniformFace Eq. 6 without its weight lambda (the caller multiplies), over the (M, d) `centers`
     (docs/DESIGN.md §4.1, §4.4, §4.6):
 
@@ -262,8 +262,8 @@ def uniform_loss(centers: torch.Tensor, chunk_size: int | None = None, reduction
     `others`: (K, d) further centers that enter Eq. 6 as constants (M counts them; no gradient reaches
     them, and none is computed for their rows, which halves the work when K is most of M). `precision`:
     how the Gram products of the distances are computed (GRAM_PRECISIONS; float64 input is always exact).
-    `sharded` (default: whenever torch.distributed runs more than one rank): every rank must pass the same
-    centers; each sweeps its share of the rows (`shard_rows`), every rank gets the whole loss, and the
+    `sharded` (under torch.distributed; off by default, so that a caller's own rank-local or one-rank call
+    stays a plain sweep): every rank must pass the same centers; each sweeps its share of the rows (`shard_rows`), every rank gets the whole loss, and the
     gradient follows the convention of `_UniformLoss` (summed over the ranks it is world x the gradient).
 
     Differentiable with a finite gradient (zero between coinciding centers); `chunk_size` rows per block
@@ -287,7 +287,7 @@ def uniform_loss(centers: torch.Tensor, chunk_size: int | None = None, reduction
     if chunk < 1:
         raise ValueError(f"uniform_loss: chunk_size must be >= 1, got {chunk_size}")
     divisor = float(m - 1) * batch_size if reduction == "center" else float(m * (m - 1))
-    rank, world = rank_and_world() if sharded is not False else (0, 1)
+    rank, world = rank_and_world() if sharded else (0, 1)
     others = None if others is None else others.detach()
     return _UniformLoss.apply(centers, others, chunk, divisor, precision, rank, world)
 

@@ -176,7 +176,7 @@ def missing_inputs(settings: Sequence[Setting]) -> list[str]:
         for key, path in wanted:
             if path is None:
                 missing.setdefault(key, f"{key}: null (ablate.py tests each setting on the aligned LFW folder)")
-            elif not Path(path).exists():
+            elif not Path(path).exists() or (key == "val_targets" and not Path(path).is_file()):  # as the config
                 missing.setdefault(str(path), f"{key}: {path}")
     return list(missing.values())
 

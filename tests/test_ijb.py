@@ -471,6 +471,19 @@ def test_an_id_beyond_int64_is_named_as_written(ijb_set, which, line, what, valu
         evaluate_ijb(TinyEmbedder(), crops, meta, "ijbc", num_workers=0, progress=False)
 
 
+def test_an_id_of_thousands_of_digits_is_named_in_one_short_line(ijb_set):
+    """Python's int() refuses 4,301+ digits with a message naming no file; the length decides first."""
+    crops, meta, _ = ijb_set
+    path = meta / "ijbc_face_tid_mid.txt"
+    lines = path.read_text().splitlines()
+    lines.insert(2, f"1.jpg {'9' * 5000} 10")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}:3: template id '9+\\.\\.\\. \\(5002 characters\\) is "
+                                         "larger than 9223372036854775807") as caught:
+        evaluate_ijb(TinyEmbedder(), crops, meta, "ijbc", num_workers=0, progress=False)
+    assert len(str(caught.value)) < 400
+
+
 def test_the_largest_int64_template_id_is_read(ijb_set, seen_scores):
     """Template 7 renamed 2**63 - 1 (19 digits) in both files: the same scores, the same figures."""
     crops, meta, _ = ijb_set

@@ -314,3 +314,14 @@ def test_a_killed_extraction_resumes_at_its_first_unfinished_chunk(ytf_set, tmp_
     assert 0 < resumed.images < 2 * whole["n_frames"] and result["features_reused"].endswith("chunks (resumed)")
     assert result["fold_accuracies"] == whole["fold_accuracies"] and result["thresholds"] == whole["thresholds"]
     assert not (tmp_path / ".ytf_features.npy.chunks").exists()
+
+
+@pytest.mark.parametrize("split", ["4", "1000000", "9" * 5000])
+def test_a_split_number_beyond_the_pairs_is_named_at_once(tmp_path, split):
+    """More splits than pairs cannot be folds: named by file and line before any fold is made (a split of
+    10**8 used to build 10**8 folds; 5,000 digits failed in int() naming no file)."""
+    path = tmp_path / "splits.txt"
+    path.write_text(f"1, 1, A/0, B/0, 1\n2, 2, A/1, B/1, 0\n{split}, 3, A/2, B/2, 1\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:3: split .*pairs") as caught:
+        read_splits(path)
+    assert len(str(caught.value)) < 400

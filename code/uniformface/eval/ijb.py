@@ -31,7 +31,7 @@ from ..align.crop import template
 from .embedding import extract_features
 from .feature_cache import cached_features, chunked, file_stamp, listing_digest, model_identity
 from ..base.images import decode_rgb
-from ..base.paths import first_and_more, read_utf8_text
+from ..base.paths import first_and_more, read_utf8_text, shown
 from .results import TAR_RULES, beside_results, prepare_results, roc_path, update_results
 from .trained_network import load_embedder
 from .protocols import curve_metrics, figure_png_bytes, l2_normalize, new_figure, roc_points
@@ -107,11 +107,11 @@ def _image_name(value: str, where: str) -> str:
 def _integer(value: str, what: str, where: str, line: str) -> int:
     if not re.fullmatch(r"[0-9]+", value):
         raise ValueError(f"{where}: {what} {value!r} is not a non-negative integer: {line!r}")
-    number = int(value)
-    if number > LARGEST_ID:
-        raise ValueError(f"{where}: {what} {value!r} is larger than {LARGEST_ID} (the largest 64-bit integer): "
-                         f"{line!r}")
-    return number
+    digits = value.lstrip("0") or "0"  # compared by length first: int() of 4,301+ digits raises unnamed
+    if len(digits) > len(str(LARGEST_ID)) or int(digits) > LARGEST_ID:
+        raise ValueError(f"{where}: {what} {shown(value, 40)} is larger than {LARGEST_ID} (the largest 64-bit "
+                         f"integer): {shown(line, 120)}")
+    return int(digits)
 
 
 def read_template_media(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:

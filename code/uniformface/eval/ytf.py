@@ -28,7 +28,7 @@ from .embedding import ImageFiles, extract_features
 from .evaluate import pair_features
 from .feature_cache import cached_features, chunked, file_stamp, listing_digest, model_identity
 from ..base.images import is_image_name
-from ..base.paths import first_and_more, read_utf8_text
+from ..base.paths import first_and_more, read_utf8_text, shown
 from .results import beside_results, prepare_results, roc_path, update_results
 from .trained_network import load_embedder
 from .protocols import check_protocol, fold_ids, kfold_accuracy, roc_summary
@@ -115,8 +115,12 @@ def read_splits(path: str | Path) -> list[VideoPair]:
         if len(fields) != len(columns):
             raise ValueError(f"{where}: expected {layout}, found {len(fields)}: {line!r}")
         split, same = fields[at[SPLIT]], fields[at[SAME]]
-        if not re.fullmatch(r"[0-9]+", split) or int(split) < 1:
-            raise ValueError(f"{where}: split number {split!r} is not a positive integer: {line!r}")
+        if not re.fullmatch(r"[0-9]+", split) or not split.lstrip("0"):
+            raise ValueError(f"{where}: split number {shown(split, 40)} is not a positive integer: "
+                             f"{shown(line, 120)}")
+        if len(split.lstrip("0")) > 18:  # before int(): 4,301+ digits raise a message naming no file
+            raise ValueError(f"{where}: split number {shown(split, 40)} is larger than any file's count of "
+                             f"pairs: {shown(line, 120)}")
         if same not in ("0", "1"):
             raise ValueError(f"{where}: {label!r} is {same!r}, expected 0 or 1: {line!r}")
         pairs.append(VideoPair(_video_name(fields[at[FIRST]], where, FIRST),
@@ -124,6 +128,9 @@ def read_splits(path: str | Path) -> list[VideoPair]:
     if not pairs:
         raise ValueError(f"{path}:{header_line}: a header but no pairs")
     n_splits = max(p.split for p in pairs)
+    if n_splits > len(pairs):  # more splits than pairs cannot be the folds; also bounds the folds made below
+        first = next(p for p in pairs if p.split == n_splits)
+        raise ValueError(f"{path}:{first.line}: split {n_splits}, but the file holds only {len(pairs)} pairs")
     if n_splits < 2:
         raise ValueError(f"{path}: all pairs are in split {n_splits}; the protocol needs at least 2 splits")
     expected = fold_ids(len(pairs), n_splits) + 1

@@ -6,7 +6,7 @@ import torch
 from uniformface.base.config import load_config
 from uniformface.nn.centers import ClassCenters, WeightCenters
 from uniformface.nn.heads import ASoftmax, CosFace
-from uniformface.train.build import build_parts, parameter_groups, wrap_for_ranks
+from uniformface.train.build import build_parts, flush_denormals_on_cpu, parameter_groups, wrap_for_ranks
 
 
 def test_caffe_parameter_multipliers():
@@ -45,3 +45,20 @@ def test_the_parts_are_those_the_config_names(setting):
            {id(p) for p in parts.model.parameters()}
     wrap_for_ranks(parts, cfg, world_size=1)
     assert parts.net is parts.model  # one process, not compiled: the model itself
+
+
+def denormals_kept() -> bool:
+    return torch.tensor([1e-40]).mul(1.0).item() != 0.0
+
+
+def test_a_cpu_run_flushes_denormal_floats_and_a_gpu_run_leaves_the_cpu_setting():
+    """1e-40 is below float32's smallest normal number (1.18e-38): kept, x86 handles it in microcode."""
+    try:
+        torch.set_flush_denormal(False)
+        flush_denormals_on_cpu(torch.device("cuda"))
+        assert denormals_kept()
+        flush_denormals_on_cpu(torch.device("cpu"))
+        assert not denormals_kept()
+        assert torch.tensor([2e-38]).mul(1.0).item() == pytest.approx(2e-38)  # normal numbers untouched
+    finally:
+        torch.set_flush_denormal(False)

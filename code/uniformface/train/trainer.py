@@ -23,7 +23,7 @@ from ..base.config import HISTORY_FILE, Config, save_config, to_dict
 from ..base.devices import resolve_device
 from ..base.locks import FolderBusy, FolderLock
 from ..data import GlobalBatchSampler, open_train_set, training_loader
-from .build import build_parts, seed_everything, wrap_for_ranks
+from .build import build_parts, flush_denormals_on_cpu, seed_everything, wrap_for_ranks
 from .checkpoint import (CONFIG_FILE, Checkpoints, export_weights, record_resumed_settings, restore_training_state,
                          training_state, weights_extra)
 from .divergence import DivergenceWatch, TrainingError, features_finite, non_finite_part
@@ -126,6 +126,7 @@ class Trainer:
     def _build(self, resume: bool) -> None:
         cfg, main = self.cfg, self.topology.is_main
         seed_everything(cfg, self.device)
+        flush_denormals_on_cpu(self.device)
         self.dataset = open_train_set(cfg.dataset.train, exclude=cfg.dataset.exclude_identities,
                                       min_images_per_class=cfg.min_images_per_class, flip=cfg.flip, seed=cfg.seed)
         check_training_set(self.dataset, cfg, report=main)

@@ -24,7 +24,7 @@ def test_paper_config_holds_spec_numbers():
     assert cfg.loss.name == "sphereface" and cfg.loss.m == 4
     assert (cfg.loss.base, cfg.loss.gamma, cfg.loss.power, cfg.loss.lambda_min) == (1000, 0.12, 1, 5)
     assert cfg.alpha == 1.0 and cfg.flip
-    # the uniform loss on the hypersphere, with the per-center reduction (README: "The uniform loss's reading")
+    # the uniform loss on the hypersphere, with the per-center reduction (docs/DESIGN.md §4.3, §4.4)
     assert cfg.normalize_centers and cfg.uniform_reduction == "center" and cfg.center_mode == "feature"
     assert Config().normalize_centers and Config().uniform_reduction == "center"
     assert sorted(cfg.dataset.exclude_identities) == ["0166921", "1056413", "1193098"]
@@ -124,8 +124,8 @@ def test_numbers_out_of_range_are_refused(overrides, message):
     load_config(None, ["lr=0.01", "momentum=0", "loss.name=arcface", "loss.m=0.5", "device=cuda:1"])  # in range
 
 
-def test_readme_ablation_rows_name_the_run_folders_train_py_makes():
-    """Each row of the README's "Train and test each setting" table: its `--set` overrides on
+def test_the_reproducing_guides_ablation_rows_name_the_run_folders_train_py_makes():
+    """Each row of docs/REPRODUCING.md's "Train and test each setting" table: its `--set` overrides on
     code/config.yaml give the run folder the row names (a '...' prefix abbreviates the common part)."""
     import re
 

@@ -22,8 +22,8 @@ def test_crop_offset_is_the_template_shift():
 
 def test_flip_embed_forms_each_protocols_feature():
     """Against the network called on the same batch and the features combined in numpy float64:
-    plain f; sphereface [f, f_flip] (evaluation.m); insightface (f + f_flip) / |f + f_flip|. The same
-    arithmetic as before the flip lived in one place, so the results are equal to the last bit."""
+    plain f; sphereface [f, f_flip] (evaluation.m); insightface (f + f_flip) / |f + f_flip|, equal to the last
+    bit."""
     torch.manual_seed(0)
     model = build_model("sphereface4", 16).eval()
     x = (torch.randint(0, 256, (3, 3, 112, 96), generator=torch.Generator().manual_seed(1)).float() - 127.5) / 128

@@ -141,7 +141,7 @@ def test_a_lock_file_that_is_a_link_or_not_a_regular_file_is_never_written(tmp_p
 
 
 def test_preprocess_and_train_refuse_a_planted_lock_link_and_overwrite_nothing(tmp_path, victim, capsys):
-    """The issue's two commands: `preprocess.py --output_dir OUT` and `train.py --resume` into a run
+    """The two commands that lock a folder: `preprocess.py --output_dir OUT` and `train.py --resume` into a run
     folder, each holding `.lock -> ../victim.txt`: exit 1, one line naming the link, victim.txt intact."""
     from conftest import load_script
     from hostile import one_line_error

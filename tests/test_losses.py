@@ -78,7 +78,7 @@ def spread_on_the_sphere(m, reduction, steps=2, step_size=0.5, dim=16):
 
 @pytest.mark.slow
 def test_the_center_reduction_spreads_centers_at_any_scale_where_the_printed_one_goes_inert():
-    """The synthetic check behind the default (README, "The uniform loss's reading"): the per-center
+    """The synthetic check behind the default (docs/DESIGN.md §4.4): the per-center
     reduction moves 100 and 10,000 centers apart alike (its force on a center is 2 / batch_size times the
     mean of the others' pushes, whatever M; here batch_size 1 and the step stand for lr / batch_size);
     Eq. 6 as printed fades like 1/M."""
@@ -280,7 +280,7 @@ def test_shard_rows_give_every_row_to_one_rank_and_share_the_gradient_rows(rows,
     assert covered == list(range(rows))
     gradient_counts = [sum(max(0, min(last, grad_rows) - first) for first, last in share) for share in shares]
     other_counts = [sum(last - first for first, last in share) - g for share, g in zip(shares, gradient_counts)]
-    if world > 1:  # one process sweeps everything in one range, as before sharding existed
+    if world > 1:  # one process sweeps everything in one range
         assert max(gradient_counts) - min(gradient_counts) <= 1 and max(other_counts) - min(other_counts) <= 1
 
 

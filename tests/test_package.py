@@ -48,8 +48,8 @@ def test_the_public_names_are_the_library_objects():
 
 
 def test_the_names_outside_checks_import_from_the_package_top():
-    """The shared reference's public names (heads, the k-fold protocol, the training-set opener, the YouTube
-    Faces reader) import from the package top, whichever module holds them."""
+    """The public names that outside checks import (heads, the k-fold protocol, the training-set opener, the
+    YouTube Faces reader) import from the package top, whichever module holds them."""
     from uniformface import ArcFace, ASoftmax, CosFace, kfold_accuracy, open_train_set, read_splits
     from uniformface.data import open_train_set as opener
     from uniformface.eval.protocols import kfold_accuracy as kfold

@@ -399,3 +399,51 @@ def test_the_readmes_config_keys_exist_with_the_defaults_it_states():
         assert len(keys) == len(defaults), (keys_cell, defaults_cell)
         for key, stated in zip(keys, defaults):
             assert get_key(config, key) == stated, (key, get_key(config, key), stated)
+
+
+# ------------------------------------------------------------------ a section cited by name or number is there
+
+# `README, "Tests"`, `README's "Code layout"`, `docs/CLI.md, "More commands"`, `UNIFORM_LOSS.md's "In short"`
+_CITED_HEADING = re.compile(r"\b(README(?:\.md)?|(?:docs/)?[A-Z][A-Z_]*\.md)(?:'s)?,? \"([^\"]+)\"")
+# `docs/DESIGN.md §4.6`, `DESIGN §2.3, §6.3`: each number after the document's name
+_CITED_SECTIONS = re.compile(r"\bDESIGN(?:\.md)?((?:,? ?§ ?\d+(?:\.\d+)*)+)")
+
+
+def document_headings(path: Path) -> list[str]:
+    """A Markdown file's headings without code marks."""
+    return [re.sub(r"[`*]", "", match[1]).strip()
+            for _, line in markdown_blocks(path.read_text(encoding="utf-8"))[0]
+            if (match := re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line))]
+
+
+def missing_sections(text: str, where: str) -> list[str]:
+    """Each `DOC, "Heading"` whose document has no heading starting with that text, and each `DESIGN §N.M`
+    that DESIGN.md has no section of."""
+    problems = []
+    for number, line in enumerate(text.splitlines(), 1):
+        for document, heading in _CITED_HEADING.findall(line):
+            path = ROOT / "README.md" if document.startswith("README") else ROOT / "docs" / Path(document).name
+            if not path.is_file():
+                problems.append(f"{where}:{number}: {document} does not exist")
+            elif not any(re.sub(r"^\d+\.\s+", "", h).lower().startswith(heading.lower())  # "2. Train..."
+                         for h in document_headings(path)):
+                problems.append(f"{where}:{number}: {path.name} has no heading {heading!r}")
+        for sections in _CITED_SECTIONS.findall(line):
+            numbered = {h.split()[0].rstrip(".") for h in document_headings(DESIGN) if h[:1].isdigit()}
+            problems += [f"{where}:{number}: DESIGN.md has no §{n}" for n in re.findall(r"\d+(?:\.\d+)*", sections)
+                         if n not in numbered]
+    return problems
+
+
+def test_a_section_cited_by_its_heading_or_number_exists():
+    sources = [*scanned_files(), *DOCUMENTS, ROOT / "Makefile", ROOT / "Dockerfile"]
+    problems = [p for path in sources for p in missing_sections(path.read_text(encoding="utf-8"),
+                                                                  str(path.relative_to(ROOT)))]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_section_check_finds_a_renamed_heading_and_a_missing_number():
+    readme, design = "README", "DESIGN"  # a citation written out here would be checked as one
+    text = f'{readme}, "Tests" and {readme}\'s "Real workflow"; docs/CLI.md, "More commands"; {design} §4.6, §4.99'
+    assert missing_sections(text, "x") == ["x:1: README.md has no heading 'Real workflow'",
+                                           "x:1: DESIGN.md has no §4.99"]

@@ -1,7 +1,7 @@
 """Typed training configuration: dataclasses loaded from YAML, validated before any work starts.
 
 The key names follow the earlier port (ka-tsu-mo/pytorch-uniformface) so that its users' configs and
-`--set key=value` overrides keep working (README, "Real workflow"): `alpha` is the weight of the uniform loss (the
+`--set key=value` overrides keep working (README, "The real workflow"): `alpha` is the weight of the uniform loss (the
 paper's λ in Eq. 6) and `beta` the center update rate (the paper's α in Eq. 7).
 """
 from __future__ import annotations

@@ -191,8 +191,8 @@ class _UniformLoss(torch.autograd.Function):
     Sharded (world > 1): this rank sweeps only its `shard_rows`; the loss's partial sums are added over the
     ranks (one all_reduce) so every rank returns the whole loss, and the gradient returned is world x the
     gradient of this rank's rows (zero elsewhere): summed over ranks, by the feature gather's backward or
-    by DDP's all-reduce, it is world x the whole gradient, exactly what every rank computing everything gave
-    before, so DDP's mean over ranks still leaves the single-process gradient."""
+    by DDP's all-reduce, it is world x the whole gradient, as if every rank computed everything, so DDP's
+    mean over ranks leaves the single-process gradient."""
 
     @staticmethod
     def forward(ctx, centers: torch.Tensor, others: torch.Tensor | None, chunk_size: int, divisor: float,
@@ -221,7 +221,8 @@ class _UniformLoss(torch.autograd.Function):
                         weight = inverse.square_().div_(unit_dist).mul_(-2.0)
                         weight.masked_fill_(unit_dist < floor, 0.0)
                         weight.diagonal(offset=start).zero_()
-                        # the whole block, as before rows of `others` existed, so that its rows are unchanged
+                        # the whole block's product (a sliced one can round otherwise): the gradient rows
+                        # equal, to the bit, those of the same call without `others`
                         block_grad = points[start:stop] * weight.sum(1, keepdim=True) - weight @ points
                         kept = min(stop, grad_rows) - start
                         grad[start:start + kept] = block_grad[:kept]
@@ -263,8 +264,9 @@ def uniform_loss(centers: torch.Tensor, chunk_size: int | None = None, reduction
     them, and none is computed for their rows, which halves the work when K is most of M). `precision`:
     how the Gram products of the distances are computed (GRAM_PRECISIONS; float64 input is always exact).
     `sharded` (under torch.distributed; off by default, so that a caller's own rank-local or one-rank call
-    stays a plain sweep): every rank must pass the same centers; each sweeps its share of the rows (`shard_rows`), every rank gets the whole loss, and the
-    gradient follows the convention of `_UniformLoss` (summed over the ranks it is world x the gradient).
+    stays a plain sweep): every rank must pass the same centers; each sweeps its share of the rows
+    (`shard_rows`), every rank gets the whole loss, and the gradient follows the convention of
+    `_UniformLoss` (summed over the ranks it is world x the gradient).
 
     Differentiable with a finite gradient (zero between coinciding centers); `chunk_size` rows per block
     (default: about 16M pairwise values per block). M < 2 gives 0. The result is float32 for

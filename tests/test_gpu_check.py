@@ -67,17 +67,19 @@ def test_full_sizes_end_within_the_budget_with_stopped_rows(capsys):
     assert "stopped" in capsys.readouterr().out
 
 
-def test_a_network_this_version_does_not_know_gives_a_skipped_row():
-    """IResNet-50 comes with another change: without it the uniform-loss stage still reports, with a
-    "skipped" row that does not fail the check."""
-    import torch
-
-    assert gpu_check.network_step_seconds(torch.device("cpu"), "no_such_network", 2, 0, 1) is None
+def test_uniform_loss_rows_and_what_fails_the_stage():
+    """A NaN loss or an error above 1e-4 of float64 (docs/DESIGN.md §4.6) fails the check, NaN errors too;
+    errors within it and finite losses do not."""
     measured = {"classes": 600, "batch_classes": 345, "current_s": 2.0, "new_s": 1.0, "current_loss": 1.0,
                 "new_loss": 1.0, "flops_current": 1e9, "flops_new": 5e8, "split_on_tensor_cores": False,
                 "errors": {"split": {"loss": 1e-8, "gradient": 2e-6}, "float32": {"loss": 1e-8, "gradient": 2e-6}},
-                "networks": {"sphereface20": 0.5, "no_such_network": None}}
+                "networks": {"sphereface20": 0.5, "iresnet50": 0.25}}
     rows = gpu_check.uniform_loss_rows(measured, 256, "bf16 autocast")
-    assert rows[-1]["value"] == "skipped" and "no_such_network" in rows[-1]["note"]
-    assert rows[-2]["value"] == 0.5 and "2.00x this" in rows[-2]["note"]
-    assert rows[1]["note"].startswith("speed-up 2.00x")
+    assert [r["value"] for r in rows[-2:]] == [0.5, 0.25] and "4.00x this" in rows[-1]["note"]
+    assert rows[1]["note"].startswith("speed-up 2.00x") and "below 0.0001" in rows[2]["note"]
+    assert gpu_check.uniform_loss_failures(measured) == [] and gpu_check.uniform_loss_failures(None) == []
+    wrong = {**measured, "new_loss": float("nan"),
+             "errors": {"split": {"loss": 1e-8, "gradient": 1.5e-4}, "float32": {"loss": float("nan"), "gradient": 0}}}
+    assert gpu_check.uniform_loss_failures(wrong) == ["uniform loss new_loss nan",
+                                                      "uniform loss split gradient error 1.5e-04 > 0.0001",
+                                                      "uniform loss float32 loss error nan > 0.0001"]

@@ -37,6 +37,19 @@ def expected_parameter_count(units, embedding_size, map_hw):
     return total + 2 * 512 + 512 * map_hw[0] * map_hw[1] * embedding_size + embedding_size + 2 * embedding_size
 
 
+@pytest.mark.parametrize("name, size, parameters", [("iresnet18", (112, 112), 24_025_600),
+                                                    ("iresnet34", (112, 112), 34_139_328),
+                                                    ("iresnet50", (112, 112), 43_590_848),
+                                                    ("iresnet100", (112, 112), 65_156_160),
+                                                    ("iresnet50", (112, 96), 41_755_840)])
+def test_the_documented_parameter_counts_and_a_512d_output(name, size, parameters):
+    """docs/DESIGN.md §2.5's counts at 512-d, against insightface's layer list counted above."""
+    model = build_model(name, embedding_size=512, input_size=size)
+    assert count(model) == parameters == expected_parameter_count(UNITS[name], 512, (size[0] // 16, size[1] // 16))
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, 3, *size)).shape == (2, 512)
+
+
 @pytest.mark.parametrize("name", list(UNITS))
 def test_every_depth_matches_its_layer_list(name):
     model = build_model(name, 128, (112, 112))

@@ -18,6 +18,7 @@ and from bench/ (bench/common.py), never the reverse; benchmarks import nothing 
 that several test files use live here.
 """
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,20 @@ import torch
 from common import write_aligned_tree  # bench/common.py: the benchmarks make the same trees
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def share_the_cores() -> None:
+    """Under pytest-xdist (`make test`) each worker gets its share of the cores for PyTorch's threads, and so
+    do the processes its tests start: OpenMP threads that outnumber the cores spin waiting on each other
+    (two 2-thread runs side by side on 2 cores took twice as long as two 1-thread runs)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+share_the_cores()
 
 
 def load_script(name):

@@ -130,11 +130,19 @@ def test_evaluators_run_every_eval_every_iterations_and_their_figures_are_logged
 @pytest.mark.parametrize("center_mode", ["feature", "weight"])
 def test_center_update_rates_that_nan_the_earlier_port_stay_finite(tmp_path, tree_factory, center_mode, beta):
     """The earlier port went NaN at beta 0.01 and 0.1 (head weights as centers): 200 iterations each.
-    bench/bench_stability.py runs the same grid and prints the figures."""
-    from common import stability_run
+    bench/bench_stability.py runs the same grid and prints the figures. Each run in a fresh process, as
+    train.py's: there the trainer's denormal flush reaches every thread (docs/DESIGN.md §5.1); in this test
+    process, whose threads exist already, it would not, and the run takes several times longer."""
+    import subprocess
 
     tree = tree_factory(tmp_path / "train", n_classes=8, per_class=4)
-    lines = stability_run(tree, tmp_path / center_mode, center_mode, beta=beta, iterations=200)
+    run = ("import json, sys; from common import stability_run; "
+           "print(json.dumps(stability_run(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]))))")
+    child = subprocess.run([sys.executable, "-c", run, str(tree), str(tmp_path / center_mode), center_mode, str(beta)],
+                           capture_output=True, text=True, cwd=ROOT / "bench",
+                           env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), str(ROOT / "code")])})
+    assert child.returncode == 0, child.stderr
+    lines = json.loads(child.stdout.splitlines()[-1])
     assert len(lines) == 20
     for line in lines:
         for key in ("loss", "cross_entropy", "uniform_loss", "mean_min_center_distance"):

@@ -129,13 +129,6 @@ def test_each_val_targets_set_gets_a_panel_in_insightfaces_order(tmp_path):
         load_runs([bad])
 
 
-def test_the_val_prefix_is_the_evaluators():
-    """plots.py stays torch-free, so it names the prefix itself; it must be the one the evaluators log."""
-    from uniformface.eval.during_training import VAL_PREFIX
-
-    assert plots.VAL_PREFIX == VAL_PREFIX == "val/"
-
-
 def test_six_panels_without_evaluation_and_a_missing_key_is_no_line(tmp_path):
     plain = write_run(tmp_path / "plain", 0.0)
     text = "".join(json.dumps({k: v for k, v in training_record(i, 1.0).items() if k != "lambda"}) + "\n"

@@ -63,5 +63,13 @@ FALLBACKS = ("auto", "mean", "skip")
 # or the same network at its initialisation
 BASELINES = ("raw", "untrained")
 
+# test.py --tar_rule: IJB's TAR at each FAR target, named in the results as `tar_rule` (docs/DESIGN.md §7.8):
+# "at_most", the best TAR whose FAR does not exceed the target (the default); "insightface", the ROC point
+# insightface's ijb_11.py reports, the kept point whose FAR is nearest the target
+TAR_RULES = ("at_most", "insightface")
+
+# a `.bin` set of val_targets is logged as val/<file stem>, in metrics.jsonl and TensorBoard alike
+VAL_PREFIX = "val/"
+
 # features of one image: the network's f, or f combined with its mirror's as each protocol does
 EMBEDDING_MODES = ("plain", *PROTOCOLS)

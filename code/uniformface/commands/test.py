@@ -33,7 +33,7 @@ from pathlib import Path
 from ..base.cli import new_parser, run_command
 from ..base.devices import AUTO
 from ..base.registry import BASELINES, BENCHMARKS, PROTOCOLS
-from ..eval.results import TAR_RULES
+from ..base.registry import TAR_RULES
 from ..tools.report import RESULTS_FILE, accuracy_lines, bin_table, lfw_summary
 
 NAME = "test"

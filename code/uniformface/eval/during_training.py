@@ -22,6 +22,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..base.config import Config, check_evaluation_files, evaluates_lfw_folder
+from ..base.registry import VAL_PREFIX
 from .binfile import read_bin
 from .embedding import EncodedImages, extract_features
 from .evaluate import BIN_FOLDS, evaluate_pairs
@@ -29,7 +30,6 @@ from .protocols import kfold_accuracy
 
 log = logging.getLogger(__name__)
 
-VAL_PREFIX = "val/"  # a `.bin` set's figure is val/<file stem>, in metrics.jsonl and TensorBoard alike
 EVALUATION_BATCH = 128  # test.py's --batch_size default: the same batches give the same float32 features
 
 

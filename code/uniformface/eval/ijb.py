@@ -32,7 +32,8 @@ from .embedding import extract_features
 from .feature_cache import cached_features, chunked, file_stamp, listing_digest, model_identity
 from ..base.images import decode_rgb
 from ..base.paths import first_and_more, read_utf8_text, shown
-from .results import TAR_RULES, beside_results, prepare_results, roc_path, update_results
+from ..base.registry import TAR_RULES
+from .results import beside_results, prepare_results, roc_path, update_results
 from .trained_network import load_embedder
 from .protocols import curve_metrics, figure_png_bytes, l2_normalize, new_figure, roc_points
 

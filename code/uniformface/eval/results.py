@@ -13,11 +13,6 @@ from ..base.registry import BENCHMARKS
 
 RESULTS_FILE = "lfw_results.json"
 
-# IJB's TAR at each FAR target (test.py --tar_rule), named in the results as `tar_rule` (docs/DESIGN.md §7.8):
-# "at_most", the best TAR whose FAR does not exceed the target (the default); "insightface", the ROC point
-# insightface's ijb_11.py reports, the kept point whose FAR is nearest the target.
-TAR_RULES = ("at_most", "insightface")
-
 # The benchmarks other than LFW each keep their results in a section of their own name ("ytf", "ijbb",
 # "ijbc"), replaced only by a run of that benchmark.
 SECTIONS = tuple(b for b in BENCHMARKS if b != "lfw")

@@ -21,15 +21,15 @@ import numpy as np
 from ..base.atomic import atomic_write_bytes
 from ..base.config import history_lines
 from ..base.paths import shown
+from ..base.registry import VAL_PREFIX
 from .report import Run, read_run_settings, set_order, setting_names
 from ..eval.protocols import figure_png_bytes, l2_normalize, new_figure
 
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"  # the trainer's log of a run folder (trainer.METRICS_FILE)
-EVALUATION_KEY = "lfw_accuracy"  # the key that marks an evaluation line (eval_every) of metrics.jsonl
-# so does any key of this prefix: a `.bin` set of val_targets (eval.during_training.VAL_PREFIX; no torch here)
-VAL_PREFIX = "val/"
+# the key that marks an evaluation line (eval_every) of metrics.jsonl; so does any key of VAL_PREFIX
+EVALUATION_KEY = "lfw_accuracy"
 
 
 def is_evaluation_key(key: str) -> bool:

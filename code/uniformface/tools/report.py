@@ -13,6 +13,7 @@ from typing import Sequence
 
 from ..base.config import history_lines, read_history, read_yaml
 from ..base.paths import read_utf8_text
+from ..base.registry import VAL_PREFIX
 from ..eval.results import RESULTS_FILE
 
 # insightface's usual order of its verification sets; others follow alphabetically.
@@ -183,7 +184,7 @@ def last_validation(folder: Path) -> Validation | None:
     resumed run's abandoned records and a last line being written are left out), or None when the folder
     has no such figure. A damaged line, or a figure that is not an accuracy, is a ValueError naming the file
     (and the line, or the key and iteration)."""
-    from .plots import METRICS_FILE, VAL_PREFIX, read_metrics  # plots draws with this module's names
+    from .plots import METRICS_FILE, read_metrics  # plots draws with this module's names
 
     path = folder / METRICS_FILE
     if not path.is_file():

@@ -263,12 +263,8 @@ def roc_summary(left, right, is_same, protocol: str, roc_png=None, label: str | 
 
 def save_roc_png(fpr, tpr, path: str | Path, label: str | None = None, title: str = "ROC") -> None:
     """ROC plot (false accept rate vs true accept rate) as a PNG, written atomically."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(5, 5), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+    axes = new_figure(5, 5, layout=None).add_subplot()
+    figure = axes.figure
     axes.plot(np.asarray(fpr), np.asarray(tpr), label=label)
     axes.plot([0, 1], [0, 1], color="0.7", linestyle=":", linewidth=1)
     axes.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false accept rate", ylabel="true accept rate", title=title)

@@ -33,8 +33,7 @@ def export_onnx(model: nn.Module, input_size: Sequence[int], output: str | Path,
     import onnx
 
     model = _cpu_eval_copy(model)
-    rows, cols = (int(v) for v in input_size)
-    example = normalize_pixels(torch.randint(0, 256, (2, 3, rows, cols), dtype=torch.uint8))
+    example = _random_images(2, input_size, torch.Generator().manual_seed(0))  # its values do not matter
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The legacy exporter announces it is legacy; the tracer warns that the input-shape check in

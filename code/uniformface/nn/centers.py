@@ -173,7 +173,8 @@ class _Centers(nn.Module):
 
     def loss_centers_of(self, batch: GlobalBatch, check_labels: bool = True) -> torch.Tensor:
         """The (M, d) centers that enter Eq. 6 for this global batch."""
-        return self._loss_rows_of(batch, check_labels)[0]
+        rows, others = self._loss_rows_of(batch, check_labels)
+        return rows if others is None else torch.cat([rows, others])
 
     def uniform_loss_of(self, batch: GlobalBatch, reduction: str = "pairs", batch_size: int = 1,
                         check_labels: bool = True) -> torch.Tensor:
@@ -184,10 +185,9 @@ class _Centers(nn.Module):
         - the sphere reading on CUDA takes its Gram products in split bf16 (`losses.GRAM_PRECISIONS`),
           within 1e-4 of float64 up to 100,000 centers; raw centers, and any CPU, stay exact float32;
         - under torch.distributed each rank sweeps its share of the rows (`losses.shard_rows`)."""
-        centers, differentiable = self._loss_rows_of(batch, check_labels)
-        precision = "split-bf16" if self.normalize and centers.device.type == "cuda" else "exact"
-        others = centers[differentiable:] if differentiable < len(centers) else None
-        return uniform_loss(centers[:differentiable], reduction=reduction, batch_size=batch_size, others=others,
+        rows, others = self._loss_rows_of(batch, check_labels)
+        precision = "split-bf16" if self.normalize and rows.device.type == "cuda" else "exact"
+        return uniform_loss(rows, reduction=reduction, batch_size=batch_size, others=others,
                             precision=precision, sharded=True)  # every rank holds the same centers (Eq. 7)
 
 
@@ -228,13 +228,12 @@ class ClassCenters(_Centers):
         return (self._host_copy is not None and self._host_copy_of is self.initialized and version is not None
                 and version == self._host_copy_version)
 
-    def _loss_rows_of(self, batch: GlobalBatch, check_labels: bool = True) -> tuple[torch.Tensor, int]:
-        """(`loss_centers_of(batch)`, how many of its leading rows depend on the features).
-
-        The (M, d) centers that enter Eq. 6 for this global batch: c~_j = (c_j + sum_{i in j} x_i)
-        / (1 + n_j) for the batch's initialised classes, the mean of the batch's features for a class
-        seen for the first time (both differentiable in x), then (scope "all") the other initialised
-        centers as constants.
+    def _loss_rows_of(self, batch: GlobalBatch,
+                      check_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The centers that enter Eq. 6 for this global batch, as (the rows that depend on the features,
+        the constant rows or None): c~_j = (c_j + sum_{i in j} x_i) / (1 + n_j) for the batch's initialised
+        classes, the mean of the batch's features for a class seen for the first time, then (scope "all")
+        the other initialised centers, detached: their normalisation takes no part in the backward pass.
 
         Distributed: every rank builds the same set from the global batch, and the gradient that
         `uniform_loss` gives each rank sums over the ranks to world_size x dL_u/dc (every rank computing
@@ -256,13 +255,12 @@ class ClassCenters(_Centers):
         stored = self.centers[classes].to(dtype)
         seen_before = self.initialized[classes].unsqueeze(1)
         batch_centers = torch.where(seen_before, (stored + sums) / (1.0 + counts), sums / counts)
-        parts = [batch_centers]
+        others = None
         if self.scope == "all":
-            others = self.host_initialized().clone()
-            others[host_classes] = False
-            parts.append(self._rows(others).to(dtype))
-        centers = torch.cat(parts)
-        return (F.normalize(centers, dim=1) if self.normalize else centers), len(batch_centers)
+            mask = self.host_initialized().clone()
+            mask[host_classes] = False
+            others = self._rows(mask).to(dtype)
+        return self._points(batch_centers), None if others is None else self._points(others)
 
     def initialized_centers(self) -> torch.Tensor:
         """The initialised centers (C_init, d), detached (for the log's figures), read as `loss_centers_of`
@@ -275,7 +273,8 @@ class ClassCenters(_Centers):
         return self.centers[torch.nonzero(host_mask).squeeze(1).to(self.centers.device, non_blocking=True)]
 
     def _points(self, features: torch.Tensor) -> torch.Tensor:
-        """What the centers average: the unit-normalised features (sphere reading) or the raw ones."""
+        """Features as the centers average them, and centers as Eq. 6 takes them: projected onto the unit
+        sphere (sphere reading) or as they are."""
         return F.normalize(features, dim=1) if self.normalize else features
 
     @torch.no_grad()
@@ -350,10 +349,10 @@ class WeightCenters(_Centers):
     def weight(self) -> torch.Tensor:
         return self.head.weight
 
-    def _loss_rows_of(self, batch: GlobalBatch, check_labels: bool = True) -> tuple[torch.Tensor, int]:
+    def _loss_rows_of(self, batch: GlobalBatch, check_labels: bool = True) -> tuple[torch.Tensor, None]:
         """(the class weights (scope "batch": those of the global batch's classes, worked out on the host as
-        in `ClassCenters.loss_centers_of`), all of whose rows are differentiable). The features are not
-        needed, and not gathered."""
+        in `ClassCenters.loss_centers_of`), None): every row is differentiable. The features are not needed,
+        and not gathered."""
         weight = self.weight
         if weight.dtype not in (torch.float32, torch.float64):
             weight = weight.float()
@@ -362,7 +361,7 @@ class WeightCenters(_Centers):
             if check_labels:
                 _check_labels(classes, len(weight), "WeightCenters.loss_centers")
             weight = weight[classes.to(weight.device, non_blocking=True)]
-        return (F.normalize(weight, dim=1) if self.normalize else weight), len(weight)
+        return (F.normalize(weight, dim=1) if self.normalize else weight), None
 
     @torch.no_grad()
     def update_from(self, batch: GlobalBatch, rate: float, check_labels: bool = True,

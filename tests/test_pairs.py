@@ -87,6 +87,19 @@ def test_malformed_lines_name_file_and_line(tmp_path, line_no, text, line_in_mes
     assert phrase in message
 
 
+@pytest.mark.parametrize("line_no, text", [(1, "2\t" + "9" * 5000), (3, "Person_0_1\t" + "1" * 5000 + "\t2"),
+                                           (4, "Person_0_0\t1\tOther_0_0\t1234567890")])
+def test_a_number_of_thousands_of_digits_is_one_short_line_naming_the_line(tmp_path, line_no, text):
+    """Python's int() refuses over 4,300 digits with a message naming no file; LFW's numbers have at most 4
+    digits, and more than 9 are named as the line's fault, in a message that shows the line cut short."""
+    path = _write_with(tmp_path, line_no, text)
+    with pytest.raises(ValueError) as error:
+        read_pairs(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}:{line_no}: ") and "at most 9 digits" in message
+    assert len(message) < 400 and "\n" not in message
+
+
 def test_extra_line_and_empty_file(tmp_path):
     path = tmp_path / "pairs.txt"
     write_pairs(path, toy_folds(1, 1))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..base.atomic import atomic_write_text
-from ..base.paths import read_utf8_text
+from ..base.paths import read_utf8_text, shown
 
 
 @dataclass(frozen=True)
@@ -41,11 +41,11 @@ def read_pairs(path: str | Path, ext: str = ".jpg") -> list[Pair]:
     if not lines:
         raise ValueError(f"{path}: empty file, expected a header line 'n_folds<TAB>n_per_side'")
 
-    header = lines[0].split()
-    if len(header) not in (1, 2) or not all(_is_int(v) and int(v) > 0 for v in header):
-        raise ValueError(f"{path}:1: expected a header 'n_folds<TAB>n_per_side' of positive integers "
-                         f"(e.g. '10\\t300'), found {lines[0]!r}")
-    n_folds, n = (1, int(header[0])) if len(header) == 1 else (int(header[0]), int(header[1]))
+    header = [_positive_int(v) for v in lines[0].split()]
+    if len(header) not in (1, 2) or None in header:
+        raise ValueError(f"{path}:1: expected a header 'n_folds<TAB>n_per_side' of positive integers of at most "
+                         f"{MAX_DIGITS} digits (e.g. '10\\t300'), found {shown(lines[0])}")
+    n_folds, n = (1, header[0]) if len(header) == 1 else header
 
     expected = n_folds * 2 * n
     found = len(lines) - 1
@@ -64,17 +64,18 @@ def read_pairs(path: str | Path, ext: str = ".jpg") -> list[Pair]:
         where = f"{path}:{line_no}"
         context = f"(fold {fold + 1}, pair {within + 1} of {2 * n})"
         if len(fields) != (3 if same else 4):
-            raise ValueError(f"{where}: expected {what} {context}, found {len(fields)} field(s): {line!r}")
+            raise ValueError(f"{where}: expected {what} {context}, found {len(fields)} field(s): {shown(line)}")
         if same:
             name_l, i, j = fields
             name_r = name_l
         else:
             name_l, i, name_r, j = fields
-        for value in (i, j):
-            if not _is_int(value) or int(value) < 1:
-                raise ValueError(f"{where}: image index {value!r} is not a positive integer (digits only), in {what} "
-                                 f"{context}: {line!r}")
-        pairs.append(Pair(image_path(name_l, int(i), ext), image_path(name_r, int(j), ext), same, fold))
+        indices = [_positive_int(value) for value in (i, j)]
+        for value, index in zip((i, j), indices):
+            if index is None:
+                raise ValueError(f"{where}: image index {shown(value, 40)} is not a positive integer of at most "
+                                 f"{MAX_DIGITS} digits, in {what} {context}: {shown(line)}")
+        pairs.append(Pair(image_path(name_l, indices[0], ext), image_path(name_r, indices[1], ext), same, fold))
     return pairs
 
 
@@ -111,5 +112,11 @@ def missing_images(pairs: Iterable[Pair], root: str | Path) -> list[str]:
     return sorted(p for p in unique_images(pairs) if not (root / p).is_file())
 
 
-def _is_int(text: str) -> bool:
-    return re.fullmatch(r"[0-9]+", text) is not None
+MAX_DIGITS = 9  # LFW's counts and image numbers have at most 4; Python refuses int() of over 4,300 digits
+
+
+def _positive_int(text: str) -> int | None:
+    """The number `text` writes in at most MAX_DIGITS plain digits, when it is above 0; None otherwise."""
+    if re.fullmatch(rf"[0-9]{{1,{MAX_DIGITS}}}", text) is None:
+        return None
+    return int(text) or None

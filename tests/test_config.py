@@ -232,6 +232,24 @@ def test_set_values_and_every_yaml_read_refuse_aliases_and_deep_nesting(tmp_path
         read_history(tmp_path)
 
 
+def test_an_integer_of_thousands_of_digits_is_named_with_its_file_and_line(tmp_path):
+    """Python's int() refuses over 4,300 digits with a message naming no file: the loader refuses any
+    integer longer than a setting needs, in a config file (line named), a `--set` value or any YAML read."""
+    from uniformface.base.config import MAX_YAML_INT_CHARS, UnsafeYAML, yaml_load
+
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 0.1\nmax_iters: " + "9" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:2: an integer of 5000 characters \(no setting needs more "
+                                          rf"than {MAX_YAML_INT_CHARS}\)$"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"^--set milestones: an integer of 4400 characters"):
+        load_config(None, ["milestones=[" + "1" * 4400 + "]"])
+    with pytest.raises(UnsafeYAML):
+        yaml_load("- " + "-" + "7" * MAX_YAML_INT_CHARS)
+    assert yaml_load("- " + "7" * MAX_YAML_INT_CHARS) == [int("7" * MAX_YAML_INT_CHARS)]  # as long as allowed
+    assert yaml_load("x: 0x1F\ny: 1_000") == {"x": 31, "y": 1000}  # YAML 1.1's other integers still read
+
+
 def test_every_yaml_the_project_reads_goes_through_the_one_loader():
     """`yaml_load` is the only reader: no other module calls PyYAML's loaders, which accept aliases."""
     import re

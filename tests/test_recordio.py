@@ -209,10 +209,14 @@ def test_damaged_header_end_key_fails_at_once(tmp_path):
 
 @pytest.mark.parametrize("line, problem", [("2\t-16", "a negative byte offset"), ("-2\t16", "a negative key"),
                                            (f"2\t{2 ** 63}", "a byte offset beyond any file"),
-                                           ("2\t\u0661\u0666", "expected 'key<TAB>offset'")])
+                                           ("2\t\u0661\u0666", "expected 'key<TAB>offset'"),
+                                           (f"{'2' * 5000}\t16", r"a number of 5000 characters \(a key or byte "
+                                                                  r"offset has at most 19 digits\): '2222"),
+                                           (f"2\t{'1' * 21}", "a number of 21 characters")])
 def test_an_impossible_index_line_is_named(tmp_path, line, problem):
     """A negative offset in the .idx reached os.pread, whose EINVAL named neither file nor line
-    (and an offset past 2**63 its OverflowError, a traceback); Arabic-Indic digits were taken as a number."""
+    (and an offset past 2**63 its OverflowError, a traceback); Arabic-Indic digits were taken as a number;
+    a number of thousands of digits was int()'s ValueError, naming no file."""
     img, _ = png_bytes(1)
     rec, _ = write_by_hand(tmp_path, [(0, frame(0, payload([3.0, 3.0]))), (1, frame(0, payload(0.0, img))),
                                       (2, frame(0, payload(1.0, img)))])

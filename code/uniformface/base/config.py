@@ -25,14 +25,16 @@ from .registry import ASOFTMAX_GRADIENTS, CENTER_MODES, HEAD_NAMES, MODEL_NAMES,
 
 
 MAX_YAML_DEPTH = 50  # a config is 3 levels deep, a run's config_history.yaml 5
+MAX_YAML_INT_CHARS = 30  # a 64-bit integer has 19 digits; Python's int() refuses over 4,300, naming no file
 
 
 class UnsafeYAML(yaml.composer.ComposerError):
     """YAML that the project refuses to build, whatever it holds: an alias (`*name`, `<<: *name`), which
     no config needs and which nests into an unbounded expansion ("billion laughs": ten lines standing for
     10^9 list items make validation hang and grow to gigabytes), or a nesting deeper than MAX_YAML_DEPTH
-    (PyYAML's composer recurses once per level: `[[[[...` ends in a RecursionError). Refused as the text
-    is read, before anything is built from it; the message is one line, the problem and where it is."""
+    (PyYAML's composer recurses once per level: `[[[[...` ends in a RecursionError), or an integer longer
+    than MAX_YAML_INT_CHARS. Refused as the text is read, before anything is built from it; the message is
+    one line, the problem and where it is."""
 
     def __str__(self) -> str:
         mark = self.problem_mark
@@ -41,7 +43,7 @@ class UnsafeYAML(yaml.composer.ComposerError):
 
 class _Loader(yaml.SafeLoader):
     """PyYAML's safe loader (no Python objects) with two changes: YAML 1.2's floats (YAML 1.1 reads
-    `1e-3` as a string), and no aliases nor deep nesting (`UnsafeYAML`)."""
+    `1e-3` as a string), and no aliases, deep nesting or huge integers (`UnsafeYAML`)."""
 
     depth = 0
 
@@ -58,6 +60,15 @@ class _Loader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
+
+    def construct_short_int(self, node):
+        if len(node.value) > MAX_YAML_INT_CHARS:
+            raise UnsafeYAML(problem=f"an integer of {len(node.value)} characters (no setting needs more than "
+                                     f"{MAX_YAML_INT_CHARS})", problem_mark=node.start_mark)
+        return self.construct_yaml_int(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_short_int)
 
 
 _Loader.add_implicit_resolver(

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..base.atomic import atomic_open
+from ..base.paths import shown
 from .trainset import TrainSet, image_tensor, select_classes
 
 MAGIC = 0xCED7230A
@@ -110,12 +111,15 @@ def read_index(idx_path: str | Path) -> dict[int, int]:
             # read as ASCII (anything else replaced by U+FFFD), so isdigit() is exactly [0-9] here
             if len(fields) < 2 or not all(field.removeprefix("-").isdigit() for field in fields):
                 raise RecordIOError(f"{idx_path}: line {number}: expected 'key<TAB>offset', "
-                                    f"got {line.rstrip()!r}")
+                                    f"got {shown(line.rstrip())}")
+            if max(map(len, fields)) > 20:  # int() refuses over 4,300 digits, naming no file
+                raise RecordIOError(f"{idx_path}: line {number}: a number of {max(map(len, fields))} characters "
+                                    f"(a key or byte offset has at most 19 digits): {shown(line.rstrip())}")
             key, offset = int(fields[0]), int(fields[1])
             problem = ("a negative key" if key < 0 else "a negative byte offset" if offset < 0 else
                        "a byte offset beyond any file" if offset > MAX_OFFSET else None)
             if problem:
-                raise RecordIOError(f"{idx_path}: line {number}: {problem}: {line.rstrip()!r}")
+                raise RecordIOError(f"{idx_path}: line {number}: {problem}: {shown(line.rstrip())}")
             index[key] = offset
     return index
 

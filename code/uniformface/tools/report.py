@@ -93,15 +93,9 @@ def validation_table(rows: Sequence[tuple[str, Validation]]) -> str:
     its last evaluation; a set whose last figure is older than that says from which iteration (`@N`), '-'
     where a run never logged the set."""
     columns = set_order(s for _, v in rows for s in v.sets)
-    width = max([18] + [len(name) for name, _ in rows])
     cells = [[_validation_cell(v, c) for c in columns] for _, v in rows]
-    widths = [max([8, len(c)] + [len(row[k]) for row in cells]) for k, c in enumerate(columns)]
-    lines = [f"| {'':<{width}} | iteration | " + " | ".join(f"{c:^{w}}" for c, w in zip(columns, widths)) + " |",
-             f"| {'-' * width} | --------- | " + " | ".join("-" * w for w in widths) + " |"]
-    for (name, v), row in zip(rows, cells):
-        lines.append(f"| {name:<{width}} | {v.iteration:>9} | " + " | ".join(f"{c:^{w}}" for c, w in zip(row, widths))
-                     + " |")
-    return "\n".join(lines)
+    return _runs_by_sets([name for name, _ in rows], columns, cells,
+                         lead=("iteration", [str(v.iteration) for _, v in rows]))
 
 
 def _validation_cell(validation: Validation, name: str) -> str:
@@ -114,14 +108,27 @@ def _validation_cell(validation: Validation, name: str) -> str:
 def bin_accuracy_table(rows: Sequence[tuple[str, dict]]) -> str:
     """Runs x `.bin` sets: mean 10-fold accuracy (%), '-' where a run has no result for a set."""
     columns = set_order(s for _, sets in rows for s in sets)
-    width = max([18] + [len(name) for name, _ in rows])
-    widths = [max(8, len(c)) for c in columns]
-    lines = [f"| {'':<{width}} | " + " | ".join(f"{c:^{w}}" for c, w in zip(columns, widths)) + " |",
-             f"| {'-' * width} | " + " | ".join("-" * w for w in widths) + " |"]
-    for name, sets in rows:
-        cells = [f"{100 * sets[c]['accuracy_mean']:^{w}.3f}" if c in sets else f"{'-':^{w}}"
-                 for c, w in zip(columns, widths)]
-        lines.append(f"| {name:<{width}} | " + " | ".join(cells) + " |")
+    cells = [[f"{100 * sets[c]['accuracy_mean']:.3f}" if c in sets else "-" for c in columns] for _, sets in rows]
+    return _runs_by_sets([name for name, _ in rows], columns, cells)
+
+
+def _runs_by_sets(names: list[str], columns: list[str], cells: list[list[str]],
+                  lead: tuple[str, list[str]] | None = None) -> str:
+    """Markdown: a row per run, a column per set (cells centred, at least 8 wide), after an optional `lead`
+    column (its header, its values right-aligned)."""
+    width = max([18] + [len(name) for name in names])
+    widths = [max([8, len(c)] + [len(row[k]) for row in cells]) for k, c in enumerate(columns)]
+    lead_header, lead_values = lead or ("", [])
+    lead_width = len(lead_header)
+
+    def line(first: str, lead_cell: str | None, row: Sequence[str]) -> str:
+        lead_part = "" if lead is None else f" {lead_cell} |"
+        return f"| {first} |{lead_part} " + " | ".join(f"{c:^{w}}" for c, w in zip(row, widths)) + " |"
+
+    lines = [line(f"{'':<{width}}", lead_header, columns),
+             line("-" * width, "-" * lead_width, ["-" * w for w in widths])]
+    lines += [line(f"{name:<{width}}", None if lead is None else f"{lead_values[k]:>{lead_width}}", row)
+              for k, (name, row) in enumerate(zip(names, cells))]
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import bomb_png, write_lfw_tree
+from uniformface.align.crop import TEMPLATE_112x96 as TEMPLATE
 from uniformface.data import (GlobalBatchSampler, ImageFolderTrainSet, ReportingView, check_images,
                               collate_report_broken, collate_skip_broken, mix_seed, open_train_set,
                               write_record_file)
@@ -167,9 +168,7 @@ def test_recordio_image_of_another_size_is_skipped_by_name_when_met(tmp_path):
 
 # ------------------------------------------------------------------------ fallback crops never train
 
-# SphereFace's 112x96 template (1-based): raw images of that size with landmarks near it align almost unchanged
-TEMPLATE = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655],
-                     [62.7299, 92.2041]])
+# raw images of 112x96 with landmarks near SphereFace's template (TEMPLATE) align almost unchanged
 
 
 def preprocessed_tree(tmp_path, missed, pairs=False):

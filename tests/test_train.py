@@ -239,6 +239,23 @@ def test_a_missing_gpu_or_an_unknown_device_is_one_line(tmp_path, small_tree):
     assert not (tmp_path / "log").exists()
 
 
+def test_denormals_are_flushed_before_the_val_targets_sets_are_decoded(tmp_path, small_tree, monkeypatch):
+    """Decoding the sets is the run's first parallel CPU work, and its threads keep the denormal setting
+    they start with (docs/DESIGN.md §5.1): train.py sets it first."""
+    import uniformface.eval.during_training as during_training
+
+    seen = []
+
+    def evaluators(cfg, load=True):
+        seen.append(torch.tensor([1e-40]).mul(1.0).item())
+        return []
+
+    monkeypatch.setattr(during_training, "training_evaluators", evaluators)
+    torch.set_flush_denormal(False)
+    assert train_cli.main(cli_args(small_tree, tmp_path / "log")) == 0
+    assert seen == [0.0]
+
+
 def test_unknown_device_is_a_config_error(tmp_path, small_tree, capsys):
     assert train_cli.main(cli_args(small_tree, tmp_path / "log", "device=gpu")) == 2
     assert "key 'device' is 'gpu'; choose auto, cpu, cuda, cuda:N or mps" in capsys.readouterr().err

@@ -65,9 +65,12 @@ def run(args, parser) -> int:
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
     from ..eval.during_training import training_evaluators  # torch: only after the arguments
+    from ..train.build import flush_denormals_on_cpu
     from ..train.trainer import STATE_FILE, check_device, lock_folder, train
 
-    check_device(cfg.resolved_device())  # before the run folder is made
+    # before the run folder is made; and the denormal setting before the val_targets sets are decoded, the
+    # first parallel work, whose threads take the setting then (docs/DESIGN.md §5.1)
+    flush_denormals_on_cpu(check_device(cfg.resolved_device()))
     # Rank 0 locks the folder first, so that a run already in it is named before anything else is said.
     lock = lock_folder(run_dir) if rank0 else None
     try:

@@ -2,18 +2,18 @@
 the sphere reading gives them, the per-center reduction the config uses):
 
 1. for M = 10,572 (CASIA-WebFace), 20,000 and 85,742 (MS1M-refined, the paper's own training data):
-   - FLOPs per step (2 x multiply-adds) of the current step, where every one of the M centers gets a
-     gradient (4 M^2 d), and of the new one, where only the U classes of a 512-image batch do
+   - FLOPs per step (2 x multiply-adds) of the all-rows step, where every one of the M centers gets a
+     gradient (4 M^2 d), and of the batch-rows step, where only the U classes of a 512-image batch do
      (`ClassCenters.uniform_loss_of`: 2 M^2 d for the distances + 2 U M d for the gradient);
-   - the time of both in this process, and of the new one sharded over 2 gloo ranks on this machine (one
+   - the time of both in this process, and of the batch-rows step sharded over 2 gloo ranks here (one
      thread each; each rank sweeps half of the rows, and must return the single process's loss);
-2. peak extra host memory of the new step on 100,000 x 512 centers, in a fresh subprocess (Linux VmHWM),
+2. peak extra host memory of the batch-rows step on 100,000 x 512 centers, in a fresh subprocess (Linux VmHWM),
    everything the call allocates included. The budget is 2 GB.
 
     PYTHONPATH=code python bench/bench_uniform_loss.py [--sizes 10572,20000,85742] [--memory-rows 100000]
         [--device cpu] [--shard-ranks 2] [--repeats 2]
 
-On CUDA the new step takes its Gram products in split bf16 (docs/DESIGN.md §4.6); on a CPU both are exact
+On CUDA the batch-rows step takes its Gram products in split bf16 (docs/DESIGN.md §4.6); on a CPU both are exact
 float32. The 85,742 row costs minutes on two CPU cores; bench/gpu_check.py measures it on a GPU.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ def batch_classes(m: int, images: int = BATCH_IMAGES) -> int:
 
 
 def step_flops(m: int, u: int, d: int = DIM) -> tuple[float, float]:
-    """(current, new) FLOPs of one forward + backward: the Gram products of all pairs (2 M^2 d) and the
+    """(all rows, batch rows) FLOPs of one forward + backward: the Gram products of all pairs (2 M^2 d) and the
     gradient's products, weight @ points, for every row (2 M^2 d) or for the batch's U rows (2 U M d)."""
     return 4.0 * m * m * d, 2.0 * m * m * d + 2.0 * u * m * d
 
@@ -72,15 +72,15 @@ def precision_errors(centers: torch.Tensor) -> dict[str, tuple[float, float]]:
             for name, (value, g) in results.items()}
 
 
-def current_step(centers: torch.Tensor) -> float:
-    """Eq. 6 as the trainer called it before `uniform_loss_of`: every row in the graph, exact float32."""
+def all_rows_step(centers: torch.Tensor) -> float:
+    """Eq. 6 with every row in the graph (a plain `uniform_loss` call), exact float32."""
     points = centers.clone().requires_grad_()
     loss = uniform_loss(points, reduction="center", batch_size=BATCH_IMAGES)
     loss.backward()
     return loss.item()
 
 
-def new_step(centers: torch.Tensor, u: int, precision: str | None = None) -> float:
+def batch_rows_step(centers: torch.Tensor, u: int, precision: str | None = None) -> float:
     """Eq. 6 as `ClassCenters.uniform_loss_of` computes it: the batch's U rows differentiable, the rest
     constants; split-bf16 Gram products on CUDA (the sphere reading), exact elsewhere."""
     if precision is None:
@@ -114,7 +114,7 @@ def _shard_worker(rank: int, world: int, init_file: str, m: int, u: int, repeats
         for _ in range(repeats):
             dist.barrier()  # all ranks start together: the step's time is the slowest rank's
             start = time.perf_counter()
-            value = new_step(centers, u)
+            value = batch_rows_step(centers, u)
             elapsed = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
             dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
             best = min(best, elapsed.item())
@@ -126,7 +126,7 @@ def _shard_worker(rank: int, world: int, init_file: str, m: int, u: int, repeats
 
 
 def sharded_seconds(m: int, u: int, ranks: int, repeats: int) -> tuple[float, float]:
-    """(best time of the new step with `ranks` gloo processes on this CPU, one thread each; its loss)."""
+    """(best time of the batch-rows step with `ranks` gloo processes on this CPU, one thread each; its loss)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         mp.spawn(_shard_worker, args=(ranks, str(Path(tmp) / "init"), m, u, repeats, str(out)), nprocs=ranks,
@@ -155,7 +155,7 @@ def memory_child(rows: int, dim: int, device: str) -> None:
             handle.write("5")  # reset VmHWM to the current RSS
         base = _status_kib("VmRSS") * 1024
     start = time.perf_counter()
-    loss = new_step(centers, batch_classes(rows))
+    loss = batch_rows_step(centers, batch_classes(rows))
     sync(centers.device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else _status_kib("VmHWM") * 1024
@@ -180,28 +180,28 @@ def main() -> None:
     print(f"uniform loss (Eq. 6, per-center reduction) forward+backward, d = {DIM}, unit float32 centers on {device} "
           f"({threads}; load average {os.getloadavg()[0]:.1f}); U = classes of a {BATCH_IMAGES}-image batch")
     shard = f"{args.shard_ranks} gloo ranks" if args.shard_ranks else "sharded"
-    print(f"{'M':>8} {'U':>5} | {'GFLOP current':>13} {'new':>7} | {'current s':>9} {'new s':>7} {'speed-up':>8} | "
+    print(f"{'M':>8} {'U':>5} | {'GFLOP all rows':>14} {'batch':>7} | {'all rows s':>10} {'batch s':>7} {'speed-up':>8} | "
           f"{shard + ' s':>15} {'loss check':>10}")
     for m in (int(v) for v in args.sizes.split(",")):
         u = batch_classes(m)
         repeats = args.repeats if m <= 50_000 else 1
         centers = unit_centers(m, DIM, device)
-        flops_current, flops_new = step_flops(m, u)
-        current_s, current_loss = best_seconds(lambda: current_step(centers), repeats, device)
-        new_s, new_loss = best_seconds(lambda: new_step(centers, u), repeats, device)
-        check = f"{abs(new_loss - current_loss) / current_loss:.0e}"
+        flops_all_rows, flops_batch_rows = step_flops(m, u)
+        all_rows_s, all_rows_loss = best_seconds(lambda: all_rows_step(centers), repeats, device)
+        batch_rows_s, batch_rows_loss = best_seconds(lambda: batch_rows_step(centers, u), repeats, device)
+        check = f"{abs(batch_rows_loss - all_rows_loss) / all_rows_loss:.0e}"
         sharded = "-"
         if args.shard_ranks and device.type == "cpu":
             shard_s, shard_loss = sharded_seconds(m, u, args.shard_ranks, repeats)
             sharded = f"{shard_s:.2f}"
-            check += f", {abs(shard_loss - current_loss) / current_loss:.0e}"
-        print(f"{m:>8,} {u:>5} | {flops_current / 1e9:>13.0f} {flops_new / 1e9:>7.0f} | {current_s:>9.2f} "
-              f"{new_s:>7.2f} {current_s / new_s:>7.2f}x | {sharded:>15} {check:>10}", flush=True)
-    print("(loss check: relative difference of the new loss, then of the sharded one, from the current; "
+            check += f", {abs(shard_loss - all_rows_loss) / all_rows_loss:.0e}"
+        print(f"{m:>8,} {u:>5} | {flops_all_rows / 1e9:>14.0f} {flops_batch_rows / 1e9:>7.0f} | {all_rows_s:>10.2f} "
+              f"{batch_rows_s:>7.2f} {all_rows_s / batch_rows_s:>7.2f}x | {sharded:>15} {check:>10}", flush=True)
+    print("(loss check: relative difference of the batch-rows loss, then of the sharded one, from all rows'; "
           f"load average now {os.getloadavg()[0]:.1f})")
 
     if args.memory_rows:
-        print(f"peak extra memory, {args.memory_rows} x {DIM} new step in a subprocess ...", flush=True)
+        print(f"peak extra memory, {args.memory_rows} x {DIM} batch-rows step in a subprocess ...", flush=True)
         command = [sys.executable, __file__, "--memory-child", "--memory-rows", str(args.memory_rows),
                    "--device", args.device]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout

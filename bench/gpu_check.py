@@ -295,21 +295,21 @@ def uniform_loss_rates(device: torch.device, classes: int, accuracy_rows: int, n
                        warmup: int, steps: int) -> dict:
     """The uniform loss's plain step and `uniform_loss_of`'s at `classes` unit centers, the split products'
     errors, and the networks' bf16 steps to compare them with."""
-    from bench_uniform_loss import batch_classes, best_seconds, current_step, new_step, step_flops, unit_centers
+    from bench_uniform_loss import batch_classes, best_seconds, all_rows_step, batch_rows_step, step_flops, unit_centers
     from uniformface.nn.losses import split_products_run
 
     centers = unit_centers(classes, 512, device)
     u = batch_classes(classes)
-    current_step(centers)  # warm-up: cuBLAS handles, the split products' probe
-    new_step(centers, u)
+    all_rows_step(centers)  # warm-up: cuBLAS handles, the split products' probe
+    batch_rows_step(centers, u)
     repeats = 3 if device.type == "cuda" else 1
-    current_s, current_loss = best_seconds(lambda: current_step(centers), repeats, device)
-    new_s, new_loss = best_seconds(lambda: new_step(centers, u), repeats, device)
-    flops_current, flops_new = step_flops(classes, u)
+    all_rows_s, all_rows_loss = best_seconds(lambda: all_rows_step(centers), repeats, device)
+    batch_rows_s, batch_rows_loss = best_seconds(lambda: batch_rows_step(centers, u), repeats, device)
+    flops_all_rows, flops_batch_rows = step_flops(classes, u)
     native = device.type == "cuda" and split_products_run(device)
-    return {"classes": classes, "batch_classes": u, "current_s": current_s, "new_s": new_s,
-            "current_loss": current_loss, "new_loss": new_loss, "flops_current": flops_current,
-            "flops_new": flops_new, "split_on_tensor_cores": native,
+    return {"classes": classes, "batch_classes": u, "all_rows_s": all_rows_s, "batch_rows_s": batch_rows_s,
+            "all_rows_loss": all_rows_loss, "batch_rows_loss": batch_rows_loss, "flops_all_rows": flops_all_rows,
+            "flops_batch_rows": flops_batch_rows, "split_on_tensor_cores": native,
             "errors": split_gram_errors(device, accuracy_rows),
             "networks": {name: network_step_seconds(device, name, batch, warmup, steps) for name in networks}}
 
@@ -317,13 +317,13 @@ def uniform_loss_rates(device: torch.device, classes: int, accuracy_rows: int, n
 def uniform_loss_rows(u: dict, batch: int, amp_label: str) -> list[Row]:
     """The summary's rows for `uniform_loss_rates`' result."""
     m = f"{u['classes']} x 512"
-    new_what = "split-bf16 Gram" if u["split_on_tensor_cores"] else "exact Gram"
-    rows = [Row(what=f"uniform loss fwd+bwd {m}, before (exact, all rows' gradient)", value=u["current_s"],
-                unit="s", note=f"{u['flops_current'] / 1e12:.3g} TFLOP"),
-            Row(what=f"uniform loss fwd+bwd {m}, uniform_loss_of ({new_what})", value=u["new_s"], unit="s",
-                note=f"speed-up {u['current_s'] / u['new_s']:.2f}x; {u['flops_new'] / 1e12:.3g} TFLOP (gradient for "
+    products = "split-bf16 Gram" if u["split_on_tensor_cores"] else "exact Gram"
+    rows = [Row(what=f"uniform loss fwd+bwd {m}, every center's gradient (exact)", value=u["all_rows_s"],
+                unit="s", note=f"{u['flops_all_rows'] / 1e12:.3g} TFLOP"),
+            Row(what=f"uniform loss fwd+bwd {m}, uniform_loss_of ({products})", value=u["batch_rows_s"], unit="s",
+                note=f"speed-up {u['all_rows_s'] / u['batch_rows_s']:.2f}x; {u['flops_batch_rows'] / 1e12:.3g} TFLOP (gradient for "
                      f"{u['batch_classes']} batch classes); loss differs by "
-                     f"{abs(u['new_loss'] - u['current_loss']) / u['current_loss']:.1e}")]
+                     f"{abs(u['batch_rows_loss'] - u['all_rows_loss']) / u['all_rows_loss']:.1e}")]
     errors = u["errors"]
     rows.append(Row(what="uniform loss split-bf16 gradient vs float64", value=errors["split"]["gradient"],
                     unit="relative", note=f"loss {errors['split']['loss']:.1e}; exact float32: gradient "
@@ -331,7 +331,7 @@ def uniform_loss_rows(u: dict, batch: int, amp_label: str) -> list[Row]:
                                           f"(must stay below {ERROR_BOUND:g})"))
     for name, seconds in u["networks"].items():
         rows.append(Row(what=f"network step {name}, batch {batch}, {amp_label}", value=seconds, unit="s",
-                        note=f"the uniform loss's new step is {u['new_s'] / seconds:.2f}x this"))
+                        note=f"uniform_loss_of's step is {u['batch_rows_s'] / seconds:.2f}x this"))
     return rows
 
 
@@ -340,7 +340,7 @@ def uniform_loss_failures(u: dict | None) -> list[str]:
     above ERROR_BOUND (exact float32 or split-bf16 products, loss or gradient)."""
     if not u:
         return []
-    failures = [f"uniform loss {name} {u[name]}" for name in ("current_loss", "new_loss")
+    failures = [f"uniform loss {name} {u[name]}" for name in ("all_rows_loss", "batch_rows_loss")
                 if not math.isfinite(u[name])]
     failures += [f"uniform loss {products} {what} error {error:.1e} > {ERROR_BOUND:g}"
                  for products, errors in u["errors"].items() for what, error in errors.items()

@@ -34,8 +34,8 @@ def test_quick_run_on_cpu_fills_the_summary(tmp_path, capsys):
     # and the networks' steps beside them (IResNet-50 included when build_model knows it)
     uniform = result["uniform_loss"]
     assert uniform["classes"] == 600
-    assert abs(uniform["new_loss"] - uniform["current_loss"]) <= 1e-6 * uniform["current_loss"]
-    for start in ("uniform loss fwd+bwd 600 x 512, before", "uniform loss fwd+bwd 600 x 512, uniform_loss_of",
+    assert abs(uniform["batch_rows_loss"] - uniform["all_rows_loss"]) <= 1e-6 * uniform["all_rows_loss"]
+    for start in ("uniform loss fwd+bwd 600 x 512, every center's gradient", "uniform loss fwd+bwd 600 x 512, uniform_loss_of",
                   "uniform loss split-bf16 gradient vs float64", "network step sphereface4, batch 2"):
         assert any(w.startswith(start) for w in whats), start
     assert 0 < uniform["errors"]["split"]["gradient"] < 1e-4 and uniform["errors"]["split"]["loss"] < 1e-6
@@ -70,16 +70,16 @@ def test_full_sizes_end_within_the_budget_with_stopped_rows(capsys):
 def test_uniform_loss_rows_and_what_fails_the_stage():
     """A NaN loss or an error above 1e-4 of float64 (docs/DESIGN.md §4.6) fails the check, NaN errors too;
     errors within it and finite losses do not."""
-    measured = {"classes": 600, "batch_classes": 345, "current_s": 2.0, "new_s": 1.0, "current_loss": 1.0,
-                "new_loss": 1.0, "flops_current": 1e9, "flops_new": 5e8, "split_on_tensor_cores": False,
+    measured = {"classes": 600, "batch_classes": 345, "all_rows_s": 2.0, "batch_rows_s": 1.0, "all_rows_loss": 1.0,
+                "batch_rows_loss": 1.0, "flops_all_rows": 1e9, "flops_batch_rows": 5e8, "split_on_tensor_cores": False,
                 "errors": {"split": {"loss": 1e-8, "gradient": 2e-6}, "float32": {"loss": 1e-8, "gradient": 2e-6}},
                 "networks": {"sphereface20": 0.5, "iresnet50": 0.25}}
     rows = gpu_check.uniform_loss_rows(measured, 256, "bf16 autocast")
     assert [r["value"] for r in rows[-2:]] == [0.5, 0.25] and "4.00x this" in rows[-1]["note"]
     assert rows[1]["note"].startswith("speed-up 2.00x") and "below 0.0001" in rows[2]["note"]
     assert gpu_check.uniform_loss_failures(measured) == [] and gpu_check.uniform_loss_failures(None) == []
-    wrong = {**measured, "new_loss": float("nan"),
+    wrong = {**measured, "batch_rows_loss": float("nan"),
              "errors": {"split": {"loss": 1e-8, "gradient": 1.5e-4}, "float32": {"loss": float("nan"), "gradient": 0}}}
-    assert gpu_check.uniform_loss_failures(wrong) == ["uniform loss new_loss nan",
+    assert gpu_check.uniform_loss_failures(wrong) == ["uniform loss batch_rows_loss nan",
                                                       "uniform loss split gradient error 1.5e-04 > 0.0001",
                                                       "uniform loss float32 loss error nan > 0.0001"]

@@ -25,6 +25,18 @@ def test_caffe_parameter_multipliers():
     assert n_bias == 64 + 128 + 256 + 512 + 512  # four stage convs + fc5
 
 
+def test_an_iresnet_trains_as_arcface_torch_one_group_with_decay_on_everything():
+    """train_v2.py: SGD over the backbone's and the class weights' parameters, one lr and weight decay;
+    SphereFace's Caffe multipliers are not insightface's."""
+    cfg = load_config(None, ["model_name=iresnet18", "emb_dim=16", "input_size=[112,112]", "device=cpu",
+                             "lr=0.1", "weight_decay=0.0005"])
+    parts = build_parts(cfg, 5, torch.device("cpu"))
+    (group,) = parts.optimizer.param_groups
+    assert (group["lr"], group["weight_decay"], group["lr_mult"]) == (0.1, 0.0005, 1.0)
+    assert {id(p) for p in group["params"]} == {id(p) for p in parts.model.parameters()}
+    assert any(name.endswith(".bias") for name, _ in parts.model.named_parameters())  # BN shifts, fc bias
+
+
 @pytest.mark.parametrize("setting", [["center_mode=feature", "loss.name=sphereface"],
                                      ["center_mode=weight", "loss.name=cosface", "compute_in_batch=true"]],
                          ids=["feature-sphereface", "weight-cosface-batch"])

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..base.config import Config
+from ..base.registry import BACKBONES
 from ..nn.centers import ClassCenters, WeightCenters
 from ..nn.heads import build_head
 from ..nn.models import build_model
@@ -38,9 +39,14 @@ class TrainingParts:
     net: nn.Module
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Caffe's multipliers from `sphereface_model.prototxt`: biases learn at 2x the rate without weight
-    decay (`param { lr_mult: 2 decay_mult: 0 }`); weights and PReLU slopes at 1x with decay."""
+def parameter_groups(model: nn.Module, weight_decay: float, family: str = "sphereface") -> list[dict]:
+    """The solver's groups as the backbone's own release trains it. SphereFace's (and the UniformFace
+    figure's network): Caffe's multipliers from `sphereface_model.prototxt`, biases at 2x the rate without
+    weight decay (`param { lr_mult: 2 decay_mult: 0 }`), weights and PReLU slopes at 1x with decay.
+    insightface's IResNet (`family` "iresnet"): arcface_torch's `train_v2.py`, every parameter, the class
+    weights included, at 1x with decay."""
+    if family == "iresnet":
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay, "lr_mult": 1.0}]
     biases = [p for name, p in model.named_parameters() if name.endswith(".bias")]
     others = [p for name, p in model.named_parameters() if not name.endswith(".bias")]
     return [{"params": others, "weight_decay": weight_decay, "lr_mult": 1.0},
@@ -93,7 +99,8 @@ def build_parts(cfg: Config, num_classes: int, device: torch.device) -> Training
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     centers = build_centers(cfg, num_classes, model.head).to(device)
-    optimizer = torch.optim.SGD(parameter_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    groups = parameter_groups(model, cfg.weight_decay, BACKBONES[cfg.model_name].family)
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     return TrainingParts(model, centers, optimizer, device, net=model)
 
 

@@ -180,8 +180,8 @@ def main() -> None:
     print(f"uniform loss (Eq. 6, per-center reduction) forward+backward, d = {DIM}, unit float32 centers on {device} "
           f"({threads}; load average {os.getloadavg()[0]:.1f}); U = classes of a {BATCH_IMAGES}-image batch")
     shard = f"{args.shard_ranks} gloo ranks" if args.shard_ranks else "sharded"
-    print(f"{'M':>8} {'U':>5} | {'GFLOP all rows':>14} {'batch':>7} | {'all rows s':>10} {'batch s':>7} {'speed-up':>8} | "
-          f"{shard + ' s':>15} {'loss check':>10}")
+    print(f"{'M':>8} {'U':>5} | {'GFLOP all rows':>14} {'batch':>7} | {'all rows s':>10} {'batch s':>7} "
+          f"{'speed-up':>8} | {shard + ' s':>15} {'loss check':>10}")
     for m in (int(v) for v in args.sizes.split(",")):
         u = batch_classes(m)
         repeats = args.repeats if m <= 50_000 else 1

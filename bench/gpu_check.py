@@ -321,8 +321,8 @@ def uniform_loss_rows(u: dict, batch: int, amp_label: str) -> list[Row]:
     rows = [Row(what=f"uniform loss fwd+bwd {m}, every center's gradient (exact)", value=u["all_rows_s"],
                 unit="s", note=f"{u['flops_all_rows'] / 1e12:.3g} TFLOP"),
             Row(what=f"uniform loss fwd+bwd {m}, uniform_loss_of ({products})", value=u["batch_rows_s"], unit="s",
-                note=f"speed-up {u['all_rows_s'] / u['batch_rows_s']:.2f}x; {u['flops_batch_rows'] / 1e12:.3g} TFLOP (gradient for "
-                     f"{u['batch_classes']} batch classes); loss differs by "
+                note=f"speed-up {u['all_rows_s'] / u['batch_rows_s']:.2f}x; {u['flops_batch_rows'] / 1e12:.3g} TFLOP "
+                     f"(gradient for {u['batch_classes']} batch classes); loss differs by "
                      f"{abs(u['batch_rows_loss'] - u['all_rows_loss']) / u['all_rows_loss']:.1e}")]
     errors = u["errors"]
     rows.append(Row(what="uniform loss split-bf16 gradient vs float64", value=errors["split"]["gradient"],

@@ -35,7 +35,8 @@ def test_quick_run_on_cpu_fills_the_summary(tmp_path, capsys):
     uniform = result["uniform_loss"]
     assert uniform["classes"] == 600
     assert abs(uniform["batch_rows_loss"] - uniform["all_rows_loss"]) <= 1e-6 * uniform["all_rows_loss"]
-    for start in ("uniform loss fwd+bwd 600 x 512, every center's gradient", "uniform loss fwd+bwd 600 x 512, uniform_loss_of",
+    for start in ("uniform loss fwd+bwd 600 x 512, every center's gradient",
+                  "uniform loss fwd+bwd 600 x 512, uniform_loss_of",
                   "uniform loss split-bf16 gradient vs float64", "network step sphereface4, batch 2"):
         assert any(w.startswith(start) for w in whats), start
     assert 0 < uniform["errors"]["split"]["gradient"] < 1e-4 and uniform["errors"]["split"]["loss"] < 1e-6

@@ -1,7 +1,8 @@
 """train.py end to end: a bad config is a usage error (exit 2) before anything is written; the faults in
-training (docs/RELIABILITY.md, "Reliability: hostile inputs and faults in training") end in one line naming the file, key or device and the fix,
-and lose nothing; a killed or diverged run resumes; --resume records the settings that changed. The
-training itself (Trainer, the step, the run folder) is tested in test_trainer.py."""
+training (docs/RELIABILITY.md, "Reliability: hostile inputs and faults in training") end in one line naming
+the file, key or device and the fix, and lose nothing; a killed or diverged run resumes; --resume records
+the settings that changed. The training itself (Trainer, the step, the run folder) is tested in
+test_trainer.py."""
 import errno
 import json
 import os

@@ -126,9 +126,9 @@ def _open_own_file(path: Path) -> int:
             raise UnsafeLockFile(f"{path} is a symbolic link (to {_link_target(path)}), not a lock file: refusing "
                                  f"to write through it; delete the link (rm {path}: what it leads to is kept) and "
                                  "run again") from None
-        if exc.errno in (errno.EISDIR, errno.ENXIO):  # ENXIO: a socket, or a device without its driver
-            if exc.errno == errno.EISDIR:
-                raise UnsafeLockFile(f"{path} is a folder, not a lock file; {fix.replace('rm ', 'rm -r ')}") from None
+        if exc.errno == errno.EISDIR:
+            raise UnsafeLockFile(f"{path} is a folder, not a lock file; {fix.replace('rm ', 'rm -r ')}") from None
+        if exc.errno == errno.ENXIO:  # a socket, or a device without its driver
             raise UnsafeLockFile(f"{path} is a socket or a device, not a lock file; {fix}") from None
         raise
     info = os.fstat(fd)

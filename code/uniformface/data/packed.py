@@ -202,7 +202,7 @@ def write_packed(dataset: Dataset, output: str | Path, source: str | Path, worke
             raise ValueError(f"{source}: no image could be packed ({len(skipped)} skipped)")
         shape = (len(labels), *image_shape)
         np.save(tmp / LABELS_FILE, np.asarray(labels, dtype=np.int64))
-        left_out = list(getattr(dataset, "left_out", []))
+        left_out = list(dataset.left_out)
         meta = {"format": FORMAT, "version": VERSION, "shape": list(shape), "classes": list(dataset.classes),
                 "source": str(source), "skipped": [list(item) for item in left_out + skipped]}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")

@@ -159,6 +159,30 @@ def write_bin(path, images, issame, quality=95):
     atomic_write_bytes(path, pickle.dumps((bins, issame), protocol=4))
 
 
+def write_bin_set(path, n_pairs=40, size=(112, 112), seed=0):
+    """A `.bin` of `n_pairs` pairs of real JPEGs, same and different alternating: each identity a smooth
+    pattern of its own, each image of it with its own noise, so that a network can tell some apart."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size[0], 0:size[1]] / max(size)
+
+    def identity():
+        freq = rng.uniform(2, 9, size=(3, 2))
+        return np.stack([np.sin(2 * np.pi * (f[0] * yy + f[1] * xx)) for f in freq], -1)
+
+    def photo(base):
+        return np.clip(127.5 + 90 * base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+
+    images, issame = [], []
+    for k in range(n_pairs):
+        same = k % 2 == 0
+        a = identity()
+        images += [photo(a), photo(a if same else identity())]
+        issame.append(same)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bin(path, images, issame)
+    return path
+
+
 class TinyEmbedder:
     """A deterministic linear 'network' per input size: f = normalised pixels (C, H, W order) @ w64[size]
     (float64 copies kept for the tests' independent references: `tiny_feature64`); counts the images it sees,

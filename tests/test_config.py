@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import write_bin_set
 from uniformface.base.config import Config, ConfigError, load_config, parse_overrides, run_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,16 +284,6 @@ def test_a_huge_value_of_the_wrong_type_is_shown_cut(tmp_path):
     assert len(str(err.value)) < 300 and "key 'milestones' expects list, got ['x', 'x'," in str(err.value)
 
 
-def write_tiny_bin(path, n_pairs=10, size=(112, 112), seed=0):
-    """An insightface `.bin` of `n_pairs` pairs of noise JPEGs (the layout is what matters here)."""
-    from conftest import write_bin
-
-    rng = np.random.default_rng(seed)
-    images = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(2 * n_pairs)]
-    write_bin(path, images, [k % 2 == 0 for k in range(n_pairs)])
-    return path
-
-
 def test_val_targets_are_bin_sets_of_distinct_names_named_when_missing(tmp_path):
     """val_targets: none by default; each a `.bin` name whose stem (its val/<stem>) no other shares, checked
     with the config; a file that is not there is named with its key by `check_evaluation_files`, before any
@@ -300,7 +291,7 @@ def test_val_targets_are_bin_sets_of_distinct_names_named_when_missing(tmp_path)
     from uniformface.base.config import check_evaluation_files
 
     assert Config().val_targets == [] and load_config(ROOT / "code" / "config.yaml").val_targets == []
-    lfw = write_tiny_bin(tmp_path / "lfw.bin")
+    lfw = write_bin_set(tmp_path / "lfw.bin", n_pairs=10)
     cfg = load_config(None, [f"val_targets=[{lfw}]", "eval_every=10", "dataset.test=null", "dataset.pairs=null"])
     assert cfg.val_targets == [str(lfw)]
     check_evaluation_files(cfg)
@@ -373,7 +364,8 @@ def test_the_papers_own_setting_builds_every_object_on_a_synthetic_faces_emore(t
     samples = [(encode_image(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8), "JPEG", 90), float(c))
                for c in range(4) for _ in range(3)]
     write_record_file(emore / "train.rec", emore / "train.idx", samples)
-    bins = [write_tiny_bin(emore / f"{name}.bin", seed=k) for k, name in enumerate(("lfw", "cfp_fp", "agedb_30"))]
+    bins = [write_bin_set(emore / f"{name}.bin", n_pairs=10, seed=k)
+            for k, name in enumerate(("lfw", "cfp_fp", "agedb_30"))]
     cfg = load_config(PAPER, [f"dataset.train={emore / 'train.rec'}", f"val_targets=[{', '.join(map(str, bins))}]",
                               "num_workers=0", "device=cpu"])
     evaluators = training_evaluators(cfg)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import load_script, write_bin
+from conftest import load_script, write_bin_set
 from uniformface.base.config import ConfigError, load_config
 from uniformface.eval.during_training import BinSet, LfwFolder, training_evaluators
 from uniformface.eval.evaluate import evaluate_bin
@@ -17,30 +17,6 @@ from uniformface.nn.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = str(ROOT / "code" / "configs" / "toy.yaml")
-
-
-def write_bin_set(path, n_pairs=40, size=(112, 112), seed=0):
-    """A `.bin` of `n_pairs` pairs of real JPEGs, same and different alternating: each identity a smooth
-    pattern of its own, each image of it with its own noise, so that a network can tell some apart."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size[0], 0:size[1]] / max(size)
-
-    def identity():
-        freq = rng.uniform(2, 9, size=(3, 2))
-        return np.stack([np.sin(2 * np.pi * (f[0] * yy + f[1] * xx)) for f in freq], -1)
-
-    def photo(base):
-        return np.clip(127.5 + 90 * base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
-
-    images, issame = [], []
-    for k in range(n_pairs):
-        same = k % 2 == 0
-        a = identity()
-        images += [photo(a), photo(a if same else identity())]
-        issame.append(same)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bin(path, images, issame)
-    return path
 
 
 def tiny_run_config(tree, *overrides):

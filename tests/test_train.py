@@ -519,7 +519,7 @@ def test_under_torchrun_only_rank_0_reads_and_scores_the_val_targets(tmp_path, s
     import socket
 
     from conftest import load_script
-    from test_during_training import write_bin_set
+    from conftest import write_bin_set
 
     lfw = write_bin_set(tmp_path / "lfw.bin", n_pairs=10)
     with socket.socket() as s:

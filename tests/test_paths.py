@@ -56,3 +56,16 @@ def test_first_and_more_shows_ten_by_default_and_any_item_as_text():
     names = [PurePosixPath(f"p/{i}.jpg") for i in range(12)]
     assert first_and_more(names) == ", ".join(f"p/{i}.jpg" for i in range(10)) + " and 2 more"
     assert first_and_more([]) == ""
+
+
+@pytest.mark.parametrize("text, max_digits, number", [
+    ("7", 1, 7), ("007", 1, 7), ("0", 1, 0), ("0000", 1, 0), ("1234", 4, 1234), ("1234", 3, None),
+    ("1" * 5000, 18, None),  # int() would raise "Exceeds the limit (4300 digits)", naming no file
+    ("+1", 9, None), ("-1", 9, None), ("1_000", 9, None), (" 1", 9, None), ("", 9, None),
+    ("\u0661\u0662", 9, None), ("\u00b2", 9, None),  # Arabic-Indic digits and a superscript: int() reads them
+])
+def test_a_files_number_is_plain_ascii_digits_bounded_before_int(text, max_digits, number):
+    from uniformface.base.paths import decimal, is_decimal
+
+    assert decimal(text, max_digits) == number
+    assert is_decimal(text) == (text != "" and all("0" <= c <= "9" for c in text))

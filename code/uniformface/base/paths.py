@@ -6,6 +6,7 @@ user asked for it to be replaced (docs/RELIABILITY.md). `ensure_writable(path)`:
 be created now? (a read-only folder or a full disk found before an hour of work, not after it).
 `os_fix(errno)`: the fix to name for a permission, read-only, full-disk or missing-path error.
 `first_and_more(items, limit)`: the first few of a long list of missing files, for a one-line error.
+`shown(value)`, `decimal(text, max_digits)`: a value cut short for a message, a number read from a file.
 """
 from __future__ import annotations
 
@@ -48,6 +49,21 @@ def shown(value, limit: int = 80) -> str:
     makes a one-line error, not megabytes)."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def is_decimal(text: str) -> bool:
+    """Plain ASCII digits, at least one: int() also takes signs, underscores, spaces and other scripts' digits."""
+    return text.isascii() and text.isdigit()
+
+
+def decimal(text: str, max_digits: int) -> int | None:
+    """The number `text` writes in plain digits (`is_decimal`, leading zeros allowed) when at most
+    `max_digits` follow the zeros; None otherwise. A file's numbers are bounded before int(), which refuses
+    over 4,300 digits in a message that names no file."""
+    if not is_decimal(text):
+        return None
+    significant = text.lstrip("0") or "0"
+    return int(significant) if len(significant) <= max_digits else None
 
 
 def first_and_more(items: Sequence, limit: int = 10) -> str:

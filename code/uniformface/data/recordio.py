@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..base.atomic import atomic_open
-from ..base.paths import shown
+from ..base.paths import decimal, is_decimal, shown
 from .trainset import TrainSet, image_tensor, select_classes
 
 MAGIC = 0xCED7230A
@@ -108,14 +108,14 @@ def read_index(idx_path: str | Path) -> dict[int, int]:
             if not line.strip():
                 continue
             fields = [field.strip() for field in line.split("\t", 2)[:2]]
-            # read as ASCII (anything else replaced by U+FFFD), so isdigit() is exactly [0-9] here
-            if len(fields) < 2 or not all(field.removeprefix("-").isdigit() for field in fields):
+            if len(fields) < 2 or not all(is_decimal(field.removeprefix("-")) for field in fields):
                 raise RecordIOError(f"{idx_path}: line {number}: expected 'key<TAB>offset', "
                                     f"got {shown(line.rstrip())}")
-            if max(map(len, fields)) > 20:  # int() refuses over 4,300 digits, naming no file
+            key, offset = (decimal(field.removeprefix("-"), 19) for field in fields)
+            if key is None or offset is None:
                 raise RecordIOError(f"{idx_path}: line {number}: a number of {max(map(len, fields))} characters "
                                     f"(a key or byte offset has at most 19 digits): {shown(line.rstrip())}")
-            key, offset = int(fields[0]), int(fields[1])
+            key, offset = (-n if field.startswith("-") else n for n, field in zip((key, offset), fields))
             problem = ("a negative key" if key < 0 else "a negative byte offset" if offset < 0 else
                        "a byte offset beyond any file" if offset > MAX_OFFSET else None)
             if problem:

@@ -16,7 +16,6 @@ normalisation before pooling (N1); its detector-score weighting (D1) is `detecto
 """
 from __future__ import annotations
 
-import re
 from array import array
 from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
@@ -31,7 +30,7 @@ from ..align.crop import template
 from .embedding import extract_features
 from .feature_cache import cached_features, chunked, file_stamp, listing_digest, model_identity
 from ..base.images import decode_rgb
-from ..base.paths import first_and_more, read_utf8_text, shown
+from ..base.paths import decimal, first_and_more, is_decimal, read_utf8_text, shown
 from ..base.registry import TAR_RULES
 from .results import beside_results, prepare_results, roc_path, update_results
 from .trained_network import load_embedder
@@ -106,13 +105,13 @@ def _image_name(value: str, where: str) -> str:
 
 
 def _integer(value: str, what: str, where: str, line: str) -> int:
-    if not re.fullmatch(r"[0-9]+", value):
+    if not is_decimal(value):
         raise ValueError(f"{where}: {what} {value!r} is not a non-negative integer: {line!r}")
-    digits = value.lstrip("0") or "0"  # compared by length first: int() of 4,301+ digits raises unnamed
-    if len(digits) > len(str(LARGEST_ID)) or int(digits) > LARGEST_ID:
+    number = decimal(value, len(str(LARGEST_ID)))
+    if number is None or number > LARGEST_ID:
         raise ValueError(f"{where}: {what} {shown(value, 40)} is larger than {LARGEST_ID} (the largest 64-bit "
                          f"integer): {shown(line, 120)}")
-    return int(digits)
+    return number
 
 
 def read_template_media(path: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -10,13 +10,12 @@ is an error naming the file and line, and missing images are reported, never dro
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..base.atomic import atomic_write_text
-from ..base.paths import read_utf8_text, shown
+from ..base.paths import decimal, read_utf8_text, shown
 
 
 @dataclass(frozen=True)
@@ -112,11 +111,9 @@ def missing_images(pairs: Iterable[Pair], root: str | Path) -> list[str]:
     return sorted(p for p in unique_images(pairs) if not (root / p).is_file())
 
 
-MAX_DIGITS = 9  # LFW's counts and image numbers have at most 4; Python refuses int() of over 4,300 digits
+MAX_DIGITS = 9  # LFW's counts and image numbers have at most 4
 
 
 def _positive_int(text: str) -> int | None:
-    """The number `text` writes in at most MAX_DIGITS plain digits, when it is above 0; None otherwise."""
-    if re.fullmatch(rf"[0-9]{{1,{MAX_DIGITS}}}", text) is None:
-        return None
-    return int(text) or None
+    """The number `text` writes in plain digits (`paths.decimal`, at most MAX_DIGITS), when it is above 0."""
+    return decimal(text, MAX_DIGITS) or None

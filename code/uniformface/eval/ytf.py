@@ -28,7 +28,7 @@ from .embedding import ImageFiles, extract_features
 from .evaluate import pair_features
 from .feature_cache import cached_features, chunked, file_stamp, listing_digest, model_identity
 from ..base.images import is_image_name
-from ..base.paths import first_and_more, read_utf8_text, shown
+from ..base.paths import decimal, first_and_more, is_decimal, read_utf8_text, shown
 from .results import beside_results, prepare_results, roc_path, update_results
 from .trained_network import load_embedder
 from .protocols import check_protocol, fold_ids, kfold_accuracy, roc_summary
@@ -101,7 +101,7 @@ def read_splits(path: str | Path) -> list[VideoPair]:
         raise ValueError(f"{path}: empty file, expected pairs of five fields ({', '.join(HEADERLESS_COLUMNS)}), "
                          f"with or without a header line naming the columns")
     header_line, header = numbered[0]
-    if re.fullmatch(r"[0-9]+", header.split(",")[0].strip()):  # a pair, not a column name: no header
+    if is_decimal(header.split(",")[0].strip()):  # a pair, not a column name: no header
         columns, label = list(HEADERLESS_COLUMNS), SAME
         at = {SPLIT: 0, FIRST: 2, SECOND: 3, SAME: 4}
         layout, rows = f"five comma-separated fields ({', '.join(HEADERLESS_COLUMNS)})", numbered
@@ -115,16 +115,17 @@ def read_splits(path: str | Path) -> list[VideoPair]:
         if len(fields) != len(columns):
             raise ValueError(f"{where}: expected {layout}, found {len(fields)}: {line!r}")
         split, same = fields[at[SPLIT]], fields[at[SAME]]
-        if not re.fullmatch(r"[0-9]+", split) or not split.lstrip("0"):
+        number = decimal(split, 18)
+        if not is_decimal(split) or number == 0:
             raise ValueError(f"{where}: split number {shown(split, 40)} is not a positive integer: "
                              f"{shown(line, 120)}")
-        if len(split.lstrip("0")) > 18:  # before int(): 4,301+ digits raise a message naming no file
+        if number is None:
             raise ValueError(f"{where}: split number {shown(split, 40)} is larger than any file's count of "
                              f"pairs: {shown(line, 120)}")
         if same not in ("0", "1"):
             raise ValueError(f"{where}: {label!r} is {same!r}, expected 0 or 1: {line!r}")
         pairs.append(VideoPair(_video_name(fields[at[FIRST]], where, FIRST),
-                               _video_name(fields[at[SECOND]], where, SECOND), same == "1", int(split), line_no))
+                               _video_name(fields[at[SECOND]], where, SECOND), same == "1", number, line_no))
     if not pairs:
         raise ValueError(f"{path}:{header_line}: a header but no pairs")
     n_splits = max(p.split for p in pairs)

@@ -271,12 +271,11 @@ def validate(cfg: Config, where: str = "config") -> Config:
 def _validate_evaluation_sets(cfg: Config, where: str) -> None:
     """`val_targets`: `.bin` names whose stems (the `val/<stem>` they are logged as) differ; the LFW folder
     and its pairs named together or not at all. Whether the files exist is `check_evaluation_files`'s."""
+    stems: dict[str, str] = {}
     for path in cfg.val_targets:
         if Path(path).suffix != ".bin":
             raise ConfigError(f"{where}: key 'val_targets': {path!r} is not an insightface .bin set (the name "
                               "must end in .bin: lfw.bin, cfp_fp.bin, agedb_30.bin, ...)")
-    stems: dict[str, str] = {}
-    for path in cfg.val_targets:
         stem = Path(path).stem
         if stem in stems:
             raise ConfigError(f"{where}: key 'val_targets': {stems[stem]} and {path} share the set name "
@@ -305,10 +304,9 @@ def check_evaluation_files(cfg: Config, where: str = "config") -> None:
             raise ConfigError(f"{where}: key 'val_targets': {what} (insightface's verification sets: lfw.bin, "
                               "cfp_fp.bin, agedb_30.bin, ... of its dataset zoo)")
     if evaluates_lfw_folder(cfg):
-        for key, path, kind in (("dataset.test", cfg.dataset.test, "the aligned LFW folder"),
-                                ("dataset.pairs", cfg.dataset.pairs, "LFW's pairs.txt")):
-            exists = Path(path).is_dir() if key == "dataset.test" else Path(path).is_file()
-            if not exists:
+        for key, path, kind, exists in (("dataset.test", cfg.dataset.test, "the aligned LFW folder", Path.is_dir),
+                                        ("dataset.pairs", cfg.dataset.pairs, "LFW's pairs.txt", Path.is_file)):
+            if not exists(Path(path)):
                 raise ConfigError(f"{where}: key '{key}': {path} is not {kind}, which eval_every={cfg.eval_every} "
                                   "evaluates while training (set both dataset.test and dataset.pairs to null to "
                                   "evaluate val_targets only, or eval_every=0)")

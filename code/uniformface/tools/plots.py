@@ -134,8 +134,7 @@ def _parse_record(line: str) -> dict:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
-        cut = line if len(line) <= 40 else line[:40] + "..."
-        raise ValueError(f"not a JSON record ({exc.msg}: {cut!r})") from None
+        raise ValueError(f"not a JSON record ({exc.msg}: {shown(line, 40)})") from None
     if not isinstance(record, dict):
         raise ValueError(f"not a JSON object but a {type(record).__name__}")
     iteration = record.get("iteration")
@@ -248,8 +247,8 @@ def wrap_label(label: str, width: int = 110) -> str:
 
 def curves_figure(runs: Sequence[RunCurves], window: int = 1, title: str | None = None):
     """One panel per PANELS entry (the optional ones when some run logs them) and per val_targets set some
-    run logs, one line per run that logs the panel's key, labelled with the run's label; the batch statistics averaged over `window` logged
-    points. Returns the matplotlib Figure; its axes are the panels drawn, in PANELS order."""
+    run logs, one line per run that logs the panel's key, labelled with the run's label; the batch
+    statistics averaged over `window` logged points. Returns the matplotlib Figure; its axes are the panels drawn, in PANELS order."""
     from matplotlib.lines import Line2D
 
     if not runs:

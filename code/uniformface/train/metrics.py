@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..base.atomic import atomic_write_text
+from ..base.paths import shown
 from ..nn.centers import ClassCenters, WeightCenters, mean_min_angle_tensor, nearest_center_figures
 from .step import StepMetrics
 
@@ -104,9 +105,8 @@ def truncate_jsonl(path: Path, last_iteration: int) -> list[str]:
             if not isinstance(iteration, int):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            cut = f"{line[:40]}..." if len(line) > 40 else line
-            warnings.append(f"warning: {path}: line {number} is not a complete JSON record ({cut!r}; cut off by "
-                            "a killed run?); dropped")
+            warnings.append(f"warning: {path}: line {number} is not a complete JSON record ({shown(line, 40)}; cut "
+                            "off by a killed run?); dropped")
             continue
         if iteration <= last_iteration:
             keep.append(line)

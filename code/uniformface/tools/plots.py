@@ -248,7 +248,8 @@ def wrap_label(label: str, width: int = 110) -> str:
 def curves_figure(runs: Sequence[RunCurves], window: int = 1, title: str | None = None):
     """One panel per PANELS entry (the optional ones when some run logs them) and per val_targets set some
     run logs, one line per run that logs the panel's key, labelled with the run's label; the batch
-    statistics averaged over `window` logged points. Returns the matplotlib Figure; its axes are the panels drawn, in PANELS order."""
+    statistics averaged over `window` logged points. Returns the matplotlib Figure; its axes are the
+    panels drawn, in PANELS order."""
     from matplotlib.lines import Line2D
 
     if not runs:

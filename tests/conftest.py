@@ -36,12 +36,19 @@ def share_the_cores() -> None:
     (two 2-thread runs side by side on 2 cores took twice as long as two 1-thread runs)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS
+        threads = max(1, cores // workers)
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
 
 
 share_the_cores()
+
+
+def denormals_flushed() -> bool:
+    """Whether this thread flushes denormal floats: 1e-40 lies below float32's smallest normal number
+    (1.18e-38), and a product that gives it reads 0 when they are flushed."""
+    return torch.tensor([1e-40]).mul(1.0).item() == 0.0
 
 
 def load_script(name):

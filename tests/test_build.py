@@ -3,6 +3,7 @@ centers and solver that the config names."""
 import pytest
 import torch
 
+from conftest import denormals_flushed
 from uniformface.base.config import load_config
 from uniformface.nn.centers import ClassCenters, WeightCenters
 from uniformface.nn.heads import ASoftmax, CosFace
@@ -59,18 +60,14 @@ def test_the_parts_are_those_the_config_names(setting):
     assert parts.net is parts.model  # one process, not compiled: the model itself
 
 
-def denormals_kept() -> bool:
-    return torch.tensor([1e-40]).mul(1.0).item() != 0.0
-
-
 def test_a_cpu_run_flushes_denormal_floats_and_a_gpu_run_leaves_the_cpu_setting():
-    """1e-40 is below float32's smallest normal number (1.18e-38): kept, x86 handles it in microcode."""
+    """Kept, a denormal is handled in microcode on x86; flushed, it reads 0 (conftest.denormals_flushed)."""
     try:
         torch.set_flush_denormal(False)
         flush_denormals_on_cpu(torch.device("cuda"))
-        assert denormals_kept()
+        assert not denormals_flushed()
         flush_denormals_on_cpu(torch.device("cpu"))
-        assert not denormals_kept()
+        assert denormals_flushed()
         assert torch.tensor([2e-38]).mul(1.0).item() == pytest.approx(2e-38)  # normal numbers untouched
     finally:
         torch.set_flush_denormal(False)

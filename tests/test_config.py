@@ -16,7 +16,7 @@ def write(tmp_path, data):
     return path
 
 
-def test_paper_config_holds_spec_numbers():
+def test_the_default_config_is_the_official_solver_and_the_papers_losses():
     cfg = load_config(ROOT / "code" / "config.yaml")
     assert (cfg.model_name, cfg.emb_dim, cfg.input_size) == ("sphereface20", 512, [112, 96])
     assert (cfg.lr, cfg.momentum, cfg.weight_decay) == (0.1, 0.9, 5e-4)

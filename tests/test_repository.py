@@ -6,6 +6,7 @@ and docs/*.md name only what exists: files and headings they link to, repository
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import re
 import tokenize
@@ -263,19 +264,23 @@ def markdown_blocks(text: str) -> tuple[list[tuple[int, str]], list[tuple[int, s
     return prose, code
 
 
+def headings(text: str) -> list[str]:
+    """The text of a Markdown file's headings (outside code blocks), in order, as written."""
+    return [match[1] for _, line in markdown_blocks(text)[0]
+            if (match := re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line))]
+
+
 def heading_anchors(text: str) -> set[str]:
-    """Every anchor of a Markdown file's headings (outside code blocks), a repeated one numbered as GitHub
-    numbers it: "x", "x-1", "x-2"."""
+    """Every anchor of a Markdown file's headings, a repeated one numbered as GitHub numbers it: "x", "x-1",
+    "x-2"."""
     anchors: set[str] = set()
-    for _, line in markdown_blocks(text)[0]:
-        match = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
-        if match:
-            slug = base = github_slug(match[1])
-            count = 0
-            while slug in anchors:
-                count += 1
-                slug = f"{base}-{count}"
-            anchors.add(slug)
+    for heading in headings(text):
+        slug = base = github_slug(heading)
+        count = 0
+        while slug in anchors:
+            count += 1
+            slug = f"{base}-{count}"
+        anchors.add(slug)
     return anchors
 
 
@@ -409,11 +414,10 @@ _CITED_HEADING = re.compile(r"\b(README(?:\.md)?|(?:docs/)?[A-Z][A-Z_]*\.md)(?:'
 _CITED_SECTIONS = re.compile(r"\bDESIGN(?:\.md)?((?:,? ?§ ?\d+(?:\.\d+)*)+)")
 
 
-def document_headings(path: Path) -> list[str]:
-    """A Markdown file's headings without code marks."""
-    return [re.sub(r"[`*]", "", match[1]).strip()
-            for _, line in markdown_blocks(path.read_text(encoding="utf-8"))[0]
-            if (match := re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line))]
+@functools.cache
+def document_headings(path: Path) -> tuple[str, ...]:
+    """A Markdown file's headings without code marks (each document read once, however often cited)."""
+    return tuple(re.sub(r"[`*]", "", heading).strip() for heading in headings(path.read_text(encoding="utf-8")))
 
 
 def missing_sections(text: str, where: str) -> list[str]:

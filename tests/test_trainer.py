@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import denormals_flushed
 from uniformface.base.config import load_config
 from uniformface.train.trainer import Trainer, train
 
@@ -31,7 +32,7 @@ def test_run_folder_outputs(tmp_path, aligned_tree, device):
     cfg = tiny_config(aligned_tree, device=device.type)  # on CUDA with the config's bf16 autocast + channels_last
     torch.set_flush_denormal(False)
     weights = train(cfg, tmp_path / "run", progress=False)
-    assert (torch.tensor([1e-40]).mul(1.0).item() == 0.0) == (device.type == "cpu")  # flushed on a CPU only
+    assert denormals_flushed() == (device.type == "cpu")  # flushed on a CPU only
     run = tmp_path / "run"
     assert weights == run / "sphereface4_32.pt"
     payload = torch.load(weights, weights_only=True)
@@ -139,7 +140,7 @@ def test_center_update_rates_that_nan_the_earlier_port_stay_finite(tmp_path, tre
     run = ("import json, sys; from common import stability_run; "
            "print(json.dumps(stability_run(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]))))")
     child = subprocess.run([sys.executable, "-c", run, str(tree), str(tmp_path / center_mode), center_mode, str(beta)],
-                           capture_output=True, text=True, cwd=ROOT / "bench",
+                           capture_output=True, text=True, cwd=ROOT / "bench", timeout=600,
                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "bench"), str(ROOT / "code")])})
     assert child.returncode == 0, child.stderr
     lines = json.loads(child.stdout.splitlines()[-1])

@@ -51,6 +51,7 @@ import torch
 from common import sync
 from uniformface.train import trainer as trainer_module
 from uniformface.base.config import load_config
+from uniformface.base.registry import BACKBONES
 from uniformface.data import TrainSet
 from uniformface.eval.embedding import ImageFiles, extract_features
 from uniformface.nn.models import build_model, normalize_pixels
@@ -256,7 +257,7 @@ def extraction_time(device: torch.device, model: str, count: int, workers: int, 
 def network_step_seconds(device: torch.device, name: str, batch: int, warmup: int, steps: int) -> float:
     """Seconds of one bf16-autocast (CUDA) training step of the network alone: forward, a stand-in loss on
     its features, backward, SGD."""
-    size = (112, 112) if name.startswith("iresnet") else (112, 96)
+    size = (112, 112) if BACKBONES[name].family == "iresnet" else (112, 96)  # insightface's only crop
     net = build_model(name, input_size=size).to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
@@ -402,7 +403,8 @@ def main(argv=None) -> dict:
     batch, classes = (8, 100) if q else (STEP_BATCH, CASIA_CLASSES)
     warmup, steps = (1, 2) if q else (5, 30)
     photos, lfw, loader_batches = (2, 32, 3) if q else (512, LFW_IMAGES, 30)
-    uniform_classes, accuracy_rows, network_batch = (600, 300, 2) if q else (MS1M_CLASSES, ACCURACY_CENTERS, STEP_BATCH)
+    uniform_classes, accuracy_rows, network_batch = ((600, 300, 2) if q else
+                                                     (MS1M_CLASSES, ACCURACY_CENTERS, STEP_BATCH))
     compile_ = not args.no_compile and not q
     amp_label = "bf16 autocast" if device.type == "cuda" else "fp32 (autocast is CUDA-only)"
     rows: list[dict] = []

@@ -387,7 +387,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a CPU smoke run)")
-    parser.add_argument("--model", default="sphereface20")
+    parser.add_argument("--model", default="sphereface20", choices=list(BACKBONES))
     parser.add_argument("--no_compile", action="store_true", help="skip the torch.compile row")
     parser.add_argument("--tests", action="store_true", help="run the test suite in the time left")
     parser.add_argument("--budget", type=float, default=450.0, help="seconds for everything, tests included")

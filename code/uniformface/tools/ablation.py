@@ -167,16 +167,17 @@ def missing_inputs(settings: Sequence[Setting]) -> list[str]:
     `key: null` for an LFW folder a config leaves out: every setting is tested on one."""
     missing: dict[str, str] = {}  # what is missing -> its line
     for s in settings:
-        wanted = []
+        wanted = []  # (key, path, how it must exist)
         if s.state in ("train", "resume"):
-            wanted.append(("dataset.train", s.cfg.dataset.train))
-            wanted += [("val_targets", path) for path in s.cfg.val_targets]
+            wanted.append(("dataset.train", s.cfg.dataset.train, Path.exists))
+            wanted += [("val_targets", path, Path.is_file) for path in s.cfg.val_targets]  # a folder: missing
         if s.state in ("train", "resume", "evaluate"):
-            wanted += [("dataset.test", s.cfg.dataset.test), ("dataset.pairs", s.cfg.dataset.pairs)]
-        for key, path in wanted:
+            wanted += [("dataset.test", s.cfg.dataset.test, Path.exists),
+                       ("dataset.pairs", s.cfg.dataset.pairs, Path.exists)]
+        for key, path, exists in wanted:
             if path is None:
                 missing.setdefault(key, f"{key}: null (ablate.py tests each setting on the aligned LFW folder)")
-            elif not Path(path).exists() or (key == "val_targets" and not Path(path).is_file()):  # as the config
+            elif not exists(Path(path)):
                 missing.setdefault(str(path), f"{key}: {path}")
     return list(missing.values())
 
